@@ -1,0 +1,38 @@
+"""agci: Adaptive Global Context Injection for vision-language models.
+
+Importing agci has no side effects and does not import transformers; the op and the patches load
+on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "global_context_broadcast", "LAMBDA_KEY", "validate_lambda"]
+
+if TYPE_CHECKING:
+    from .configs import LAMBDA_KEY, validate_lambda
+    from .kernels import global_context_broadcast
+
+_LAZY = {
+    "global_context_broadcast": ("agci.kernels", "global_context_broadcast"),
+    "LAMBDA_KEY": ("agci.configs", "LAMBDA_KEY"),
+    "validate_lambda": ("agci.configs", "validate_lambda"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'agci' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

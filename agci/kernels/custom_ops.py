@@ -1,0 +1,58 @@
+"""``torch.ops.agci.global_context_broadcast`` and its backward: the Triton kernels as torch custom ops.
+
+Registered once on import. The forward returns ``(y, g)``; ``g`` (float32 per-image means) is kept
+for the backward and is not differentiable.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import triton_agci
+
+
+@torch.library.custom_op("agci::global_context_broadcast", mutates_args=())
+def global_context_broadcast_op(
+    x: torch.Tensor, lam: float, cu_seqlens: torch.Tensor, seg_ids: torch.Tensor, max_seqlen: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return triton_agci.forward(x, lam, cu_seqlens, seg_ids, max_seqlen)
+
+
+@global_context_broadcast_op.register_fake
+def _(x, lam, cu_seqlens, seg_ids, max_seqlen):
+    return torch.empty_like(x), x.new_empty(cu_seqlens.shape[0] - 1, x.shape[1], dtype=torch.float32)
+
+
+@torch.library.custom_op("agci::global_context_broadcast_backward", mutates_args=())
+def global_context_broadcast_backward_op(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    g: torch.Tensor,
+    lam: float,
+    cu_seqlens: torch.Tensor,
+    seg_ids: torch.Tensor,
+    max_seqlen: int,
+) -> torch.Tensor:
+    return triton_agci.backward(dy, x, g, lam, cu_seqlens, seg_ids, max_seqlen)
+
+
+@global_context_broadcast_backward_op.register_fake
+def _(dy, x, g, lam, cu_seqlens, seg_ids, max_seqlen):
+    return torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs, output):
+    x, lam, cu_seqlens, seg_ids, max_seqlen = inputs
+    ctx.save_for_backward(x, output[1], cu_seqlens, seg_ids)
+    ctx.lam = lam
+    ctx.max_seqlen = max_seqlen
+    ctx.mark_non_differentiable(output[1])
+
+
+def _backward(ctx, dy, _dg):
+    x, g, cu_seqlens, seg_ids = ctx.saved_tensors
+    dx = global_context_broadcast_backward_op(dy, x, g, ctx.lam, cu_seqlens, seg_ids, ctx.max_seqlen)
+    return dx, None, None, None, None
+
+
+global_context_broadcast_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,371 @@
+"""Fused Triton kernels for AGCI on packed tokens ``[T, D]`` split into images by ``cu_seqlens``.
+
+Forward (about 2 reads and 1 write of ``T*D``):
+  1. ``_partial_means``: grid (image, row chunk, column block); each program sums CHUNK rows of one
+     image and stores ``sum / n``. Chunks are laid from each image's first row, so an image's result
+     does not depend on the other images in the call (bitwise batch invariance).
+  2. ``_sum_partials``: adds the partial means of each image (skipped when one chunk suffices).
+  3. ``_inject_rows``: one program per token row: dot, norms, weight, and ``x + lam * w * g``.
+
+Backward, with ``c_i = <x_i, g> / (|x_i||g|)``, ``w_i = 1 - c_i`` and ``p_i = lam <dy_i, g>``:
+  ``dL/dg = sum_i (lam w_i dy_i - p_i x_i / (|x_i||g|)) + (sum_i p_i c_i) g / |g|^2``
+  ``dx_i = dy_i - p_i g / (|x_i||g|) + p_i c_i x_i / |x_i|^2 + (dL/dg) / n``
+  (the two middle terms vanish where the cosine is undefined, as in the reference).
+  1. ``_bwd_partials``: grid (image, row chunk); per row the scalars and the per-row coefficients of
+     ``g`` and ``x``; per chunk the partial ``dL/dg`` and ``sum p_i c_i``.
+  2. ``_bwd_finish_grad_g``: per image ``dL/dg / n``.
+  3. ``_bwd_rows``: ``dx`` tile by tile.
+All sums are in float32; outputs are written in the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .reference import EPS
+
+MEAN_CHUNK = 64  # rows per program in the segmented mean
+MEAN_BLOCK_R = 32
+MEAN_BLOCK_D = 128
+BWD_CHUNK = 32  # rows per program in the backward reduction
+BWD_BLOCK_R = 8
+BWD_BLOCK_D = 256
+ROW_BLOCK_MAX = 8192  # widest row kept in registers at once; wider rows are processed in blocks
+TILE_M = 8
+TILE_D = 256
+
+
+def _row_launch(d: int) -> tuple[int, int]:
+    block = min(triton.next_power_of_2(max(d, 1)), ROW_BLOCK_MAX)
+    num_warps = 16 if block >= 8192 else 8 if block >= 2048 else 4 if block >= 512 else 2
+    return block, num_warps
+
+
+@triton.jit
+def _partial_means(X, P, CU, D, stride_x, n_splits, CHUNK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    seg = tl.program_id(0)
+    split = tl.program_id(1)
+    dblk = tl.program_id(2)
+    start = tl.load(CU + seg)
+    end = tl.load(CU + seg + 1)
+    r_begin = start + split * CHUNK
+    r_end = tl.minimum(r_begin + CHUNK, end)
+    cols = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for r in range(r_begin, r_end, BLOCK_R):
+        rows = r + tl.arange(0, BLOCK_R)
+        mask = (rows < r_end)[:, None] & cmask[None, :]
+        tile = tl.load(X + rows.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+        acc += tl.sum(tile.to(tl.float32), axis=0)
+    inv_n = 1.0 / tl.maximum(end - start, 1).to(tl.float32)
+    tl.store(P + (seg.to(tl.int64) * n_splits + split) * D + cols, acc * inv_n, mask=cmask)
+
+
+@triton.jit
+def _sum_partials(P, G, D, n_splits, BLOCK_D: tl.constexpr):
+    seg = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    base = P + seg.to(tl.int64) * n_splits * D
+    for s in range(0, n_splits):
+        acc += tl.load(base + s * D + cols, mask=cmask, other=0.0)
+    tl.store(G + seg.to(tl.int64) * D + cols, acc, mask=cmask)
+
+
+@triton.jit
+def _inject_rows(X, Y, G, SEG, D, stride_x, stride_y, lam, eps, BLOCK_D: tl.constexpr, ONE_BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    seg = tl.load(SEG + row).to(tl.int64)
+    x_row = X + row * stride_x
+    y_row = Y + row * stride_y
+    g_row = G + seg * D
+    if ONE_BLOCK:
+        cols = tl.arange(0, BLOCK_D)
+        cmask = cols < D
+        x = tl.load(x_row + cols, mask=cmask, other=0.0).to(tl.float32)
+        g = tl.load(g_row + cols, mask=cmask, other=0.0)
+        dot = tl.sum(x * g, axis=0)
+        xx = tl.sum(x * x, axis=0)
+        gg = tl.sum(g * g, axis=0)
+        denom = tl.sqrt(xx) * tl.sqrt(gg)
+        cos = tl.where(denom > eps, dot / tl.maximum(denom, eps), 0.0)
+        coef = lam * (1.0 - cos)
+        tl.store(y_row + cols, (x + coef * g).to(Y.dtype.element_ty), mask=cmask)
+    else:
+        dot = 0.0
+        xx = 0.0
+        gg = 0.0
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + tl.arange(0, BLOCK_D)
+            cmask = cols < D
+            x = tl.load(x_row + cols, mask=cmask, other=0.0).to(tl.float32)
+            g = tl.load(g_row + cols, mask=cmask, other=0.0)
+            dot += tl.sum(x * g, axis=0)
+            xx += tl.sum(x * x, axis=0)
+            gg += tl.sum(g * g, axis=0)
+        denom = tl.sqrt(xx) * tl.sqrt(gg)
+        cos = tl.where(denom > eps, dot / tl.maximum(denom, eps), 0.0)
+        coef = lam * (1.0 - cos)
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + tl.arange(0, BLOCK_D)
+            cmask = cols < D
+            x = tl.load(x_row + cols, mask=cmask, other=0.0).to(tl.float32)
+            g = tl.load(g_row + cols, mask=cmask, other=0.0)
+            tl.store(y_row + cols, (x + coef * g).to(Y.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def _bwd_partials(
+    X,
+    DY,
+    G,
+    CU,
+    COEF_G,
+    COEF_X,
+    PART,
+    GAMMA,
+    D,
+    stride_x,
+    stride_dy,
+    n_splits,
+    lam,
+    eps,
+    CHUNK: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    seg = tl.program_id(0)
+    split = tl.program_id(1)
+    start = tl.load(CU + seg)
+    end = tl.load(CU + seg + 1)
+    r_begin = start + split * CHUNK
+    r_end = tl.minimum(r_begin + CHUNK, end)
+    g_row = G + seg.to(tl.int64) * D
+    part = PART + (seg.to(tl.int64) * n_splits + split) * D
+
+    gg = 0.0
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        cmask = cols < D
+        g = tl.load(g_row + cols, mask=cmask, other=0.0)
+        gg += tl.sum(g * g, axis=0)
+        tl.store(part + cols, tl.zeros([BLOCK_D], dtype=tl.float32), mask=cmask)
+    g_norm = tl.sqrt(gg)
+    tl.debug_barrier()  # the accumulator rows below are read back by other threads of this program
+
+    gamma = 0.0
+    for r in range(r_begin, r_end, BLOCK_R):
+        rows = r + tl.arange(0, BLOCK_R)
+        rmask = rows < r_end
+        x_off = rows.to(tl.int64)[:, None] * stride_x
+        dy_off = rows.to(tl.int64)[:, None] * stride_dy
+        dot = tl.zeros([BLOCK_R], dtype=tl.float32)
+        xx = tl.zeros([BLOCK_R], dtype=tl.float32)
+        dyg = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + tl.arange(0, BLOCK_D)
+            cmask = cols < D
+            mask = rmask[:, None] & cmask[None, :]
+            g = tl.load(g_row + cols, mask=cmask, other=0.0)[None, :]
+            x = tl.load(X + x_off + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(DY + dy_off + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            dot += tl.sum(x * g, axis=1)
+            xx += tl.sum(x * x, axis=1)
+            dyg += tl.sum(dy * g, axis=1)
+        denom = tl.sqrt(xx) * g_norm
+        defined = (denom > eps) & rmask
+        safe_denom = tl.maximum(denom, eps)
+        cos = tl.where(defined, dot / safe_denom, 0.0)
+        p = lam * dyg
+        coef_dy = lam * (1.0 - cos)
+        coef_g = tl.where(defined, -p / safe_denom, 0.0)
+        coef_x = tl.where(defined, p * cos / tl.maximum(xx, 1e-30), 0.0)
+        gamma += tl.sum(tl.where(defined, p * cos, 0.0), axis=0)
+        tl.store(COEF_G + rows, coef_g, mask=rmask)
+        tl.store(COEF_X + rows, coef_x, mask=rmask)
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + tl.arange(0, BLOCK_D)
+            cmask = cols < D
+            mask = rmask[:, None] & cmask[None, :]
+            x = tl.load(X + x_off + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(DY + dy_off + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            contrib = tl.sum(coef_dy[:, None] * dy + coef_g[:, None] * x, axis=0)
+            acc = tl.load(part + cols, mask=cmask, other=0.0)
+            tl.store(part + cols, acc + contrib, mask=cmask)
+        tl.debug_barrier()
+    tl.store(GAMMA + seg * n_splits + split, gamma)
+
+
+@triton.jit
+def _bwd_finish_grad_g(PART, GAMMA, G, CU, GRAD_G, D, n_splits, BLOCK_D: tl.constexpr):
+    """``GRAD_G[seg] = (sum of partials + gamma * g / |g|^2) / n``: the gradient each token gets through g."""
+    seg = tl.program_id(0)
+    dblk = tl.program_id(1)
+    n = tl.load(CU + seg + 1) - tl.load(CU + seg)
+    g_row = G + seg.to(tl.int64) * D
+    gg = 0.0
+    for d0 in range(0, D, BLOCK_D):
+        c = d0 + tl.arange(0, BLOCK_D)
+        g = tl.load(g_row + c, mask=c < D, other=0.0)
+        gg += tl.sum(g * g, axis=0)
+    gamma = 0.0
+    for s in range(0, n_splits):
+        gamma += tl.load(GAMMA + seg * n_splits + s)
+    cols = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    base = PART + seg.to(tl.int64) * n_splits * D
+    for s in range(0, n_splits):
+        acc += tl.load(base + s * D + cols, mask=cmask, other=0.0)
+    g = tl.load(g_row + cols, mask=cmask, other=0.0)
+    acc += gamma * g / tl.maximum(gg, 1e-30)
+    tl.store(GRAD_G + seg.to(tl.int64) * D + cols, acc / tl.maximum(n, 1).to(tl.float32), mask=cmask)
+
+
+@triton.jit
+def _bwd_rows(
+    X,
+    DY,
+    DX,
+    G,
+    GRAD_G,
+    SEG,
+    COEF_G,
+    COEF_X,
+    T,
+    D,
+    stride_x,
+    stride_dy,
+    stride_dx,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rmask = rows < T
+    mask = rmask[:, None] & (cols < D)[None, :]
+    rows64 = rows.to(tl.int64)
+    seg = tl.load(SEG + rows, mask=rmask, other=0).to(tl.int64)
+    coef_g = tl.load(COEF_G + rows, mask=rmask, other=0.0)
+    coef_x = tl.load(COEF_X + rows, mask=rmask, other=0.0)
+    g_off = seg[:, None] * D + cols[None, :]
+    g = tl.load(G + g_off, mask=mask, other=0.0)
+    grad_g = tl.load(GRAD_G + g_off, mask=mask, other=0.0)
+    x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(DY + rows64[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    dx = dy + coef_x[:, None] * x + coef_g[:, None] * g + grad_g
+    tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+
+
+def forward(x: torch.Tensor, lam: float, cu_seqlens: torch.Tensor, seg_ids: torch.Tensor, max_seqlen: int):
+    """Returns ``(y, g)``: the output in x's dtype and the float32 per-image means ``[S, D]``."""
+    T, D = x.shape
+    S = cu_seqlens.numel() - 1
+    y = torch.empty_like(x)
+    if T == 0 or D == 0:
+        return y, x.new_zeros(S, D, dtype=torch.float32)
+    n_splits = max(triton.cdiv(max_seqlen, MEAN_CHUNK), 1)
+    partials = torch.empty(S, n_splits, D, device=x.device, dtype=torch.float32)
+    _partial_means[(S, n_splits, triton.cdiv(D, MEAN_BLOCK_D))](
+        x,
+        partials,
+        cu_seqlens,
+        D,
+        x.stride(0),
+        n_splits,
+        CHUNK=MEAN_CHUNK,
+        BLOCK_R=MEAN_BLOCK_R,
+        BLOCK_D=MEAN_BLOCK_D,
+        num_warps=4,
+    )
+    if n_splits == 1:
+        g = partials.view(S, D)
+    else:
+        g = torch.empty(S, D, device=x.device, dtype=torch.float32)
+        _sum_partials[(S, triton.cdiv(D, 512))](partials, g, D, n_splits, BLOCK_D=512, num_warps=4)
+    block, num_warps = _row_launch(D)
+    _inject_rows[(T,)](
+        x,
+        y,
+        g,
+        seg_ids,
+        D,
+        x.stride(0),
+        y.stride(0),
+        float(lam),
+        EPS,
+        BLOCK_D=block,
+        ONE_BLOCK=block >= D,
+        num_warps=num_warps,
+    )
+    return y, g
+
+
+def backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    g: torch.Tensor,
+    lam: float,
+    cu_seqlens: torch.Tensor,
+    seg_ids: torch.Tensor,
+    max_seqlen: int,
+) -> torch.Tensor:
+    T, D = x.shape
+    S = cu_seqlens.numel() - 1
+    dx = torch.empty_like(x)
+    if T == 0 or D == 0:
+        return dx
+    if dy.stride(-1) != 1:
+        dy = dy.contiguous()
+    n_splits = max(triton.cdiv(max_seqlen, BWD_CHUNK), 1)
+    partials = torch.empty(S, n_splits, D, device=x.device, dtype=torch.float32)
+    gamma = torch.empty(S, n_splits, device=x.device, dtype=torch.float32)
+    coef_g = torch.empty(T, device=x.device, dtype=torch.float32)
+    coef_x = torch.empty(T, device=x.device, dtype=torch.float32)
+    _bwd_partials[(S, n_splits)](
+        x,
+        dy,
+        g,
+        cu_seqlens,
+        coef_g,
+        coef_x,
+        partials,
+        gamma,
+        D,
+        x.stride(0),
+        dy.stride(0),
+        n_splits,
+        float(lam),
+        EPS,
+        CHUNK=BWD_CHUNK,
+        BLOCK_R=BWD_BLOCK_R,
+        BLOCK_D=BWD_BLOCK_D,
+        num_warps=4,
+    )
+    grad_g = torch.empty(S, D, device=x.device, dtype=torch.float32)
+    _bwd_finish_grad_g[(S, triton.cdiv(D, 512))](
+        partials, gamma, g, cu_seqlens, grad_g, D, n_splits, BLOCK_D=512, num_warps=4
+    )
+    _bwd_rows[(triton.cdiv(T, TILE_M), triton.cdiv(D, TILE_D))](
+        x,
+        dy,
+        dx,
+        g,
+        grad_g,
+        seg_ids,
+        coef_g,
+        coef_x,
+        T,
+        D,
+        x.stride(0),
+        dy.stride(0),
+        dx.stride(0),
+        BLOCK_M=TILE_M,
+        BLOCK_D=TILE_D,
+        num_warps=4,
+    )
+    return dx

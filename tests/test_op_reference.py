@@ -1,0 +1,166 @@
+"""The pure-PyTorch op against the per-image formula: values, gradients, edge cases, bad input."""
+
+import math
+
+import pytest
+import torch
+from conftest import per_image_formula, relative_error
+
+import agci
+from agci.kernels import reference
+
+LENGTHS = [1, 7, 30, 2]
+
+
+def _packed(lengths, d, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(sum(lengths), d, generator=g, dtype=torch.float64).to(dtype) + 0.3
+
+
+def test_packed_matches_per_image_formula_fp32():
+    x = _packed(LENGTHS, 19)
+    y = agci.global_context_broadcast(x, 0.7, LENGTHS, impl="reference")
+    torch.testing.assert_close(y.double(), per_image_formula(x, 0.7, LENGTHS), rtol=1e-5, atol=1e-6)
+    assert y.dtype == x.dtype and y.shape == x.shape
+
+
+def test_single_image_and_batched_forms_match_packed():
+    x = _packed([6, 6, 6], 11)
+    packed = agci.global_context_broadcast(x, 0.5, [6, 6, 6], impl="reference")
+    batched = agci.global_context_broadcast(x.view(3, 6, 11), 0.5, impl="reference")
+    single = agci.global_context_broadcast(x[6:12], 0.5, impl="reference")
+    torch.testing.assert_close(batched.view(18, 11), packed, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(single, packed[6:12], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
+def test_low_precision_within_stated_tolerance(dtype, tol):
+    # Sums run in float32; the only rounding left is the cast of the output.
+    x = _packed(LENGTHS, 64, dtype)
+    y = agci.global_context_broadcast(x, 1.0, LENGTHS, impl="reference")
+    assert y.dtype == dtype
+    assert relative_error(y, per_image_formula(x, 1.0, LENGTHS)) < tol
+
+
+def test_gradcheck_float64():
+    x = _packed([1, 4, 3], 5, torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: agci.global_context_broadcast(t, 0.8, [1, 4, 3], impl="reference"), (x,))
+    xb = _packed([4, 4], 6, torch.float64).view(2, 4, 6).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: agci.global_context_broadcast(t, 1.3, impl="reference"), (xb,))
+
+
+def test_fp32_gradient_matches_autograd_of_formula():
+    x = _packed(LENGTHS, 23)
+    dy = torch.randn_like(x)
+    xr = x.clone().requires_grad_()
+    agci.global_context_broadcast(xr, 0.6, LENGTHS, impl="reference").backward(dy)
+    x64 = x.double().requires_grad_()
+    per_image_formula(x64, 0.6, LENGTHS).backward(dy.double())
+    torch.testing.assert_close(xr.grad.double(), x64.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_lambda_zero_returns_equal_values_in_a_new_tensor():
+    x = _packed(LENGTHS, 8)
+    y = agci.global_context_broadcast(x, 0.0, LENGTHS)
+    assert torch.equal(y, x) and y.data_ptr() != x.data_ptr()
+
+
+def test_zero_token_and_zero_mean_get_weight_one_and_finite_gradients():
+    x = _packed([3, 4], 6)
+    x[1] = 0.0  # a zero token
+    x[3:7] = torch.tensor([[1.0] * 6, [-1.0] * 6, [2.0] * 6, [-2.0] * 6])  # mean exactly zero
+    x = x.requires_grad_()
+    y = agci.global_context_broadcast(x, 0.9, [3, 4], impl="reference")
+    g0 = x[:3].detach().mean(0)
+    torch.testing.assert_close(y[1].detach(), 0.9 * g0)  # w = 1 for the zero token
+    torch.testing.assert_close(y[3:7].detach(), x[3:7].detach())  # g = 0 adds nothing
+    y.square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_reordering_adding_and_removing_images_keeps_each_output():
+    lengths = [5, 1, 9, 3]
+    x = _packed(lengths, 16)
+    full = agci.global_context_broadcast(x, 0.4, lengths, impl="reference")
+    parts = list(full.split(lengths))
+    xs = list(x.split(lengths))
+    order = [2, 0, 3, 1]
+    shuffled = agci.global_context_broadcast(torch.cat([xs[i] for i in order]), 0.4, [lengths[i] for i in order])
+    for out, i in zip(shuffled.split([lengths[i] for i in order]), order):
+        torch.testing.assert_close(out, parts[i], rtol=1e-6, atol=1e-7)
+    alone = agci.global_context_broadcast(xs[2], 0.4, impl="reference")
+    torch.testing.assert_close(alone, parts[2], rtol=1e-6, atol=1e-7)
+
+
+def test_empty_inputs_return_empty_outputs():
+    for x, lengths in [
+        (torch.empty(0, 8), None),
+        (torch.empty(0, 8), []),
+        (torch.empty(0, 8), [0, 0]),
+        (torch.empty(2, 0, 8), None),
+    ]:
+        y = agci.global_context_broadcast(x, 0.5, lengths)
+        assert y.shape == x.shape
+
+
+def test_zero_length_image_in_the_middle_is_allowed():
+    x = _packed([3, 0, 2], 4)
+    y = agci.global_context_broadcast(x, 0.5, [3, 0, 2], impl="reference")
+    torch.testing.assert_close(y.double(), per_image_formula(x, 0.5, [3, 0, 2]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "lam,exc,match",
+    [
+        (-0.1, ValueError, ">= 0"),
+        (math.nan, ValueError, "finite"),
+        (math.inf, ValueError, "finite"),
+        ("0.5", TypeError, "real number"),
+        (True, TypeError, "real number"),
+        (None, TypeError, "real number"),
+    ],
+)
+def test_bad_lambda_is_refused_with_a_clear_message(lam, exc, match):
+    with pytest.raises(exc, match=match):
+        agci.global_context_broadcast(torch.randn(3, 4), lam)
+
+
+def test_bad_seqlens_and_tensors_are_refused():
+    x = torch.randn(6, 4)
+    with pytest.raises(ValueError, match="sum to the number of tokens T=6"):
+        agci.global_context_broadcast(x, 0.5, [2, 3])
+    with pytest.raises(ValueError, match=">= 0"):
+        agci.global_context_broadcast(x, 0.5, [8, -2])
+    with pytest.raises(TypeError, match="integer"):
+        agci.global_context_broadcast(x, 0.5, torch.tensor([3.0, 3.0]))
+    with pytest.raises(TypeError, match="integer"):
+        agci.global_context_broadcast(x, 0.5, [3.0, 3.0])
+    with pytest.raises(TypeError, match="floating-point"):
+        agci.global_context_broadcast(torch.ones(6, 4, dtype=torch.int64), 0.5)
+    with pytest.raises(ValueError, match="got shape"):
+        agci.global_context_broadcast(torch.randn(4), 0.5)
+    with pytest.raises(ValueError, match="got shape"):
+        agci.global_context_broadcast(torch.randn(2, 2, 2, 2), 0.5)
+    with pytest.raises(ValueError, match="already gives N tokens"):
+        agci.global_context_broadcast(torch.randn(2, 3, 4), 0.5, [3, 3])
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        agci.global_context_broadcast([[1.0, 2.0]], 0.5)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        agci.global_context_broadcast(x, 0.5, impl="cuda")
+
+
+def test_seqlens_as_tensor_equals_list():
+    x = _packed(LENGTHS, 9)
+    a = agci.global_context_broadcast(x, 0.5, LENGTHS)
+    b = agci.global_context_broadcast(x, 0.5, torch.tensor(LENGTHS))
+    assert torch.equal(a, b)
+
+
+def test_eager_formula_of_reference_repo_equals_ours_for_one_image():
+    x = _packed([12], 10)
+    torch.testing.assert_close(
+        reference.broadcast_eager_formula(x, 0.5),
+        agci.global_context_broadcast(x, 0.5, impl="reference"),
+        rtol=1e-5,
+        atol=1e-6,
+    )
