@@ -86,7 +86,7 @@ def test_reordering_adding_and_removing_images_keeps_each_output():
     xs = list(x.split(lengths))
     order = [2, 0, 3, 1]
     shuffled = agci.global_context_broadcast(torch.cat([xs[i] for i in order]), 0.4, [lengths[i] for i in order])
-    for out, i in zip(shuffled.split([lengths[i] for i in order]), order):
+    for out, i in zip(shuffled.split([lengths[i] for i in order]), order, strict=True):
         torch.testing.assert_close(out, parts[i], rtol=1e-6, atol=1e-7)
     alone = agci.global_context_broadcast(xs[2], 0.4, impl="reference")
     torch.testing.assert_close(alone, parts[2], rtol=1e-6, atol=1e-7)

@@ -8,6 +8,7 @@ op ``torch.ops.agci.global_context_broadcast`` (with its backward as a second op
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 from collections.abc import Sequence
 
@@ -142,8 +143,11 @@ def global_context_broadcast(
     if impl == "reference":
         if x.ndim == 3:
             return reference.broadcast_uniform(x, lam)
-        if lengths is None:
-            return reference.broadcast_uniform(x.unsqueeze(0), lam).squeeze(0)
+        if lengths is None or (len(set(lengths)) == 1 and lengths[0] > 0):
+            # Equal lengths: a [B, N, D] view needs no gather (and avoids an Inductor CPU bug with
+            # index_add over one segment in torch 2.13).
+            n = lengths[0] if lengths else x.shape[0]
+            return reference.broadcast_uniform(x.view(-1, n, x.shape[-1]), lam).view(x.shape)
         counts = torch.tensor(lengths, device=x.device, dtype=torch.long)
         seg_ids = torch.repeat_interleave(torch.arange(len(lengths), device=x.device), counts, output_size=x.shape[0])
         return reference.broadcast_packed(x, lam, seg_ids, counts)
@@ -157,17 +161,15 @@ def global_context_broadcast(
         max_len = N
     else:
         lengths = lengths if lengths is not None else [shape[0]]
-        counts = torch.tensor(lengths, device=x.device, dtype=torch.int32)
-        cu = torch.zeros(len(lengths) + 1, device=x.device, dtype=torch.int32)
-        cu[1:] = torch.cumsum(counts, 0)
+        cu = torch.tensor([0, *itertools.accumulate(lengths)], device=x.device, dtype=torch.int32)
         seg_ids = torch.repeat_interleave(
-            torch.arange(len(lengths), device=x.device, dtype=torch.int32), counts, output_size=shape[0]
+            torch.arange(len(lengths), device=x.device, dtype=torch.int32), cu.diff(), output_size=shape[0]
         )
         max_len = max(lengths) if lengths else 0
     x2 = x.reshape(-1, D)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    from . import custom_ops
+    from . import custom_ops  # noqa: F401  (registers torch.ops.agci)
 
     y, _ = torch.ops.agci.global_context_broadcast(x2, lam, cu, seg_ids, max_len)
     return y.view(shape)
