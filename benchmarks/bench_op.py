@@ -156,6 +156,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default=None, help="file name stem (default: op_<device>)")
     args = ap.parse_args(argv)
 
+    torch._dynamo.config.recompile_limit = 64  # one compiled graph per shape, dtype and mode
     cuda = torch.cuda.is_available()
     with_triton = cuda or os.environ.get("TRITON_INTERPRET") == "1"
     device = torch.device("cuda" if cuda else "cpu")

@@ -11,14 +11,14 @@ import agci
 from agci.kernels import resolve_impl
 
 
-def test_auto_picks_reference_on_cpu_and_env_forces_an_impl(monkeypatch):
-    x = torch.randn(4, 3)
+def test_auto_picks_reference_on_cpu_and_env_forces_an_impl(monkeypatch, device):
+    x = torch.randn(4, 3, device=device)
     monkeypatch.delenv("AGCI_IMPL", raising=False)
     assert resolve_impl("auto", x) == ("triton" if x.is_cuda else "reference")
     monkeypatch.setenv("AGCI_IMPL", "reference")
     assert resolve_impl("auto", x) == "reference"
     monkeypatch.setenv("AGCI_IMPL", "triton")
-    assert resolve_impl("auto", x) == "triton"  # conftest runs the kernels interpreted without CUDA
+    assert resolve_impl("auto", x) == "triton"  # on CPU conftest runs the kernels interpreted
     assert resolve_impl("reference", x) == "reference"  # an explicit argument wins
     monkeypatch.setenv("AGCI_IMPL", "fast")
     with pytest.raises(ValueError, match="AGCI_IMPL must be one of"):

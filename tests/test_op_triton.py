@@ -14,7 +14,7 @@ pytestmark = pytest.mark.interpret
 
 # D not a power of two, one-token images, an empty image, several chunks per image
 # (MEAN_CHUNK=64, BWD_CHUNK=32) and a row wider than one block (ROW_BLOCK_MAX is patched below).
-CASES = [([1, 5, 3], 7), ([1, 1, 1, 1], 3), ([70, 1, 0, 33], 19), ([130], 5)]
+CASES = [([1, 5, 3], 7), ([1, 1, 1, 1], 3), ([70, 1, 0, 33], 19), ([130], 5), ([300, 2], 6)]
 
 
 def _x(lengths, d, dtype, device, seed=0):

@@ -7,6 +7,7 @@ op ``torch.ops.agci.global_context_broadcast`` (with its backward as a second op
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 import os
@@ -152,24 +153,22 @@ def global_context_broadcast(
         seg_ids = torch.repeat_interleave(torch.arange(len(lengths), device=x.device), counts, output_size=x.shape[0])
         return reference.broadcast_packed(x, lam, seg_ids, counts)
 
-    shape = x.shape
-    D = shape[-1]
-    if x.ndim == 3:
-        B, N = shape[0], shape[1]
-        cu = torch.arange(0, B + 1, device=x.device, dtype=torch.int32) * N
-        seg_ids = torch.arange(B, device=x.device, dtype=torch.int32).repeat_interleave(N)
-        max_len = N
-    else:
-        lengths = lengths if lengths is not None else [shape[0]]
-        cu = torch.tensor([0, *itertools.accumulate(lengths)], device=x.device, dtype=torch.int32)
-        seg_ids = torch.repeat_interleave(
-            torch.arange(len(lengths), device=x.device, dtype=torch.int32), cu.diff(), output_size=shape[0]
-        )
-        max_len = max(lengths) if lengths else 0
-    x2 = x.reshape(-1, D)
+    if lengths is None:
+        lengths = [x.shape[1]] * x.shape[0] if x.ndim == 3 else [x.shape[0]]
+    cu_seqlens, seg_ids = _segment_layout(tuple(lengths), x.device)
+    x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    from . import custom_ops  # noqa: F401  (registers torch.ops.agci)
+    from . import custom_ops
 
-    y, _ = torch.ops.agci.global_context_broadcast(x2, lam, cu, seg_ids, max_len)
-    return y.view(shape)
+    return custom_ops.broadcast(x2, lam, cu_seqlens, seg_ids, max(lengths, default=0)).view(x.shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _segment_layout(lengths: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cu_seqlens`` (int32, S+1) and the image index of every token (int32, T) on ``device``.
+
+    Cached: a model called on images of the same sizes pays for the host-to-device copy once."""
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    seg_ids = torch.repeat_interleave(torch.arange(len(lengths), dtype=torch.int32), cu.diff())
+    return cu.to(device, non_blocking=True), seg_ids.to(device, non_blocking=True)

@@ -1,7 +1,9 @@
-"""``torch.ops.agci.global_context_broadcast`` and its backward: the Triton kernels as torch custom ops.
+"""The Triton kernels behind autograd: ``torch.ops.agci.global_context_broadcast`` (and its backward)
+for torch.compile, which then sees one node, and an ``autograd.Function`` with the same kernels for
+eager calls, which skips the custom-op dispatch cost.
 
-Registered once on import. The forward returns ``(y, g)``; ``g`` (float32 per-image means) is kept
-for the backward and is not differentiable.
+The custom ops are registered once, on import. The forward returns ``(y, g)``; ``g`` (float32
+per-image means) is kept for the backward and is not differentiable.
 """
 
 from __future__ import annotations
@@ -56,3 +58,25 @@ def _backward(ctx, dy, _dg):
 
 
 global_context_broadcast_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _GlobalContextBroadcast(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lam, cu_seqlens, seg_ids, max_seqlen):
+        y, g = triton_agci.forward(x, lam, cu_seqlens, seg_ids, max_seqlen)
+        ctx.save_for_backward(x, g, cu_seqlens, seg_ids)
+        ctx.lam = lam
+        ctx.max_seqlen = max_seqlen
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, g, cu_seqlens, seg_ids = ctx.saved_tensors
+        return triton_agci.backward(dy, x, g, ctx.lam, cu_seqlens, seg_ids, ctx.max_seqlen), None, None, None, None
+
+
+def broadcast(x: torch.Tensor, lam: float, cu_seqlens: torch.Tensor, seg_ids: torch.Tensor, max_seqlen: int):
+    """AGCI on packed ``x`` with the Triton kernels: the custom op under torch.compile, else autograd.Function."""
+    if torch.compiler.is_compiling():
+        return global_context_broadcast_op(x, lam, cu_seqlens, seg_ids, max_seqlen)[0]
+    return _GlobalContextBroadcast.apply(x, lam, cu_seqlens, seg_ids, max_seqlen)

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from .reference import EPS
 
-MEAN_CHUNK = 64  # rows per program in the segmented mean
+MEAN_CHUNK = 128  # rows per program in the segmented mean
 MEAN_BLOCK_R = 32
 MEAN_BLOCK_D = 128
 BWD_CHUNK = 32  # rows per program in the backward reduction
