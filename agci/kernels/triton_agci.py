@@ -35,6 +35,8 @@ BWD_BLOCK_D = 256
 ROW_BLOCK_MAX = 8192  # widest row kept in registers at once; wider rows are processed in blocks
 TILE_M = 8
 TILE_D = 256
+SPLIT_BLOCK_S = 16  # partial results reduced 16 chunks x 128 columns per load
+SPLIT_BLOCK_D = 128
 
 
 def _row_launch(d: int) -> tuple[int, int]:
@@ -65,14 +67,22 @@ def _partial_means(X, P, CU, D, stride_x, n_splits, CHUNK: tl.constexpr, BLOCK_R
 
 
 @triton.jit
-def _sum_partials(P, G, D, n_splits, BLOCK_D: tl.constexpr):
+def _sum_splits(base, n_splits, D, cols, cmask, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Sum over ``n_splits`` rows of a ``[n_splits, D]`` float32 block, ``BLOCK_S`` rows per load."""
+    acc = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        mask = (s < n_splits)[:, None] & cmask[None, :]
+        acc += tl.load(base + s.to(tl.int64)[:, None] * D + cols[None, :], mask=mask, other=0.0)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def _sum_partials(P, G, D, n_splits, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     seg = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = cols < D
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    base = P + seg.to(tl.int64) * n_splits * D
-    for s in range(0, n_splits):
-        acc += tl.load(base + s * D + cols, mask=cmask, other=0.0)
+    acc = _sum_splits(P + seg.to(tl.int64) * n_splits * D, n_splits, D, cols, cmask, BLOCK_S, BLOCK_D)
     tl.store(G + seg.to(tl.int64) * D + cols, acc, mask=cmask)
 
 
@@ -123,6 +133,7 @@ def _bwd_partials(
     X,
     DY,
     G,
+    GG,
     CU,
     COEF_G,
     COEF_X,
@@ -147,14 +158,10 @@ def _bwd_partials(
     g_row = G + seg.to(tl.int64) * D
     part = PART + (seg.to(tl.int64) * n_splits + split) * D
 
-    gg = 0.0
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
-        cmask = cols < D
-        g = tl.load(g_row + cols, mask=cmask, other=0.0)
-        gg += tl.sum(g * g, axis=0)
-        tl.store(part + cols, tl.zeros([BLOCK_D], dtype=tl.float32), mask=cmask)
-    g_norm = tl.sqrt(gg)
+        tl.store(part + cols, tl.zeros([BLOCK_D], dtype=tl.float32), mask=cols < D)
+    g_norm = tl.sqrt(tl.load(GG + seg))
     tl.debug_barrier()  # the accumulator rows below are read back by other threads of this program
 
     gamma = 0.0
@@ -201,28 +208,20 @@ def _bwd_partials(
 
 
 @triton.jit
-def _bwd_finish_grad_g(PART, GAMMA, G, CU, GRAD_G, D, n_splits, BLOCK_D: tl.constexpr):
+def _bwd_finish_grad_g(PART, GAMMA, G, GG, CU, GRAD_G, D, n_splits, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     """``GRAD_G[seg] = (sum of partials + gamma * g / |g|^2) / n``: the gradient each token gets through g."""
     seg = tl.program_id(0)
-    dblk = tl.program_id(1)
     n = tl.load(CU + seg + 1) - tl.load(CU + seg)
-    g_row = G + seg.to(tl.int64) * D
-    gg = 0.0
-    for d0 in range(0, D, BLOCK_D):
-        c = d0 + tl.arange(0, BLOCK_D)
-        g = tl.load(g_row + c, mask=c < D, other=0.0)
-        gg += tl.sum(g * g, axis=0)
-    gamma = 0.0
-    for s in range(0, n_splits):
-        gamma += tl.load(GAMMA + seg * n_splits + s)
-    cols = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
+    splits = tl.arange(0, BLOCK_S)
+    gamma = tl.zeros([BLOCK_S], dtype=tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):
+        gamma += tl.load(GAMMA + seg * n_splits + s0 + splits, mask=s0 + splits < n_splits, other=0.0)
+    gamma_total = tl.sum(gamma, axis=0)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = cols < D
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    base = PART + seg.to(tl.int64) * n_splits * D
-    for s in range(0, n_splits):
-        acc += tl.load(base + s * D + cols, mask=cmask, other=0.0)
-    g = tl.load(g_row + cols, mask=cmask, other=0.0)
-    acc += gamma * g / tl.maximum(gg, 1e-30)
+    acc = _sum_splits(PART + seg.to(tl.int64) * n_splits * D, n_splits, D, cols, cmask, BLOCK_S, BLOCK_D)
+    g = tl.load(G + seg.to(tl.int64) * D + cols, mask=cmask, other=0.0)
+    acc += gamma_total * g / tl.maximum(tl.load(GG + seg), 1e-30)
     tl.store(GRAD_G + seg.to(tl.int64) * D + cols, acc / tl.maximum(n, 1).to(tl.float32), mask=cmask)
 
 
@@ -286,7 +285,9 @@ def forward(x: torch.Tensor, lam: float, cu_seqlens: torch.Tensor, seg_ids: torc
         g = partials.view(S, D)
     else:
         g = torch.empty(S, D, device=x.device, dtype=torch.float32)
-        _sum_partials[(S, triton.cdiv(D, 512))](partials, g, D, n_splits, BLOCK_D=512, num_warps=4)
+        _sum_partials[(S, triton.cdiv(D, SPLIT_BLOCK_D))](
+            partials, g, D, n_splits, BLOCK_S=SPLIT_BLOCK_S, BLOCK_D=SPLIT_BLOCK_D, num_warps=4
+        )
     block, num_warps = _row_launch(D)
     _inject_rows[(T,)](
         x,
@@ -326,10 +327,12 @@ def backward(
     gamma = torch.empty(S, n_splits, device=x.device, dtype=torch.float32)
     coef_g = torch.empty(T, device=x.device, dtype=torch.float32)
     coef_x = torch.empty(T, device=x.device, dtype=torch.float32)
+    g_norm_sq = g.square().sum(-1)
     _bwd_partials[(S, n_splits)](
         x,
         dy,
         g,
+        g_norm_sq,
         cu_seqlens,
         coef_g,
         coef_x,
@@ -347,8 +350,18 @@ def backward(
         num_warps=4,
     )
     grad_g = torch.empty(S, D, device=x.device, dtype=torch.float32)
-    _bwd_finish_grad_g[(S, triton.cdiv(D, 512))](
-        partials, gamma, g, cu_seqlens, grad_g, D, n_splits, BLOCK_D=512, num_warps=4
+    _bwd_finish_grad_g[(S, triton.cdiv(D, SPLIT_BLOCK_D))](
+        partials,
+        gamma,
+        g,
+        g_norm_sq,
+        cu_seqlens,
+        grad_g,
+        D,
+        n_splits,
+        BLOCK_S=SPLIT_BLOCK_S,
+        BLOCK_D=SPLIT_BLOCK_D,
+        num_warps=4,
     )
     _bwd_rows[(triton.cdiv(T, TILE_M), triton.cdiv(D, TILE_D))](
         x,
