@@ -14,7 +14,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import triton  # noqa: E402
 from triton.testing import do_bench, do_bench_cudagraph  # noqa: E402
 
 import agci  # noqa: E402
@@ -51,23 +50,8 @@ def profile_case(name, lengths, d, bw):
     host_us = (time.perf_counter() - t0) / 200 * 1e6
     torch.cuda.synchronize()
     y, g = triton_agci.forward(x, 0.5, cu, seg, mx)
-    n_splits = triton.cdiv(mx, triton_agci.MEAN_CHUNK)
-    partials = torch.empty(len(lengths), n_splits, d, device="cuda")
     block, warps = triton_agci._row_launch(d)
-    k1 = do_bench(
-        lambda: triton_agci._partial_means[(len(lengths), n_splits, triton.cdiv(d, 128))](
-            x,
-            partials,
-            cu,
-            d,
-            x.stride(0),
-            n_splits,
-            CHUNK=triton_agci.MEAN_CHUNK,
-            BLOCK_R=32,
-            BLOCK_D=128,
-            num_warps=4,
-        )
-    )
+    k1 = do_bench(lambda: triton_agci._column_sums(x, x, x, x, x, cu, mx, weighted=False))
     k3 = do_bench(
         lambda: triton_agci._inject_rows[(t,)](
             x,
@@ -90,7 +74,7 @@ def profile_case(name, lengths, d, bw):
     print(
         f"{name}: ideal fwd {ideal_us:.1f} us | host/call {host_us:.1f} us | eager do_bench fwd "
         f"{eager_fwd * 1e3:.1f} us | graph fwd {graph_fwd * 1e3:.1f} us "
-        f"({ideal_us / (graph_fwd * 1e3):.0%} of BW) | partial_means {k1 * 1e3:.1f} us | "
+        f"({ideal_us / (graph_fwd * 1e3):.0%} of BW) | column_sums(fwd) {k1 * 1e3:.1f} us | "
         f"inject_rows {k3 * 1e3:.1f} us | graph bwd {graph_bwd * 1e3:.1f} us",
         flush=True,
     )

@@ -1,9 +1,9 @@
 """Fused Triton kernels for AGCI on packed tokens ``[T, D]`` split into images by ``cu_seqlens``.
 
 Forward (about 2 reads and 1 write of ``T*D``):
-  1. ``_partial_means``: grid (image, row chunk, column block); each program sums CHUNK rows of one
-     image and stores ``sum / n``. Chunks are laid from each image's first row, so an image's result
-     does not depend on the other images in the call (bitwise batch invariance).
+  1. ``_segment_colsum`` (unweighted): grid (image, row chunk, column block); each program sums CHUNK
+     rows of one image and stores ``sum / n``. Chunks are laid from each image's first row, so an
+     image's result does not depend on the other images in the call (bitwise batch invariance).
   2. ``_sum_partials``: adds the partial means of each image (skipped when one chunk suffices).
   3. ``_inject_rows``: one program per token row: dot, norms, weight, and ``x + lam * w * g``.
 
@@ -11,10 +11,11 @@ Backward, with ``c_i = <x_i, g> / (|x_i||g|)``, ``w_i = 1 - c_i`` and ``p_i = la
   ``dL/dg = sum_i (lam w_i dy_i - p_i x_i / (|x_i||g|)) + (sum_i p_i c_i) g / |g|^2``
   ``dx_i = dy_i - p_i g / (|x_i||g|) + p_i c_i x_i / |x_i|^2 + (dL/dg) / n``
   (the two middle terms vanish where the cosine is undefined, as in the reference).
-  1. ``_bwd_partials``: grid (image, row chunk); per row the scalars and the per-row coefficients of
-     ``g`` and ``x``; per chunk the partial ``dL/dg`` and ``sum p_i c_i``.
-  2. ``_bwd_finish_grad_g``: per image ``dL/dg / n``.
-  3. ``_bwd_rows``: ``dx`` tile by tile.
+  1. ``_bwd_row_coefs``: one program per row: the per-row weights above.
+  2. ``_segment_colsum`` (weighted): partial ``dL/dg`` per chunk, and ``sum p_i c_i``.
+  3. ``_bwd_finish_grad_g``: per image ``dL/dg / n``.
+  4. ``_bwd_rows``: ``dx`` tile by tile.
+  About 4 reads of x or dy and 1 write; each kernel is a simple streaming pattern.
 All sums are in float32; outputs are written in the input dtype.
 """
 
@@ -26,12 +27,9 @@ import triton.language as tl
 
 from .reference import EPS
 
-MEAN_CHUNK = 128  # rows per program in the segmented mean
-MEAN_BLOCK_R = 32
-MEAN_BLOCK_D = 128
-BWD_CHUNK = 32  # rows per program in the backward reduction
-BWD_BLOCK_R = 8
-BWD_BLOCK_D = 256
+CHUNK = 128  # rows per program in the segmented column sums (forward mean, backward dL/dg)
+CHUNK_BLOCK_R = 32
+CHUNK_BLOCK_D = 128
 ROW_BLOCK_MAX = 8192  # widest row kept in registers at once; wider rows are processed in blocks
 TILE_M = 8
 TILE_D = 256
@@ -46,7 +44,30 @@ def _row_launch(d: int) -> tuple[int, int]:
 
 
 @triton.jit
-def _partial_means(X, P, CU, D, stride_x, n_splits, CHUNK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def _segment_colsum(
+    A,
+    WA,
+    B,
+    WB,
+    PC,
+    GAMMA,
+    P,
+    CU,
+    D,
+    stride_a,
+    stride_b,
+    n_splits,
+    WEIGHTED: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Column sums over CHUNK rows of one image, written to ``P[image, chunk]``.
+
+    Unweighted: ``sum(A) / n`` (partial means). Weighted: ``sum(WA * A + WB * B)`` with per-row weights,
+    and the first column block also stores the chunk's sum of the per-row scalars ``PC`` in ``GAMMA``.
+    Tiles are accumulated in two dimensions and reduced once, so loads are not serialised by reductions.
+    """
     seg = tl.program_id(0)
     split = tl.program_id(1)
     dblk = tl.program_id(2)
@@ -56,14 +77,29 @@ def _partial_means(X, P, CU, D, stride_x, n_splits, CHUNK: tl.constexpr, BLOCK_R
     r_end = tl.minimum(r_begin + CHUNK, end)
     cols = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
     cmask = cols < D
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
     for r in range(r_begin, r_end, BLOCK_R):
         rows = r + tl.arange(0, BLOCK_R)
-        mask = (rows < r_end)[:, None] & cmask[None, :]
-        tile = tl.load(X + rows.to(tl.int64)[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
-        acc += tl.sum(tile.to(tl.float32), axis=0)
-    inv_n = 1.0 / tl.maximum(end - start, 1).to(tl.float32)
-    tl.store(P + (seg.to(tl.int64) * n_splits + split) * D + cols, acc * inv_n, mask=cmask)
+        rmask = rows < r_end
+        mask = rmask[:, None] & cmask[None, :]
+        rows64 = rows.to(tl.int64)[:, None]
+        a = tl.load(A + rows64 * stride_a + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if WEIGHTED:
+            b = tl.load(B + rows64 * stride_b + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            wa = tl.load(WA + rows, mask=rmask, other=0.0)
+            wb = tl.load(WB + rows, mask=rmask, other=0.0)
+            acc += wa[:, None] * a + wb[:, None] * b
+        else:
+            acc += a
+    total = tl.sum(acc, axis=0)
+    slot = seg.to(tl.int64) * n_splits + split
+    if WEIGHTED:
+        if dblk == 0:
+            rs = r_begin + tl.arange(0, CHUNK)
+            tl.store(GAMMA + slot, tl.sum(tl.load(PC + rs, mask=rs < r_end, other=0.0), axis=0))
+    else:
+        total = total / tl.maximum(end - start, 1).to(tl.float32)
+    tl.store(P + slot * D + cols, total, mask=cmask)
 
 
 @triton.jit
@@ -129,82 +165,33 @@ def _inject_rows(X, Y, G, SEG, D, stride_x, stride_y, lam, eps, BLOCK_D: tl.cons
 
 
 @triton.jit
-def _bwd_partials(
-    X,
-    DY,
-    G,
-    GG,
-    CU,
-    COEF_G,
-    COEF_X,
-    PART,
-    GAMMA,
-    D,
-    stride_x,
-    stride_dy,
-    n_splits,
-    lam,
-    eps,
-    CHUNK: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+def _bwd_row_coefs(
+    X, DY, G, GG, SEG, COEF_DY, COEF_G, COEF_X, PC, D, stride_x, stride_dy, lam, eps, BLOCK_D: tl.constexpr
 ):
-    seg = tl.program_id(0)
-    split = tl.program_id(1)
-    start = tl.load(CU + seg)
-    end = tl.load(CU + seg + 1)
-    r_begin = start + split * CHUNK
-    r_end = tl.minimum(r_begin + CHUNK, end)
-    g_row = G + seg.to(tl.int64) * D
-    part = PART + (seg.to(tl.int64) * n_splits + split) * D
-
+    """Per token: the weights of dy and x in dL/dg, the weights of g and x in dx, and p*c (for gamma)."""
+    row = tl.program_id(0).to(tl.int64)
+    seg = tl.load(SEG + row).to(tl.int64)
+    dot = 0.0
+    xx = 0.0
+    dyg = 0.0
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
-        tl.store(part + cols, tl.zeros([BLOCK_D], dtype=tl.float32), mask=cols < D)
-    g_norm = tl.sqrt(tl.load(GG + seg))
-    tl.debug_barrier()  # the accumulator rows below are read back by other threads of this program
-
-    gamma = 0.0
-    for r in range(r_begin, r_end, BLOCK_R):
-        rows = r + tl.arange(0, BLOCK_R)
-        rmask = rows < r_end
-        x_off = rows.to(tl.int64)[:, None] * stride_x
-        dy_off = rows.to(tl.int64)[:, None] * stride_dy
-        dot = tl.zeros([BLOCK_R], dtype=tl.float32)
-        xx = tl.zeros([BLOCK_R], dtype=tl.float32)
-        dyg = tl.zeros([BLOCK_R], dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            cols = d0 + tl.arange(0, BLOCK_D)
-            cmask = cols < D
-            mask = rmask[:, None] & cmask[None, :]
-            g = tl.load(g_row + cols, mask=cmask, other=0.0)[None, :]
-            x = tl.load(X + x_off + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(DY + dy_off + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            dot += tl.sum(x * g, axis=1)
-            xx += tl.sum(x * x, axis=1)
-            dyg += tl.sum(dy * g, axis=1)
-        denom = tl.sqrt(xx) * g_norm
-        defined = (denom > eps) & rmask
-        safe_denom = tl.maximum(denom, eps)
-        cos = tl.where(defined, dot / safe_denom, 0.0)
-        p = lam * dyg
-        coef_dy = lam * (1.0 - cos)
-        coef_g = tl.where(defined, -p / safe_denom, 0.0)
-        coef_x = tl.where(defined, p * cos / tl.maximum(xx, 1e-30), 0.0)
-        gamma += tl.sum(tl.where(defined, p * cos, 0.0), axis=0)
-        tl.store(COEF_G + rows, coef_g, mask=rmask)
-        tl.store(COEF_X + rows, coef_x, mask=rmask)
-        for d0 in range(0, D, BLOCK_D):
-            cols = d0 + tl.arange(0, BLOCK_D)
-            cmask = cols < D
-            mask = rmask[:, None] & cmask[None, :]
-            x = tl.load(X + x_off + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(DY + dy_off + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            contrib = tl.sum(coef_dy[:, None] * dy + coef_g[:, None] * x, axis=0)
-            acc = tl.load(part + cols, mask=cmask, other=0.0)
-            tl.store(part + cols, acc + contrib, mask=cmask)
-        tl.debug_barrier()
-    tl.store(GAMMA + seg * n_splits + split, gamma)
+        cmask = cols < D
+        x = tl.load(X + row * stride_x + cols, mask=cmask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + row * stride_dy + cols, mask=cmask, other=0.0).to(tl.float32)
+        g = tl.load(G + seg * D + cols, mask=cmask, other=0.0)
+        dot += tl.sum(x * g, axis=0)
+        xx += tl.sum(x * x, axis=0)
+        dyg += tl.sum(dy * g, axis=0)
+    denom = tl.sqrt(xx) * tl.sqrt(tl.load(GG + seg))
+    defined = denom > eps
+    safe_denom = tl.maximum(denom, eps)
+    cos = tl.where(defined, dot / safe_denom, 0.0)
+    p = lam * dyg
+    tl.store(COEF_DY + row, lam * (1.0 - cos))
+    tl.store(COEF_G + row, tl.where(defined, -p / safe_denom, 0.0))
+    tl.store(COEF_X + row, tl.where(defined, p * cos / tl.maximum(xx, 1e-30), 0.0))
+    tl.store(PC + row, tl.where(defined, p * cos, 0.0))
 
 
 @triton.jit
@@ -260,6 +247,19 @@ def _bwd_rows(
     tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
 
 
+def _column_sums(a, wa, b, wb, pc, cu_seqlens, max_seqlen, weighted):
+    """Per image and chunk of CHUNK rows: partial column sums ``[S, n_splits, D]`` (and per-chunk gamma)."""
+    S, D = cu_seqlens.numel() - 1, a.shape[1]
+    n_splits = max(triton.cdiv(max_seqlen, CHUNK), 1)
+    partials = torch.empty(S, n_splits, D, device=a.device, dtype=torch.float32)
+    gamma = torch.empty(S, n_splits, device=a.device, dtype=torch.float32) if weighted else partials
+    _segment_colsum[(S, n_splits, triton.cdiv(D, CHUNK_BLOCK_D))](
+        a, wa, b, wb, pc, gamma, partials, cu_seqlens, D, a.stride(0), b.stride(0), n_splits,
+        WEIGHTED=weighted, CHUNK=CHUNK, BLOCK_R=CHUNK_BLOCK_R, BLOCK_D=CHUNK_BLOCK_D, num_warps=8,
+    )  # fmt: skip
+    return partials, gamma, n_splits
+
+
 def forward(x: torch.Tensor, lam: float, cu_seqlens: torch.Tensor, seg_ids: torch.Tensor, max_seqlen: int):
     """Returns ``(y, g)``: the output in x's dtype and the float32 per-image means ``[S, D]``."""
     T, D = x.shape
@@ -267,20 +267,7 @@ def forward(x: torch.Tensor, lam: float, cu_seqlens: torch.Tensor, seg_ids: torc
     y = torch.empty_like(x)
     if T == 0 or D == 0:
         return y, x.new_zeros(S, D, dtype=torch.float32)
-    n_splits = max(triton.cdiv(max_seqlen, MEAN_CHUNK), 1)
-    partials = torch.empty(S, n_splits, D, device=x.device, dtype=torch.float32)
-    _partial_means[(S, n_splits, triton.cdiv(D, MEAN_BLOCK_D))](
-        x,
-        partials,
-        cu_seqlens,
-        D,
-        x.stride(0),
-        n_splits,
-        CHUNK=MEAN_CHUNK,
-        BLOCK_R=MEAN_BLOCK_R,
-        BLOCK_D=MEAN_BLOCK_D,
-        num_warps=4,
-    )
+    partials, _, n_splits = _column_sums(x, x, x, x, x, cu_seqlens, max_seqlen, weighted=False)
     if n_splits == 1:
         g = partials.view(S, D)
     else:
@@ -290,19 +277,9 @@ def forward(x: torch.Tensor, lam: float, cu_seqlens: torch.Tensor, seg_ids: torc
         )
     block, num_warps = _row_launch(D)
     _inject_rows[(T,)](
-        x,
-        y,
-        g,
-        seg_ids,
-        D,
-        x.stride(0),
-        y.stride(0),
-        float(lam),
-        EPS,
-        BLOCK_D=block,
-        ONE_BLOCK=block >= D,
-        num_warps=num_warps,
-    )
+        x, y, g, seg_ids, D, x.stride(0), y.stride(0), float(lam), EPS,
+        BLOCK_D=block, ONE_BLOCK=block >= D, num_warps=num_warps,
+    )  # fmt: skip
     return y, g
 
 
@@ -322,63 +299,21 @@ def backward(
         return dx
     if dy.stride(-1) != 1:
         dy = dy.contiguous()
-    n_splits = max(triton.cdiv(max_seqlen, BWD_CHUNK), 1)
-    partials = torch.empty(S, n_splits, D, device=x.device, dtype=torch.float32)
-    gamma = torch.empty(S, n_splits, device=x.device, dtype=torch.float32)
-    coef_g = torch.empty(T, device=x.device, dtype=torch.float32)
-    coef_x = torch.empty(T, device=x.device, dtype=torch.float32)
     g_norm_sq = g.square().sum(-1)
-    _bwd_partials[(S, n_splits)](
-        x,
-        dy,
-        g,
-        g_norm_sq,
-        cu_seqlens,
-        coef_g,
-        coef_x,
-        partials,
-        gamma,
-        D,
-        x.stride(0),
-        dy.stride(0),
-        n_splits,
-        float(lam),
-        EPS,
-        CHUNK=BWD_CHUNK,
-        BLOCK_R=BWD_BLOCK_R,
-        BLOCK_D=BWD_BLOCK_D,
-        num_warps=4,
-    )
+    coef_dy, coef_g, coef_x, pc = torch.empty(4, T, device=x.device, dtype=torch.float32).unbind(0)
+    block, num_warps = _row_launch(D)
+    _bwd_row_coefs[(T,)](
+        x, dy, g, g_norm_sq, seg_ids, coef_dy, coef_g, coef_x, pc, D, x.stride(0), dy.stride(0), float(lam), EPS,
+        BLOCK_D=block, num_warps=num_warps,
+    )  # fmt: skip
+    partials, gamma, n_splits = _column_sums(dy, coef_dy, x, coef_g, pc, cu_seqlens, max_seqlen, weighted=True)
     grad_g = torch.empty(S, D, device=x.device, dtype=torch.float32)
     _bwd_finish_grad_g[(S, triton.cdiv(D, SPLIT_BLOCK_D))](
-        partials,
-        gamma,
-        g,
-        g_norm_sq,
-        cu_seqlens,
-        grad_g,
-        D,
-        n_splits,
-        BLOCK_S=SPLIT_BLOCK_S,
-        BLOCK_D=SPLIT_BLOCK_D,
-        num_warps=4,
-    )
+        partials, gamma, g, g_norm_sq, cu_seqlens, grad_g, D, n_splits,
+        BLOCK_S=SPLIT_BLOCK_S, BLOCK_D=SPLIT_BLOCK_D, num_warps=4,
+    )  # fmt: skip
     _bwd_rows[(triton.cdiv(T, TILE_M), triton.cdiv(D, TILE_D))](
-        x,
-        dy,
-        dx,
-        g,
-        grad_g,
-        seg_ids,
-        coef_g,
-        coef_x,
-        T,
-        D,
-        x.stride(0),
-        dy.stride(0),
-        dx.stride(0),
-        BLOCK_M=TILE_M,
-        BLOCK_D=TILE_D,
-        num_warps=4,
-    )
+        x, dy, dx, g, grad_g, seg_ids, coef_g, coef_x, T, D, x.stride(0), dy.stride(0), dx.stride(0),
+        BLOCK_M=TILE_M, BLOCK_D=TILE_D, num_warps=4,
+    )  # fmt: skip
     return dx
