@@ -1,11 +1,15 @@
-"""Where the time of the Triton path goes (GPU only): host cost per call, each kernel alone, and the
-whole op replayed from a CUDA graph (GPU time without launch gaps). For tuning, not for reporting.
+"""Where the time of the Triton path goes (GPU only), for tuning; bench_op.py is what gets reported.
+
+For each case: host cost per call of the public function, the whole forward and backward replayed
+from a CUDA graph (GPU time without launch gaps), each kernel alone, and the block/warp variants
+of the streaming kernels.
 
     python benchmarks/profile_op.py
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -14,30 +18,27 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import triton  # noqa: E402
 from triton.testing import do_bench, do_bench_cudagraph  # noqa: E402
 
 import agci  # noqa: E402
-from agci.kernels import _segment_layout, triton_agci  # noqa: E402
+from agci.kernels import _segment_layout  # noqa: E402
+from agci.kernels import triton_agci as K
 
 CASES = {"qwen 16k": ([16384], 3584), "llava x1": ([576], 4096), "llava x64": ([576] * 64, 4096)}
 
 
-def main() -> None:
-    src = torch.randint(0, 256, (1 << 30,), dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    bw = 2 * src.numel() / (do_bench(lambda: dst.copy_(src)) * 1e-3)
-    print(f"copy bandwidth {bw / 1e9:.0f} GB/s")
-    for name, (lengths, d) in CASES.items():
-        profile_case(name, lengths, d, bw)
+def _us(ms: float) -> str:
+    return f"{ms * 1e3:.1f}"
 
 
-def profile_case(name, lengths, d, bw):
+def profile_case(name, lengths, d, bw) -> None:
     t = sum(lengths)
     x = torch.randn(t, d, device="cuda", dtype=torch.bfloat16)
     dy = torch.randn_like(x)
     cu, seg = _segment_layout(tuple(lengths), x.device)
     mx = max(lengths)
-    ideal_us = 3 * x.numel() * 2 / bw * 1e6
+    elem_us = x.numel() * 2 / bw * 1e6  # one pass over x at the copy bandwidth
 
     def fwd():
         return agci.global_context_broadcast(x, 0.5, lengths, impl="triton")
@@ -49,35 +50,66 @@ def profile_case(name, lengths, d, bw):
         fwd()
     host_us = (time.perf_counter() - t0) / 200 * 1e6
     torch.cuda.synchronize()
-    y, g = triton_agci.forward(x, 0.5, cu, seg, mx)
-    block, warps = triton_agci._row_launch(d)
-    k1 = do_bench(lambda: triton_agci._column_sums(x, x, x, x, x, cu, mx, weighted=False))
-    k3 = do_bench(
-        lambda: triton_agci._inject_rows[(t,)](
-            x,
-            y,
-            g,
-            seg,
-            d,
-            x.stride(0),
-            y.stride(0),
-            0.5,
-            1e-8,
-            BLOCK_D=block,
-            ONE_BLOCK=block >= d,
-            num_warps=warps,
-        )
-    )
-    graph_fwd = do_bench_cudagraph(lambda: triton_agci.forward(x, 0.5, cu, seg, mx))
-    graph_bwd = do_bench_cudagraph(lambda: triton_agci.backward(dy, x, g, 0.5, cu, seg, mx))
-    eager_fwd = do_bench(fwd)
+    y, g = K.forward(x, 0.5, cu, seg, mx)
+    gg = g.square().sum(-1)
+    graph_fwd = do_bench_cudagraph(lambda: K.forward(x, 0.5, cu, seg, mx))
+    graph_bwd = do_bench_cudagraph(lambda: K.backward(dy, x, g, 0.5, cu, seg, mx))
     print(
-        f"{name}: ideal fwd {ideal_us:.1f} us | host/call {host_us:.1f} us | eager do_bench fwd "
-        f"{eager_fwd * 1e3:.1f} us | graph fwd {graph_fwd * 1e3:.1f} us "
-        f"({ideal_us / (graph_fwd * 1e3):.0%} of BW) | column_sums(fwd) {k1 * 1e3:.1f} us | "
-        f"inject_rows {k3 * 1e3:.1f} us | graph bwd {graph_bwd * 1e3:.1f} us",
+        f"\n{name} bf16 [{t}x{d}], one pass = {elem_us:.1f} us | host/call {host_us:.1f} us | eager do_bench fwd "
+        f"{_us(do_bench(fwd))} us | graph fwd {_us(graph_fwd)} us ({3 * elem_us / (graph_fwd * 1e3):.0%} of copy BW"
+        f" at 3 passes) | graph bwd {_us(graph_bwd)} us ({5 * elem_us / (graph_bwd * 1e3):.0%} at 5 passes)",
         flush=True,
     )
+    block, _ = K._row_launch(d)
+    coefs = torch.empty(4, t, device="cuda")
+    for warps in (4, 8, 16):
+        inj = do_bench(
+            lambda w=warps: K._inject_rows[(t,)](
+                x, y, g, seg, d, x.stride(0), y.stride(0), 0.5, 1e-8, BLOCK_D=block, ONE_BLOCK=block >= d, num_warps=w
+            )
+        )
+        rc = do_bench(
+            lambda w=warps: K._bwd_row_coefs[(t,)](
+                x, dy, g, gg, seg, *coefs, d, x.stride(0), dy.stride(0), 0.5, 1e-8, BLOCK_D=block, num_warps=w
+            )
+        )
+        print(f"  warps {warps:2d}: inject_rows {_us(inj)} us ({2 * elem_us / (inj * 1e3):.0%}), "
+              f"bwd_row_coefs {_us(rc)} us ({2 * elem_us / (rc * 1e3):.0%})", flush=True)  # fmt: skip
+    n_splits = max(triton.cdiv(mx, K.CHUNK), 1)
+    part = torch.empty(len(lengths), n_splits, d, device="cuda")
+    gam = torch.empty(len(lengths), n_splits, device="cuda")
+    for (br, bd, warps), weighted in itertools.product(
+        [(32, 128, 8), (32, 128, 4), (16, 256, 8), (64, 128, 8), (32, 256, 8)], (False, True)
+    ):
+        ms = do_bench(lambda br=br, bd=bd, w=warps, wt=weighted: K._segment_colsum[
+            (len(lengths), n_splits, triton.cdiv(d, bd))](
+            dy, coefs[0], x, coefs[1], coefs[3], gam, part, cu, d, dy.stride(0), x.stride(0), n_splits,
+            WEIGHTED=wt, CHUNK=K.CHUNK, BLOCK_R=br, BLOCK_D=bd, num_warps=w))  # fmt: skip
+        passes = 2 if weighted else 1
+        print(f"  colsum {'weighted' if weighted else 'plain   '} R{br} D{bd} w{warps}: {_us(ms)} us "
+              f"({passes * elem_us / (ms * 1e3):.0%})", flush=True)  # fmt: skip
+    grad_g = torch.zeros(len(lengths), d, device="cuda")
+    dx = torch.empty_like(x)
+    for tm, td, warps in [(8, 256, 4), (16, 256, 8), (4, 512, 4), (8, 512, 8), (32, 128, 8)]:
+        ms = do_bench(lambda tm=tm, td=td, w=warps: K._bwd_rows[(triton.cdiv(t, tm), triton.cdiv(d, td))](
+            x, dy, dx, g, grad_g, seg, coefs[1], coefs[2], t, d, x.stride(0), dy.stride(0), dx.stride(0),
+            BLOCK_M=tm, BLOCK_D=td, num_warps=w))  # fmt: skip
+        print(f"  bwd_rows M{tm} D{td} w{warps}: {_us(ms)} us ({3 * elem_us / (ms * 1e3):.0%})", flush=True)
+    launch = do_bench(lambda: K._sum_partials[(1, 1)](part, g, d, 1, BLOCK_S=16, BLOCK_D=128, num_warps=4))
+    t0 = time.perf_counter()
+    for _ in range(200):
+        K._sum_partials[(1, 1)](part, g, d, 1, BLOCK_S=16, BLOCK_D=128, num_warps=4)
+    print(f"  one tiny Triton launch: host {(time.perf_counter() - t0) / 200 * 1e6:.1f} us, do_bench {_us(launch)} us")
+    torch.cuda.synchronize()
+
+
+def main() -> None:
+    src = torch.randint(0, 256, (1 << 30,), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    bw = 2 * src.numel() / (do_bench(lambda: dst.copy_(src)) * 1e-3)
+    print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e9:.0f} GB/s (read + write)")
+    for name, (lengths, d) in CASES.items():
+        profile_case(name, lengths, d, bw)
 
 
 if __name__ == "__main__":
