@@ -62,7 +62,7 @@ def profile_case(name, lengths, d, bw) -> None:
     )
     block, _ = K._row_launch(d)
     coefs = torch.empty(4, t, device="cuda")
-    for warps in (4, 8, 16):
+    for warps in (2, 4, 8):
         inj = do_bench(
             lambda w=warps: K._inject_rows[(t,)](
                 x, y, g, seg, d, x.stride(0), y.stride(0), 0.5, 1e-8, BLOCK_D=block, ONE_BLOCK=block >= d, num_warps=w
@@ -78,15 +78,17 @@ def profile_case(name, lengths, d, bw) -> None:
     n_splits = max(triton.cdiv(mx, K.CHUNK), 1)
     part = torch.empty(len(lengths), n_splits, d, device="cuda")
     gam = torch.empty(len(lengths), n_splits, device="cuda")
-    for (br, bd, warps), weighted in itertools.product(
-        [(32, 128, 8), (32, 128, 4), (16, 256, 8), (64, 128, 8), (32, 256, 8)], (False, True)
+    for (br, bd, warps, step), weighted in itertools.product(
+        [(32, 128, 4, 1), (32, 128, 4, 2), (16, 128, 4, 2), (32, 128, 8, 2), (16, 256, 4, 2)], (False, True)
     ):
-        ms = do_bench(lambda br=br, bd=bd, w=warps, wt=weighted: K._segment_colsum[
+        if weighted and step == 2:
+            continue
+        ms = do_bench(lambda br=br, bd=bd, w=warps, wt=weighted, st=step: K._segment_colsum[
             (len(lengths), n_splits, triton.cdiv(d, bd))](
             dy, coefs[0], x, coefs[1], coefs[3], gam, part, cu, d, dy.stride(0), x.stride(0), n_splits,
-            WEIGHTED=wt, CHUNK=K.CHUNK, BLOCK_R=br, BLOCK_D=bd, num_warps=w))  # fmt: skip
+            WEIGHTED=wt, CHUNK=K.CHUNK, BLOCK_R=br, BLOCK_D=bd, STEP_R=br * st, num_warps=w))  # fmt: skip
         passes = 2 if weighted else 1
-        print(f"  colsum {'weighted' if weighted else 'plain   '} R{br} D{bd} w{warps}: {_us(ms)} us "
+        print(f"  colsum {'weighted' if weighted else 'plain   '} R{br}x{step} D{bd} w{warps}: {_us(ms)} us "
               f"({passes * elem_us / (ms * 1e3):.0%})", flush=True)  # fmt: skip
     grad_g = torch.zeros(len(lengths), d, device="cuda")
     dx = torch.empty_like(x)
