@@ -13,5 +13,5 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 } 2>&1 | tee "$out/gpu_env.txt"
 timeout "${1:-240}" python3 -m pytest -q -p no:cacheprovider -rs tests/test_op_reference.py tests/test_op_triton.py \
   tests/test_op_dispatch_compile.py tests/test_op_gpu.py 2>&1 | tee "$out/gpu_tests.log" | tail -25
-python3 benchmarks/profile_op.py 2>&1 | tee "$out/profile.txt"
+[ "${PROFILE:-1}" = 1 ] && python3 benchmarks/profile_op.py 2>&1 | tee "$out/profile.txt"
 python3 benchmarks/bench_op.py --budget-s "${2:-300}" --out "$out" 2>&1 | grep -v "^|" | tail -20
