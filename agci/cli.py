@@ -1,0 +1,73 @@
+"""The ``agci`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _lambdas(text: str) -> list[float]:
+    from .configs import validate_lambda
+
+    try:
+        return [validate_lambda(float(v)) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--lambda takes comma-separated numbers >= 0, e.g. 0,0.5,1 ({exc})") from exc
+
+
+def _cmd_demo(args) -> int:
+    from .demo import print_summary, run_demo
+
+    summary = run_demo(args.out, lambdas=args.lambdas, impl=args.impl, seed=args.seed)
+    print_summary(summary)
+    print(f"wrote {args.out}/demo.json and {args.out}/demo.png")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    import importlib.metadata as md
+
+    import torch
+
+    from . import __version__
+    from .kernels import IMPL_ENV, resolve_impl, triton_available
+
+    def version(name):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"agci {__version__}")
+    for name in ("torch", "transformers", "triton"):
+        print(f"{name} {version(name)}")
+    print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}")
+    print(f"triton kernels usable on {device}: {triton_available(device)}")
+    chosen = resolve_impl("auto", torch.empty(0, device=device, dtype=torch.bfloat16))
+    print(f"impl='auto' on {device} bf16 runs: {chosen} (set {IMPL_ENV}=reference|triton to force)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agci", description="Adaptive Global Context Injection for VLMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="AGCI on a small LLaVA built offline: weights, feature change, logits")
+    demo.add_argument("--out", default="agci-demo", help="output folder (default: agci-demo)")
+    demo.add_argument("--lambda", dest="lambdas", type=_lambdas, default=[0.0, 0.25, 0.5, 1.0],
+                      help="comma-separated lambdas (default: 0,0.25,0.5,1)")  # fmt: skip
+    demo.add_argument("--impl", default="auto", choices=["auto", "reference", "triton"])
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_cmd_demo)
+    info = sub.add_parser("info", help="versions, device and which implementation of the op will run")
+    info.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Model patches (per family) and the transformers-version facts they rely on (``versions``)."""

@@ -1,0 +1,42 @@
+"""The `agci` command: the demo on a small LLaVA (real transformers classes, offline) and `agci info`."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _agci(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "agci", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_demo_writes_json_and_png_with_the_expected_behaviour(tmp_path):
+    out = _agci("demo", "--out", str(tmp_path / "demo"), "--lambda", "0,0.5,1")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert (tmp_path / "demo" / "demo.png").stat().st_size > 10_000
+    assert summary["tokens_per_image"] == [256, 256]
+    assert [s["lambda"] for s in summary["sweep"]] == [0.0, 0.5, 1.0]
+    for image in range(2):
+        rows = [s["images"][image] for s in summary["sweep"]]
+        assert rows[0]["relative_change"] == 0 and rows[0]["kl_next_token_vs_lambda0"] == 0
+        # ||lam * w * g|| grows linearly with lambda, and the tokens move towards their image's mean
+        assert rows[2]["relative_change"] == pytest.approx(2 * rows[1]["relative_change"], rel=1e-4)
+        assert rows[2]["mean_cos_to_context_after"] > rows[1]["mean_cos_to_context_after"] > rows[0][
+            "mean_cos_to_context_after"]  # fmt: skip
+        assert rows[2]["kl_next_token_vs_lambda0"] > 0
+        assert all(r["max_diff_alone_vs_batched"] < 1e-6 for r in rows)
+    assert "lambda | image" in out.stdout
+
+
+def test_demo_refuses_a_negative_lambda_with_a_clear_message(tmp_path):
+    out = _agci("demo", "--out", str(tmp_path), "--lambda", "0,-1")
+    assert out.returncode == 2
+    assert ">= 0" in out.stderr and not (tmp_path / "demo.json").exists()
+
+
+def test_info_reports_versions_and_the_chosen_implementation():
+    out = _agci("info")
+    assert out.returncode == 0, out.stderr
+    assert "torch " in out.stdout and "impl='auto'" in out.stdout
