@@ -149,11 +149,14 @@ def test_bad_seqlens_and_tensors_are_refused():
         agci.global_context_broadcast(x, 0.5, impl="cuda")
 
 
-def test_seqlens_as_tensor_equals_list():
+def test_seqlens_as_tensor_or_numpy_ints_equal_list():
+    import numpy as np
+
     x = _packed(LENGTHS, 9)
     a = agci.global_context_broadcast(x, 0.5, LENGTHS)
-    b = agci.global_context_broadcast(x, 0.5, torch.tensor(LENGTHS))
-    assert torch.equal(a, b)
+    assert torch.equal(a, agci.global_context_broadcast(x, 0.5, torch.tensor(LENGTHS)))
+    assert torch.equal(a, agci.global_context_broadcast(x, 0.5, np.array(LENGTHS)))
+    assert torch.equal(a, agci.global_context_broadcast(x, 0.5, tuple(np.int32(v) for v in LENGTHS)))
 
 
 def test_eager_formula_of_reference_repo_equals_ours_for_one_image():

@@ -95,11 +95,12 @@ def _check_seqlens(seqlens: Sequence[int] | torch.Tensor, total: int) -> list[in
         values = seqlens.tolist()
     else:
         values = list(seqlens)
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, int) and not (hasattr(v, "__index__")):
-                raise TypeError(f"seqlens must hold integer token counts, got {v!r}")
-        values = [int(v) for v in values]
-    if any(v < 0 for v in values):
+        if not all(type(v) is int for v in values):  # slow path: numpy ints and other integer types
+            for v in values:
+                if isinstance(v, bool) or not hasattr(v, "__index__") or isinstance(v, torch.Tensor):
+                    raise TypeError(f"seqlens must hold integer token counts, got {v!r}")
+            values = [v.__index__() for v in values]
+    if min(values, default=0) < 0:
         raise ValueError(f"seqlens must be token counts >= 0, got {values}")
     if sum(values) != total:
         raise ValueError(
@@ -155,7 +156,9 @@ def global_context_broadcast(
 
     if lengths is None:
         lengths = [x.shape[1]] * x.shape[0] if x.ndim == 3 else [x.shape[0]]
-    cu_seqlens, seg_ids = _segment_layout(tuple(lengths), x.device)
+    # Dynamo traces through the cache, so under torch.compile call the function itself.
+    layout = _segment_layout.__wrapped__ if torch.compiler.is_compiling() else _segment_layout
+    cu_seqlens, seg_ids = layout(tuple(lengths), x.device)
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
