@@ -1,0 +1,23 @@
+"""The op benchmark runs on a CPU (non-Triton providers, one small case) and writes its four files."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_op_runs_on_cpu_and_writes_csv_md_json_png(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_op.py"), "--quick", "--shapes", "gemma3n x1",
+           "--dtypes", "fp32", "--modes", "fwd,bwd", "--reps", "1", "--providers", "eager_formula,agci_reference",
+           "--out", str(tmp_path), "--tag", "smoke"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "smoke.csv")))
+    assert {(r["provider"], r["mode"]) for r in rows} == {
+        (p, m) for p in ("eager_formula", "agci_reference") for m in ("fwd", "bwd")
+    }
+    assert all(float(r["median_ms"]) > 0 and r["device"] and r["torch"] for r in rows)
+    assert "speed-up vs eager" in (tmp_path / "smoke.md").read_text()
+    assert (tmp_path / "smoke.png").stat().st_size > 5_000 and (tmp_path / "smoke.json").exists()
