@@ -10,16 +10,35 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "global_context_broadcast", "LAMBDA_KEY", "validate_lambda"]
+__all__ = [
+    "__version__",
+    "global_context_broadcast",
+    "LAMBDA_KEY",
+    "validate_lambda",
+    "patch",
+    "unpatch",
+    "apply_agci",
+    "revert_agci",
+    "SUPPORTED_MODEL_TYPES",
+    "AutoAGCIModelForImageTextToText",
+]
 
 if TYPE_CHECKING:
     from .configs import LAMBDA_KEY, validate_lambda
     from .kernels import global_context_broadcast
+    from .patches.auto import AutoAGCIModelForImageTextToText
+    from .patches.core import SUPPORTED_MODEL_TYPES, apply_agci, patch, revert_agci, unpatch
 
 _LAZY = {
     "global_context_broadcast": ("agci.kernels", "global_context_broadcast"),
     "LAMBDA_KEY": ("agci.configs", "LAMBDA_KEY"),
     "validate_lambda": ("agci.configs", "validate_lambda"),
+    "patch": ("agci.patches.core", "patch"),
+    "unpatch": ("agci.patches.core", "unpatch"),
+    "apply_agci": ("agci.patches.core", "apply_agci"),
+    "revert_agci": ("agci.patches.core", "revert_agci"),
+    "SUPPORTED_MODEL_TYPES": ("agci.patches.core", "SUPPORTED_MODEL_TYPES"),
+    "AutoAGCIModelForImageTextToText": ("agci.patches.auto", "AutoAGCIModelForImageTextToText"),
 }
 
 

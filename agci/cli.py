@@ -49,6 +49,41 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_set_lambda(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .configs import LAMBDA_KEY, validate_lambda
+    from .patches.core import SUPPORTED_MODEL_TYPES
+
+    path = Path(args.checkpoint)
+    config_path = path / "config.json" if path.is_dir() else path
+    if not config_path.is_file():
+        print(f"agci set-lambda: no config.json at {config_path}; pass a checkpoint folder", file=sys.stderr)
+        return 2
+    try:
+        value = validate_lambda(float(args.value))
+    except ValueError as exc:
+        print(f"agci set-lambda: {exc}", file=sys.stderr)
+        return 2
+    config = json.loads(config_path.read_text())
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        print(
+            f"agci set-lambda: model type {model_type!r} in {config_path} is not supported; "
+            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}",
+            file=sys.stderr,
+        )
+        return 2
+    previous = config.get(LAMBDA_KEY)
+    config[LAMBDA_KEY] = value
+    tmp = config_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tmp.replace(config_path)
+    print(f"{config_path}: {LAMBDA_KEY} {previous} -> {value} ({model_type})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agci", description="Adaptive Global Context Injection for VLMs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--impl", default="auto", choices=["auto", "reference", "triton"])
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
+    setl = sub.add_parser("set-lambda", help="write global_context_broadcast_lambda into a checkpoint's config.json")
+    setl.add_argument("checkpoint", help="checkpoint folder (or its config.json)")
+    setl.add_argument("value", help="lambda >= 0; 0 turns AGCI off")
+    setl.set_defaults(func=_cmd_set_lambda)
     info = sub.add_parser("info", help="versions, device and which implementation of the op will run")
     info.set_defaults(func=_cmd_info)
     return parser

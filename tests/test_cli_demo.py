@@ -40,3 +40,21 @@ def test_info_reports_versions_and_the_chosen_implementation():
     out = _agci("info")
     assert out.returncode == 0, out.stderr
     assert "torch " in out.stdout and "impl='auto'" in out.stdout
+
+
+def test_set_lambda_writes_the_key_after_checking_the_model_type(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl", "text_config": {"hidden_size": 8}}))
+    out = _agci("set-lambda", str(ckpt), "0.5")
+    assert out.returncode == 0, out.stderr
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["global_context_broadcast_lambda"] == 0.5 and config["text_config"] == {"hidden_size": 8}
+    bad = _agci("set-lambda", str(ckpt), "-1")
+    assert bad.returncode == 2 and ">= 0" in bad.stderr
+    assert json.loads((ckpt / "config.json").read_text())["global_context_broadcast_lambda"] == 0.5
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "blip-2"}))
+    unsupported = _agci("set-lambda", str(ckpt), "0.5")
+    assert unsupported.returncode == 2 and "supported: llava" in unsupported.stderr
+    missing = _agci("set-lambda", str(tmp_path / "nowhere"), "0.5")
+    assert missing.returncode == 2 and "no config.json" in missing.stderr

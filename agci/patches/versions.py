@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 SUPPORTED_TRANSFORMERS = ">=4.57,<6"
@@ -14,13 +17,61 @@ def transformers_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def image_features_per_image(output) -> list[torch.Tensor]:
-    """The per-image ``[n_i, D]`` tensors from ``get_image_features``.
+def check_transformers_supported() -> None:
+    major, minor = transformers_version()
+    if (major, minor) < (4, 57) or major >= 6:
+        import transformers
 
-    4.57 returns a list/tuple of tensors or one ``[n, T, D]`` tensor; 5.x returns an output dataclass
-    whose ``pooler_output`` holds the same thing.
-    """
-    features = getattr(output, "pooler_output", output)
+        raise RuntimeError(
+            f"agci's patches support transformers {SUPPORTED_TRANSFORMERS} (4.57.x and 5.x); found "
+            f"{transformers.__version__}. Install a supported version, e.g. pip install 'transformers>=4.57,<6'."
+        )
+
+
+def returns_output_dataclass() -> bool:
+    """5.x: ``get_image_features`` returns an output dataclass whose ``pooler_output`` holds the features;
+    4.57 returns them directly (Qwen3-VL: a 2-tuple ``(per_image, deepstack)``)."""
+    return transformers_version()[0] >= 5
+
+
+def image_features_per_image(output) -> list[torch.Tensor]:
+    """The per-image ``[n_i, D]`` tensors from ``get_image_features``, whatever the version returned."""
+    features = _features_of(output)
     if isinstance(features, torch.Tensor):
         return list(features.unbind(0)) if features.ndim == 3 else [features]
     return list(features)
+
+
+def _features_of(output):
+    if hasattr(output, "pooler_output"):
+        return output.pooler_output
+    if (
+        isinstance(output, tuple)
+        and len(output) == 2
+        and isinstance(output[1], list | tuple)
+        and _is_features(output[0])
+    ):
+        return output[0]  # 4.57 Qwen3-VL: (per-image features, deepstack features)
+    return output
+
+
+def _is_features(value) -> bool:
+    return isinstance(value, torch.Tensor) or (
+        isinstance(value, list | tuple) and all(isinstance(t, torch.Tensor) for t in value)
+    )
+
+
+def map_image_features(output, fn: Callable[[Any], Any]):
+    """Return ``output`` with its per-image features replaced by ``fn(features)``; the structure is kept
+    (dataclass, 4.57 Qwen3-VL pair, list, tuple or stacked tensor). Deepstack features are left alone."""
+    if hasattr(output, "pooler_output"):
+        output.pooler_output = fn(output.pooler_output)
+        return output
+    if (
+        isinstance(output, tuple)
+        and len(output) == 2
+        and isinstance(output[1], list | tuple)
+        and _is_features(output[0])
+    ):
+        return (fn(output[0]), output[1])
+    return fn(output)

@@ -1,0 +1,55 @@
+"""``AutoAGCIModelForImageTextToText``: load any supported VLM with AGCI on (instance-level patch)."""
+
+from __future__ import annotations
+
+from ..configs import LAMBDA_KEY, validate_lambda
+from .core import SUPPORTED_MODEL_TYPES, apply_agci, read_lambda, read_scope
+
+
+def _checked_config(config, global_context_broadcast_lambda):
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"model type {config.model_type!r} is not supported by agci; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    if global_context_broadcast_lambda is not None:
+        setattr(config, LAMBDA_KEY, validate_lambda(global_context_broadcast_lambda))
+    read_lambda(config)
+    read_scope(config)
+    return config
+
+
+class AutoAGCIModelForImageTextToText:
+    """Like ``transformers.AutoModelForImageTextToText``, with AGCI applied to the loaded instance.
+
+    ``global_context_broadcast_lambda`` overrides the value in config.json; without it the checkpoint's
+    value is used (0 when absent). Bad values are refused before any weight is loaded."""
+
+    def __init__(self):
+        raise OSError("use AutoAGCIModelForImageTextToText.from_pretrained(...) or .from_config(...)")
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *model_args, global_context_broadcast_lambda=None, **kwargs
+    ):
+        from transformers import AutoConfig, AutoModelForImageTextToText
+
+        config = kwargs.pop("config", None)
+        if config is None:
+            config_kwargs = {
+                k: kwargs[k] for k in ("trust_remote_code", "revision", "cache_dir", "token") if k in kwargs
+            }
+            config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
+        config = _checked_config(config, global_context_broadcast_lambda)
+        model = AutoModelForImageTextToText.from_pretrained(
+            pretrained_model_name_or_path, *model_args, config=config, **kwargs
+        )
+        return apply_agci(model)
+
+    @classmethod
+    def from_config(cls, config, global_context_broadcast_lambda=None, **kwargs):
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_config(
+            _checked_config(config, global_context_broadcast_lambda), **kwargs
+        )
+        return apply_agci(model)

@@ -1,0 +1,251 @@
+"""AGCI inside real transformers models (tiny random configs, CPU): class-level and instance-level patches."""
+
+import json
+
+import pytest
+import torch
+from conftest import per_image_formula
+from vlm_cases import build
+
+import agci
+from agci.patches import core, versions
+
+FAMILIES = list(agci.SUPPORTED_MODEL_TYPES)
+
+
+@pytest.fixture(autouse=True)
+def _clean_patches():
+    agci.unpatch()
+    yield
+    agci.unpatch()
+
+
+def _inner(model):
+    return core._inner_model(model)[0]
+
+
+def _embeds_reaching_language_model(model, inputs):
+    """The input embeddings the language model receives, captured by a pre-hook."""
+    seen = {}
+
+    def hook(module, args, kwargs):
+        seen["embeds"] = kwargs["inputs_embeds"].detach().clone()
+
+    handle = _inner(model).language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        handle.remove()
+    return seen["embeds"]
+
+
+def _unpatched_features(model, inputs):
+    inner = _inner(model)
+    original = type(inner).get_image_features
+    original = getattr(original, "__agci_original__", original)
+    kwargs = {k: v for k, v in inputs.items() if k in ("image_sizes", "image_grid_thw")}
+    with torch.no_grad():
+        return versions.image_features_per_image(original(inner, inputs["pixel_values"], **kwargs))
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_language_model_receives_the_per_image_formula(model_type, padding_side):
+    case = build(model_type, global_context_broadcast_lambda=0.7)
+    inputs = case.batch(padding_side)
+    agci.patch()
+    embeds = _embeds_reaching_language_model(case.model, inputs)
+    features = _unpatched_features(case.model, inputs)
+    lengths = [f.shape[0] for f in features]
+    assert len(lengths) == 2 and lengths[0] != lengths[1] or model_type == "llava"
+    expected = per_image_formula(torch.cat(features), 0.7, lengths)
+    got = embeds[inputs["input_ids"] == case.image_token]
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_lambda_zero_is_bitwise_the_stock_model(model_type):
+    case = build(model_type)
+    inputs = case.batch()
+    with torch.no_grad():
+        stock = case.model(**inputs).logits
+        agci.patch()
+        assert torch.equal(case.model(**inputs).logits, stock)
+        case.model.global_context_broadcast_lambda = 0.5
+        assert not torch.allclose(case.model(**inputs).logits, stock)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_a_sample_alone_and_in_a_batch_gets_the_same_logits(model_type):
+    case = build(model_type, global_context_broadcast_lambda=1.0)
+    agci.patch()
+    batch = case.batch("left")
+    with torch.no_grad():
+        batched = case.model(**batch).logits[:, -1]
+        for i, sample in enumerate(case.samples):
+            if "mm_token_type_ids" in sample:
+                sample = dict(sample, mm_token_type_ids=(sample["input_ids"] == case.image_token).int())
+            alone = case.model(**sample).logits[0, -1]
+            torch.testing.assert_close(batched[i], alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_injection_runs_once_per_forward_and_once_per_generate(model_type, monkeypatch):
+    case = build(model_type, global_context_broadcast_lambda=0.5)
+    calls = []
+    real_inject = core.inject
+    monkeypatch.setattr(core, "inject", lambda *a, **k: calls.append(1) or real_inject(*a, **k))
+    agci.patch()
+    inputs = case.batch()
+    with torch.no_grad():
+        case.model(**inputs)
+        assert len(calls) == 1
+        out = case.model.generate(**inputs, max_new_tokens=3, do_sample=False, use_cache=True)
+    assert len(calls) == 2
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_patch_is_idempotent_and_unpatch_restores_the_originals():
+    classes = {t: core.family_classes(t) for t in FAMILIES}
+    before = {t: dict(inner.__dict__) for t, (inner, _) in classes.items()}
+    first = agci.patch()
+    second = agci.patch()
+    assert first.model_types == sorted(FAMILIES) and second.model_types == []
+    for t, (inner, outer) in classes.items():
+        wrapped = inner.__dict__["get_image_features"]
+        assert wrapped.__agci_original__ is before[t]["get_image_features"]
+        assert not hasattr(wrapped.__agci_original__, "__agci_original__")  # wrapped once
+        assert isinstance(outer.__dict__[agci.LAMBDA_KEY], property)
+    agci.unpatch()
+    for t, (inner, outer) in classes.items():
+        assert inner.__dict__["get_image_features"] is before[t]["get_image_features"]
+        assert inner.__dict__["__init__"] is before[t]["__init__"]
+        assert agci.LAMBDA_KEY not in outer.__dict__
+
+
+def test_patch_handle_undoes_only_its_own_changes_and_works_as_a_context_manager():
+    with agci.patch("llava") as handle:
+        assert handle.model_types == ["llava"]
+        inner, _ = core.family_classes("llava")
+        assert hasattr(inner.__dict__["get_image_features"], "__agci_original__")
+        qwen_inner, _ = core.family_classes("qwen2_5_vl")
+        assert not hasattr(qwen_inner.__dict__["get_image_features"], "__agci_original__")
+    assert not hasattr(inner.__dict__["get_image_features"], "__agci_original__")
+
+
+@pytest.mark.parametrize("model_type", ["llava", "qwen2_5_vl"])
+def test_apply_agci_patches_one_instance_and_revert_removes_it(model_type):
+    case = build(model_type)
+    other = build(model_type)
+    inputs = case.batch()
+    with torch.no_grad():
+        stock = case.model(**inputs).logits
+        agci.apply_agci(case.model, global_context_broadcast_lambda=0.8)
+        assert case.model.global_context_broadcast_lambda == 0.8
+        assert case.model.config.global_context_broadcast_lambda == 0.8
+        patched = case.model(**inputs).logits
+        assert not torch.allclose(patched, stock)
+        agci.apply_agci(case.model)  # again: no second wrapper
+        assert torch.equal(case.model(**inputs).logits, patched)
+        other.model.config.global_context_broadcast_lambda = 0.8
+        assert torch.equal(other.model(**inputs).logits, other.model(**inputs).logits)
+        assert "get_image_features" not in _inner(other.model).__dict__  # the other instance is untouched
+        agci.revert_agci(case.model)
+        assert torch.equal(case.model(**inputs).logits, stock)
+
+
+def test_apply_agci_reaches_the_model_inside_a_wrapper():
+    case = build("llava")
+    wrapper = torch.nn.Sequential(case.model)  # stands for DDP / PEFT: the VLM is a submodule
+    agci.apply_agci(wrapper, 0.5)
+    assert "get_image_features" in _inner(case.model).__dict__
+    with pytest.raises(ValueError, match="no supported VLM"):
+        agci.apply_agci(torch.nn.Linear(2, 2))
+
+
+def test_lambda_is_read_at_call_time_and_bad_values_are_refused():
+    case = build("llava")
+    agci.patch()
+    inputs = case.batch()
+    model = case.model
+    with torch.no_grad():
+        model.global_context_broadcast_lambda = 0.25
+        a = model(**inputs).logits
+        model.config.global_context_broadcast_lambda = 1.0
+        b = model(**inputs).logits
+    assert not torch.allclose(a, b)
+    for bad, exc in [(-1, ValueError), (float("nan"), ValueError), ("0.5", TypeError)]:
+        with pytest.raises(exc, match="global_context_broadcast_lambda"):
+            model.global_context_broadcast_lambda = bad
+
+
+def test_save_load_round_trip_keeps_the_key_and_bad_config_values_fail_at_load(tmp_path):
+    case = build("qwen2_5_vl", global_context_broadcast_lambda=0.6)
+    case.model.save_pretrained(tmp_path / "ckpt")
+    saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert saved[agci.LAMBDA_KEY] == 0.6 and agci.LAMBDA_KEY not in saved.get("text_config", {})
+    loaded = agci.AutoAGCIModelForImageTextToText.from_pretrained(tmp_path / "ckpt")
+    assert loaded.global_context_broadcast_lambda == 0.6
+    inputs = case.batch()
+    agci.apply_agci(case.model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, case.model(**inputs).logits)
+    override = agci.AutoAGCIModelForImageTextToText.from_pretrained(
+        tmp_path / "ckpt", global_context_broadcast_lambda=0
+    )
+    assert override.global_context_broadcast_lambda == 0.0
+
+    saved[agci.LAMBDA_KEY] = -0.5
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="global_context_broadcast_lambda must be >= 0"):
+        agci.AutoAGCIModelForImageTextToText.from_pretrained(tmp_path / "ckpt")
+    agci.patch()
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    with pytest.raises(ValueError, match="global_context_broadcast_lambda must be >= 0"):
+        Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "ckpt")
+
+
+def test_from_config_and_unsupported_types_are_named():
+    from transformers import LlavaConfig
+
+    config = LlavaConfig(**build("llava").model.config.to_dict())
+    model = agci.AutoAGCIModelForImageTextToText.from_config(config, global_context_broadcast_lambda=0.3)
+    assert model.global_context_broadcast_lambda == 0.3
+    with pytest.raises(ValueError, match="supported: llava"):
+        agci.patch("blip-2")
+    with pytest.raises(OSError, match="from_pretrained"):
+        agci.AutoAGCIModelForImageTextToText()
+
+
+def test_qwen3_vl_videos_are_left_alone():
+    case = build("qwen3_vl", global_context_broadcast_lambda=1.0)
+    inner = _inner(case.model)
+    video = case.samples[1]
+    with torch.no_grad():
+        stock = versions.image_features_per_image(
+            inner.get_video_features(video["pixel_values"], video["image_grid_thw"])
+        )
+        agci.patch()
+        after = versions.image_features_per_image(
+            inner.get_video_features(video["pixel_values"], video["image_grid_thw"])
+        )
+        images = versions.image_features_per_image(
+            inner.get_image_features(video["pixel_values"], video["image_grid_thw"])
+        )
+    assert all(torch.equal(a, b) for a, b in zip(after, stock, strict=True))
+    assert not torch.allclose(images[0], stock[0])
+
+
+def test_scope_batch_reproduces_the_reference_batch_wide_mean():
+    case = build("llava_next", global_context_broadcast_lambda=0.5, global_context_broadcast_scope="batch")
+    inputs = case.batch()
+    agci.patch()
+    embeds = _embeds_reaching_language_model(case.model, inputs)
+    features = torch.cat(_unpatched_features(case.model, inputs))
+    expected = per_image_formula(features, 0.5, [features.shape[0]])  # one g over both images
+    torch.testing.assert_close(embeds[inputs["input_ids"] == case.image_token].double(), expected, rtol=1e-5, atol=1e-5)
+    case.model.config.global_context_broadcast_scope = "video"
+    with pytest.raises(ValueError, match="global_context_broadcast_scope must be one of"):
+        case.model(**inputs)
