@@ -4,8 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU wheel of this torch lies on the project's machines; elsewhere pip fetches it (override freely).
 TORCH_SPEC ?= torch==2.13.0
+# The patch tests also run against these transformers releases (the newest comes with `setup`):
+# 4.57.x and 5.6.0, LLaMA-Factory's ceiling. Each is a small overlay on PYTHONPATH.
+TRANSFORMERS_VERSIONS ?= 4.57.6 5.6.0
 
-.PHONY: setup demo test test-gpu lint bench clean
+.PHONY: setup demo test test-versions test-gpu lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,8 +22,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup  ## AGCI on a small LLaVA built offline; writes agci-demo/demo.json and demo.png
 	$(BIN)/agci demo --out agci-demo
 
-test: setup  ## the CPU test suite (Triton kernels interpreted); GPU tests skip with the reason
+test: setup  ## the CPU test suite (Triton kernels interpreted; GPU tests skip with the reason), then older transformers
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-versions
+
+test-versions: setup  ## the patch and demo tests against each of TRANSFORMERS_VERSIONS
+	@set -e; for v in $(TRANSFORMERS_VERSIONS); do \
+	  overlay=$(VENV)/transformers-$$v; \
+	  [ -f $$overlay/.installed ] || { $(BIN)/python -m pip install -q --target $$overlay "transformers==$$v" && touch $$overlay/.installed; }; \
+	  echo "== transformers $$v"; \
+	  PYTHONPATH=$$overlay $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_patches.py tests/test_cli_demo.py; \
+	done
 
 test-gpu:  ## on a CUDA machine: kernel tests compiled, at real sizes, then the op benchmark
 	bash benchmarks/run_gpu.sh
