@@ -31,7 +31,7 @@ test-versions: setup  ## the patch and demo tests against each of TRANSFORMERS_V
 	  overlay=$(VENV)/transformers-$$v; \
 	  [ -f $$overlay/.installed ] || { $(BIN)/python -m pip install -q --target $$overlay "transformers==$$v" && touch $$overlay/.installed; }; \
 	  echo "== transformers $$v"; \
-	  PYTHONPATH=$$overlay $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_patches.py tests/test_patches_peft.py tests/test_cli_demo.py; \
+	  PYTHONPATH=$$overlay $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_patches.py tests/test_patches_peft.py tests/test_autopatch.py tests/test_cli_demo.py; \
 	done
 
 test-gpu:  ## on a CUDA machine: kernel tests compiled, at real sizes, then the op benchmark

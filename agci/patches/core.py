@@ -13,50 +13,16 @@ import functools
 import importlib
 import threading
 import types
-from dataclasses import dataclass
 
 import torch
 
 from ..configs import LAMBDA_KEY, validate_lambda
 from . import versions
+from .families import FAMILIES, SUPPORTED_MODEL_TYPES
 
 SCOPE_KEY = "global_context_broadcast_scope"
 SCOPES = ("image", "batch")
 
-
-@dataclass(frozen=True)
-class Family:
-    model_type: str
-    module: str
-    inner_class: str
-    outer_class: str
-
-
-FAMILIES = {
-    f.model_type: f
-    for f in (
-        Family("llava", "transformers.models.llava.modeling_llava", "LlavaModel", "LlavaForConditionalGeneration"),
-        Family(
-            "llava_next",
-            "transformers.models.llava_next.modeling_llava_next",
-            "LlavaNextModel",
-            "LlavaNextForConditionalGeneration",
-        ),
-        Family(
-            "qwen2_5_vl",
-            "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl",
-            "Qwen2_5_VLModel",
-            "Qwen2_5_VLForConditionalGeneration",
-        ),
-        Family(
-            "qwen3_vl",
-            "transformers.models.qwen3_vl.modeling_qwen3_vl",
-            "Qwen3VLModel",
-            "Qwen3VLForConditionalGeneration",
-        ),
-    )
-}
-SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
 _VIDEO = threading.local()  # set while get_video_features runs, so that its call into get_image_features is skipped
 

@@ -1,0 +1,28 @@
+"""The supported model families: where their classes live (no torch or transformers import here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str
+    module: str
+    inner_class: str
+    outer_class: str
+
+
+_M = "transformers.models."
+FAMILIES = {
+    f.model_type: f
+    for f in (
+        Family("llava", _M + "llava.modeling_llava", "LlavaModel", "LlavaForConditionalGeneration"),
+        Family("llava_next", _M + "llava_next.modeling_llava_next", "LlavaNextModel",
+               "LlavaNextForConditionalGeneration"),
+        Family("qwen2_5_vl", _M + "qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VLModel",
+               "Qwen2_5_VLForConditionalGeneration"),
+        Family("qwen3_vl", _M + "qwen3_vl.modeling_qwen3_vl", "Qwen3VLModel", "Qwen3VLForConditionalGeneration"),
+    )
+}  # fmt: skip
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
