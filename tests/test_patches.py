@@ -56,7 +56,7 @@ def test_language_model_receives_the_per_image_formula(model_type, padding_side)
     inputs = case.batch(padding_side)
     agci.patch()
     embeds = _embeds_reaching_language_model(case.model, inputs)
-    features = _unpatched_features(case.model, inputs)
+    features = case.per_image(_unpatched_features(case.model, inputs))
     lengths = [f.shape[0] for f in features]
     assert len(lengths) == 2 and lengths[0] != lengths[1] or model_type == "llava"
     expected = per_image_formula(torch.cat(features), 0.7, lengths)
@@ -249,3 +249,35 @@ def test_scope_batch_reproduces_the_reference_batch_wide_mean():
     case.model.config.global_context_broadcast_scope = "video"
     with pytest.raises(ValueError, match="global_context_broadcast_scope must be one of"):
         case.model(**inputs)
+
+
+def test_internvl_tiles_are_grouped_into_images_from_input_ids():
+    ids = torch.tensor([[1, 121, *[120] * 12, 122, 5, 121, *[120] * 4, 122], [1, 121, *[120] * 8, 122, *[0] * 11]])
+    assert core.tiles_per_image(ids, 120, 4, 6) == [3, 1, 2]
+    assert core.tiles_per_image(None, 120, 4, 6) == [1] * 6
+    with pytest.warns(UserWarning, match="do not match"):
+        assert core.tiles_per_image(ids, 120, 4, 5) == [1] * 5
+
+
+@pytest.mark.parametrize("how", ["patch", "apply_agci"])
+def test_internvl_generate_groups_tiles_like_forward(how):
+    case = build("internvl", global_context_broadcast_lambda=0.7)
+    inputs = case.batch("left")
+    agci.patch() if how == "patch" else agci.apply_agci(case.model)
+    seen = []
+    hook = _inner(case.model).language_model.register_forward_pre_hook(
+        lambda m, a, k: seen.append(k["inputs_embeds"].detach().clone()), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            case.model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    finally:
+        hook.remove()
+    prefill = seen[0]
+    features = case.per_image(_unpatched_features(case.model, inputs))
+    expected = per_image_formula(torch.cat(features), 0.7, [f.shape[0] for f in features])
+    got = prefill[inputs["input_ids"] == case.image_token]
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    assert _inner(case.model).__dict__.get("_agci_input_ids") is None  # nothing stale left behind
+    agci.revert_agci(case.model)
+    assert not any("generate" in m.__dict__ or "forward" in m.__dict__ for m in case.model.modules())

@@ -18,6 +18,17 @@ class Case:
     model: torch.nn.Module
     image_token: int
     samples: list[dict] = field(default_factory=list)  # per-sample inputs (batch of one)
+    tiles: list[int] | None = None  # InternVL: tiles per image, in batch order
+
+    def per_image(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-tile features (InternVL) joined into per-image ones; others pass through."""
+        if self.tiles is None:
+            return features
+        out, i = [], 0
+        for t in self.tiles:
+            out.append(torch.cat(features[i : i + t]))
+            i += t
+        return out
 
     def batch(self, padding_side: str = "left") -> dict:
         """The samples as one padded batch."""
@@ -49,6 +60,7 @@ def build(model_type: str, seed: int = 0, **config_overrides) -> Case:
     torch.manual_seed(seed)
     d = dict(CONFIGS[model_type], **config_overrides)
     v5 = int(transformers.__version__.split(".")[0]) >= 5
+    tiles = None
     if model_type == "llava":
         model = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(**d))
         samples = [{"input_ids": _ids(*[100] * 4), "pixel_values": torch.randn(1, 3, 28, 28)} for _ in range(2)]
@@ -82,6 +94,13 @@ def build(model_type: str, seed: int = 0, **config_overrides) -> Case:
                 s["mm_token_type_ids"] = (s["input_ids"] == 120).int()
             samples.append(s)
         token = 120
+    elif model_type == "internvl":
+        model = transformers.InternVLForConditionalGeneration(transformers.InternVLConfig(**d))
+        # 3 tiles (12 tokens) and 1 tile (4 tokens), each image between <img>=121 and </img>=122
+        samples = [
+            {"input_ids": _ids(121, *[120] * 4 * t, 122), "pixel_values": torch.randn(t, 3, 56, 56)} for t in (3, 1)
+        ]
+        token, tiles = 120, [3, 1]
     else:
         raise ValueError(model_type)
-    return Case(model_type, model.eval(), token, samples)
+    return Case(model_type, model.eval(), token, samples, tiles)

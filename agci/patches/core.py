@@ -13,12 +13,13 @@ import functools
 import importlib
 import threading
 import types
+import warnings
 
 import torch
 
 from ..configs import LAMBDA_KEY, validate_lambda
 from . import versions
-from .families import FAMILIES, SUPPORTED_MODEL_TYPES
+from .families import FAMILIES, SUPPORTED_MODEL_TYPES, Family
 
 SCOPE_KEY = "global_context_broadcast_scope"
 SCOPES = ("image", "batch")
@@ -38,16 +39,20 @@ def read_scope(config) -> str:
     return scope
 
 
-def inject(features, lam: float, scope: str = "image"):
+def inject(features, lam: float, scope: str = "image", tiles: list[int] | None = None):
     """AGCI on per-image features as ``get_image_features`` returns them: a list/tuple of ``[n_i, D]``
-    tensors (same type back) or a stacked ``[n, T, D]`` tensor (one image per row)."""
+    tensors (same type back) or a stacked ``[n, T, D]`` tensor, one image per row, or, with ``tiles``,
+    ``tiles[i]`` consecutive rows per image (InternVL)."""
     from ..kernels import global_context_broadcast
     from ..kernels.reference import broadcast_eager_formula
 
     if isinstance(features, torch.Tensor):
+        flat = features.reshape(-1, features.shape[-1])
         if scope == "batch":
-            flat = features.reshape(-1, features.shape[-1])
             return broadcast_eager_formula(flat, lam).view(features.shape)
+        if tiles is not None:
+            per_tile = features.shape[1]
+            return global_context_broadcast(flat, lam, [t * per_tile for t in tiles]).view(features.shape)
         return global_context_broadcast(features if features.ndim == 3 else features[None], lam).view(features.shape)
     parts = list(features)
     if not parts:
@@ -61,7 +66,66 @@ def inject(features, lam: float, scope: str = "image"):
     return type(features)(out.split(lengths)) if isinstance(features, tuple) else list(out.split(lengths))
 
 
-def _wrap_image_features(original):
+def tiles_per_image(input_ids: torch.Tensor | None, token_id: int, tokens_per_tile: int, n_tiles: int) -> list[int]:
+    """Tiles of each image, in order: an image is one unbroken run of ``token_id`` in ``input_ids``.
+
+    Without ``input_ids`` (features asked for outside a forward or generate), or when the runs do not
+    match the tiles, every tile counts as its own image (with a warning in the second case)."""
+    if input_ids is None:
+        return [1] * n_tiles
+    mask = torch.nn.functional.pad(input_ids == token_id, (0, 1)).flatten().to("cpu", torch.int8)
+    edges = mask.diff(prepend=mask.new_zeros(1))
+    runs = ((edges == -1).nonzero() - (edges == 1).nonzero()).flatten().tolist()
+    if any(r % tokens_per_tile for r in runs) or sum(runs) != n_tiles * tokens_per_tile:
+        warnings.warn(
+            f"agci: the image-token runs in input_ids ({runs}) do not match {n_tiles} tiles of {tokens_per_tile} "
+            "tokens; each tile gets its own global context",
+            stacklevel=3,
+        )
+        return [1] * n_tiles
+    return [r // tokens_per_tile for r in runs]
+
+
+@contextlib.contextmanager
+def _stashed_input_ids(module, input_ids):
+    previous = module.__dict__.get("_agci_input_ids")
+    module.__dict__["_agci_input_ids"] = input_ids
+    try:
+        yield
+    finally:
+        module.__dict__["_agci_input_ids"] = previous
+
+
+def _input_ids_of(args, kwargs):
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    return ids if isinstance(ids, torch.Tensor) else None
+
+
+def _wrap_forward_keeping_ids(original):
+    """Inner model forward: keep input_ids where get_image_features can find them (InternVL)."""
+
+    @functools.wraps(original)
+    def forward(self, *args, **kwargs):
+        with _stashed_input_ids(self, _input_ids_of(args, kwargs)):
+            return original(self, *args, **kwargs)
+
+    forward.__agci_original__ = original
+    return forward
+
+
+def _wrap_generate_keeping_ids(original):
+    """Outer model generate: 5.x computes image features before the first forward (InternVL)."""
+
+    @functools.wraps(original)
+    def generate(self, *args, **kwargs):
+        with _stashed_input_ids(_inner_model(self)[0], _input_ids_of(args, kwargs)):
+            return original(self, *args, **kwargs)
+
+    generate.__agci_original__ = original
+    return generate
+
+
+def _wrap_image_features(original, family: Family):
     @functools.wraps(original)
     def get_image_features(self, *args, **kwargs):
         if getattr(_VIDEO, "active", False):
@@ -73,7 +137,17 @@ def _wrap_image_features(original):
         wants_tuple = kwargs.get("return_dict") is False and versions.returns_output_dataclass()
         if wants_tuple:
             kwargs["return_dict"] = True
-        output = versions.map_image_features(original(self, *args, **kwargs), lambda f: inject(f, lam, scope))
+        output = original(self, *args, **kwargs)
+
+        def apply(features):
+            tiles = None
+            if family.tile_token_attr and isinstance(features, torch.Tensor) and features.ndim == 3:
+                token = getattr(self.config, family.tile_token_attr)
+                ids = self.__dict__.get("_agci_input_ids")
+                tiles = tiles_per_image(ids, token, features.shape[1], features.shape[0])
+            return inject(features, lam, scope, tiles)
+
+        output = versions.map_image_features(output, apply)
         return output.to_tuple() if wants_tuple else output
 
     get_image_features.__agci_original__ = original
@@ -170,6 +244,16 @@ def _is_wrapped(cls: type, name: str) -> bool:
     return hasattr(cls.__dict__.get(name), "__agci_original__")
 
 
+def _wrappers(family: Family, inner: type) -> list[tuple[str, str, object]]:
+    """(``"inner"`` or ``"outer"``, method name, wrapper factory) for one family."""
+    out = [("inner", "get_image_features", functools.partial(_wrap_image_features, family=family))]
+    if "get_video_features" in inner.__dict__:
+        out.append(("inner", "get_video_features", _wrap_video_features))
+    if family.tile_token_attr:
+        out += [("inner", "forward", _wrap_forward_keeping_ids), ("outer", "generate", _wrap_generate_keeping_ids)]
+    return out
+
+
 def patch(model_types=None) -> PatchHandle:
     """Make every model of the given types (default: all supported) honour the config key.
 
@@ -184,9 +268,9 @@ def patch(model_types=None) -> PatchHandle:
         inner, outer = family_classes(model_type)
         if _is_wrapped(inner, "get_image_features"):
             continue
-        handle._set(inner, "get_image_features", _wrap_image_features(inner.get_image_features))
-        if "get_video_features" in inner.__dict__:
-            handle._set(inner, "get_video_features", _wrap_video_features(inner.get_video_features))
+        for where, name, wrap in _wrappers(FAMILIES[model_type], inner):
+            cls = inner if where == "inner" else outer
+            handle._set(cls, name, wrap(getattr(cls, name)))
         handle._set(inner, "__init__", _wrap_init(inner.__init__))
         if not _is_wrapped(outer, LAMBDA_KEY):
             handle._set(outer, LAMBDA_KEY, _lambda_property())
@@ -227,11 +311,12 @@ def apply_agci(model: torch.nn.Module, global_context_broadcast_lambda: float | 
     read_lambda(inner.config)
     if _is_wrapped(type(inner), "get_image_features") or "get_image_features" in inner.__dict__:
         return model  # patched already, by class or earlier on this instance
-    wrapped = _wrap_image_features(type(inner).get_image_features)
-    inner.get_image_features = types.MethodType(wrapped, inner)
-    if "get_video_features" in type(inner).__dict__:
-        inner.get_video_features = types.MethodType(_wrap_video_features(type(inner).get_video_features), inner)
     _, outer = family_classes(model_type)
+    outer_instance = next((m for m in model.modules() if isinstance(m, outer)), None)
+    for where, name, wrap in _wrappers(FAMILIES[model_type], type(inner)):
+        target = inner if where == "inner" else outer_instance
+        if target is not None:
+            target.__dict__[name] = types.MethodType(wrap(getattr(type(target), name)), target)
     if not _is_wrapped(outer, LAMBDA_KEY):
         setattr(outer, LAMBDA_KEY, _lambda_property())  # a plain proxy to each instance's config
     return model
@@ -239,7 +324,8 @@ def apply_agci(model: torch.nn.Module, global_context_broadcast_lambda: float | 
 
 def revert_agci(model: torch.nn.Module) -> torch.nn.Module:
     """Remove the instance-level patch of ``apply_agci`` (the config value is kept)."""
-    inner, _ = _inner_model(model)
-    for name in ("get_image_features", "get_video_features"):
-        inner.__dict__.pop(name, None)
+    for module in model.modules():
+        for name in ("get_image_features", "get_video_features", "forward", "generate"):
+            if hasattr(module.__dict__.get(name), "__agci_original__"):  # bound methods show their function's
+                del module.__dict__[name]
     return model

@@ -11,6 +11,8 @@ class Family:
     module: str
     inner_class: str
     outer_class: str
+    # InternVL: features come per tile; an image is one unbroken run of this token in input_ids.
+    tile_token_attr: str | None = None
 
 
 _M = "transformers.models."
@@ -23,6 +25,8 @@ FAMILIES = {
         Family("qwen2_5_vl", _M + "qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VLModel",
                "Qwen2_5_VLForConditionalGeneration"),
         Family("qwen3_vl", _M + "qwen3_vl.modeling_qwen3_vl", "Qwen3VLModel", "Qwen3VLForConditionalGeneration"),
+        Family("internvl", _M + "internvl.modeling_internvl", "InternVLModel", "InternVLForConditionalGeneration",
+               tile_token_attr="image_token_id"),
     )
 }  # fmt: skip
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
