@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU wheel of this torch lies on the project's machines; elsewhere pip fetches it (override freely).
-TORCH_SPEC ?= torch==2.13.0
+# These lie on the project's machines (a CUDA build that also runs on CPU); elsewhere pip fetches them.
+# torchvision is needed by timm, which Gemma3n's vision tower uses. Override freely.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # The patch tests also run against these transformers releases (the newest comes with `setup`):
 # 4.57.x and 5.6.0, LLaMA-Factory's ceiling. Each is a small overlay on PYTHONPATH.
 TRANSFORMERS_VERSIONS ?= 4.57.6 5.6.0
@@ -15,7 +16,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 

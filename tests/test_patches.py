@@ -58,7 +58,7 @@ def test_language_model_receives_the_per_image_formula(model_type, padding_side)
     embeds = _embeds_reaching_language_model(case.model, inputs)
     features = case.per_image(_unpatched_features(case.model, inputs))
     lengths = [f.shape[0] for f in features]
-    assert len(lengths) == 2 and lengths[0] != lengths[1] or model_type == "llava"
+    assert len(lengths) == 2 and (lengths[0] != lengths[1] or model_type in ("llava", "gemma3n"))  # fixed-size
     expected = per_image_formula(torch.cat(features), 0.7, lengths)
     got = embeds[inputs["input_ids"] == case.image_token]
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
@@ -281,3 +281,39 @@ def test_internvl_generate_groups_tiles_like_forward(how):
     assert _inner(case.model).__dict__.get("_agci_input_ids") is None  # nothing stale left behind
     agci.revert_agci(case.model)
     assert not any("generate" in m.__dict__ or "forward" in m.__dict__ for m in case.model.modules())
+
+
+def test_apply_agci_through_distributed_data_parallel(tmp_path):
+    import torch.distributed as dist
+
+    case = build("qwen2_5_vl", global_context_broadcast_lambda=0.5)
+    inputs = case.batch()
+    with torch.no_grad():
+        reference_logits = agci.apply_agci(build("qwen2_5_vl", global_context_broadcast_lambda=0.5).model)(
+            **inputs
+        ).logits
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(case.model)
+        agci.apply_agci(ddp)
+        assert "get_image_features" in _inner(case.model).__dict__
+        with torch.no_grad():
+            torch.testing.assert_close(ddp(**inputs).logits, reference_logits)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_unsupported_transformers_version_is_named(monkeypatch):
+    monkeypatch.setattr(versions, "transformers_version", lambda: (4, 50))
+    with pytest.raises(RuntimeError, match=r"transformers >=4.57,<6"):
+        agci.patch("llava")
+
+
+def test_the_key_in_text_config_alone_does_not_turn_agci_on():
+    case = build("llava")
+    inputs = case.batch()
+    agci.patch()
+    with torch.no_grad():
+        stock = case.model(**inputs).logits
+        case.model.config.text_config.global_context_broadcast_lambda = 0.9
+        assert torch.equal(case.model(**inputs).logits, stock)

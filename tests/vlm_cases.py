@@ -94,6 +94,13 @@ def build(model_type: str, seed: int = 0, **config_overrides) -> Case:
                 s["mm_token_type_ids"] = (s["input_ids"] == 120).int()
             samples.append(s)
         token = 120
+    elif model_type == "gemma3n":
+        model = transformers.Gemma3nForConditionalGeneration(transformers.Gemma3nConfig(**d))
+        # 64 px through timm's test_convnext: a 2x2 grid, 4 tokens between <boi>=126 and <eoi>=128
+        samples = [
+            {"input_ids": _ids(126, *[129] * 4, 128), "pixel_values": torch.randn(1, 3, 64, 64)} for _ in range(2)
+        ]
+        token = 129
     elif model_type == "internvl":
         model = transformers.InternVLForConditionalGeneration(transformers.InternVLConfig(**d))
         # 3 tiles (12 tokens) and 1 tile (4 tokens), each image between <img>=121 and </img>=122

@@ -25,6 +25,7 @@ FAMILIES = {
         Family("qwen2_5_vl", _M + "qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VLModel",
                "Qwen2_5_VLForConditionalGeneration"),
         Family("qwen3_vl", _M + "qwen3_vl.modeling_qwen3_vl", "Qwen3VLModel", "Qwen3VLForConditionalGeneration"),
+        Family("gemma3n", _M + "gemma3n.modeling_gemma3n", "Gemma3nModel", "Gemma3nForConditionalGeneration"),
         Family("internvl", _M + "internvl.modeling_internvl", "InternVLModel", "InternVLForConditionalGeneration",
                tile_token_attr="image_token_id"),
     )
