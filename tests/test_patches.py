@@ -317,3 +317,23 @@ def test_the_key_in_text_config_alone_does_not_turn_agci_on():
         stock = case.model(**inputs).logits
         case.model.config.text_config.global_context_broadcast_lambda = 0.9
         assert torch.equal(case.model(**inputs).logits, stock)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl"])
+def test_videos_get_one_context_each_only_when_asked(model_type):
+    case = build(model_type, global_context_broadcast_lambda=0.6)
+    inner = _inner(case.model)
+    pixels = torch.cat([s["pixel_values"] for s in case.samples])
+    grid = torch.cat([s["image_grid_thw"] for s in case.samples])  # two "videos" of one frame each
+    with torch.no_grad():
+        stock = versions.image_features_per_image(inner.get_video_features(pixels, grid))
+        agci.patch()
+        untouched = versions.image_features_per_image(inner.get_video_features(pixels, grid))
+        case.model.config.global_context_broadcast_videos = True
+        injected = versions.image_features_per_image(inner.get_video_features(pixels, grid))
+    assert all(torch.equal(a, b) for a, b in zip(untouched, stock, strict=True))
+    expected = per_image_formula(torch.cat(stock), 0.6, [v.shape[0] for v in stock])
+    torch.testing.assert_close(torch.cat(injected).double(), expected, rtol=1e-5, atol=1e-5)
+    case.model.config.global_context_broadcast_videos = "yes"
+    with pytest.raises(ValueError, match="global_context_broadcast_videos must be true or false"):
+        inner.get_video_features(pixels, grid)

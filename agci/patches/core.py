@@ -23,6 +23,7 @@ from .families import FAMILIES, SUPPORTED_MODEL_TYPES, Family
 
 SCOPE_KEY = "global_context_broadcast_scope"
 SCOPES = ("image", "batch")
+VIDEOS_KEY = "global_context_broadcast_videos"  # true: videos get AGCI too, one context per video
 
 
 _VIDEO = threading.local()  # set while get_video_features runs, so that its call into get_image_features is skipped
@@ -30,6 +31,13 @@ _VIDEO = threading.local()  # set while get_video_features runs, so that its cal
 
 def read_lambda(config) -> float:
     return validate_lambda(getattr(config, LAMBDA_KEY, 0.0) or 0.0)
+
+
+def read_videos(config) -> bool:
+    value = getattr(config, VIDEOS_KEY, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{VIDEOS_KEY} must be true or false, got {value!r}")
+    return value
 
 
 def read_scope(config) -> str:
@@ -155,14 +163,22 @@ def _wrap_image_features(original, family: Family):
 
 
 def _wrap_video_features(original):
+    """Videos are left alone (also where get_video_features calls get_image_features, as in Qwen3-VL)
+    unless ``global_context_broadcast_videos`` is true: then each video gets its own context."""
+
     @functools.wraps(original)
     def get_video_features(self, *args, **kwargs):
         previous = getattr(_VIDEO, "active", False)
         _VIDEO.active = True
         try:
-            return original(self, *args, **kwargs)
+            output = original(self, *args, **kwargs)
         finally:
             _VIDEO.active = previous
+        lam = read_lambda(self.config)
+        if lam == 0.0 or not read_videos(self.config):
+            return output
+        scope = read_scope(self.config)
+        return versions.map_image_features(output, lambda f: inject(f, lam, scope))
 
     get_video_features.__agci_original__ = original
     return get_video_features
@@ -173,6 +189,7 @@ def _wrap_init(original):
     def __init__(self, config, *args, **kwargs):
         read_lambda(config)  # refuse bad values in config.json when the model is built, not in a forward
         read_scope(config)
+        read_videos(config)
         original(self, config, *args, **kwargs)
 
     __init__.__agci_original__ = original
