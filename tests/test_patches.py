@@ -337,3 +337,22 @@ def test_videos_get_one_context_each_only_when_asked(model_type):
     case.model.config.global_context_broadcast_videos = "yes"
     with pytest.raises(ValueError, match="global_context_broadcast_videos must be true or false"):
         inner.get_video_features(pixels, grid)
+
+
+@pytest.mark.parametrize("model_type", ["llava", "qwen2_5_vl"])
+def test_return_dict_false_keeps_the_tuple_and_injects_its_features(model_type):
+    if not versions.returns_output_dataclass():
+        pytest.skip("transformers 4.57's get_image_features takes no return_dict (it returns the features)")
+    case = build(model_type, global_context_broadcast_lambda=0.5)
+    inner = _inner(case.model)
+    inputs = case.batch()
+    kwargs = {k: v for k, v in inputs.items() if k in ("image_grid_thw", "image_sizes")}
+    with torch.no_grad():
+        stock = inner.get_image_features(inputs["pixel_values"], return_dict=False, **kwargs)
+        agci.patch()
+        patched = inner.get_image_features(inputs["pixel_values"], return_dict=False, **kwargs)
+    assert type(patched) is type(stock) and len(patched) == len(stock)
+    index = next(i for i, v in enumerate(stock) if isinstance(v, list | tuple))  # the per-image features
+    features = list(stock[index])
+    expected = per_image_formula(torch.cat(features), 0.5, [f.shape[0] for f in features])
+    torch.testing.assert_close(torch.cat(list(patched[index])).double(), expected, rtol=1e-5, atol=1e-5)
