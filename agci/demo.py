@@ -1,8 +1,8 @@
-"""``agci demo``: AGCI on the visual tokens of a small LLaVA, offline, in seconds on a CPU.
+"""``agci demo``: AGCI in a small LLaVA, offline, in seconds on a CPU.
 
 Builds a LLaVA (CLIP vision tower + Llama, random weights, seeded) from an embedded config, draws two
-synthetic images, takes their projected visual tokens, applies AGCI per image for a sweep of lambdas
-and feeds the result to the language model. Writes ``demo.json`` (per-image weights, feature change,
+synthetic images, switches AGCI on in the model (``apply_agci``) and runs real forwards for a sweep of
+lambdas set through the model's config. Writes ``demo.json`` (per-image weights, feature change,
 batch invariance, change of the next-token distribution) and ``demo.png`` (images, per-token weight
 maps, curves). Random weights show the mechanics, not what a trained model gains.
 """
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
 
 from .configs.tiny import CLIP_MEAN, CLIP_STD, TINY_LLAVA
-from .kernels import global_context_broadcast, resolve_impl
+from .kernels import resolve_impl
 from .kernels.reference import EPS
 
 
@@ -63,6 +64,9 @@ def context_weights(tokens: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def run_demo(out_dir: str | Path, lambdas=(0.0, 0.25, 0.5, 1.0), impl: str = "auto", seed: int = 0) -> dict:
+    """AGCI switched on in the model itself (``apply_agci``), λ swept through the config, real forwards."""
+    from .kernels import IMPL_ENV
+    from .patches.core import apply_agci
     from .patches.versions import image_features_per_image
 
     out_dir = Path(out_dir)
@@ -70,41 +74,49 @@ def run_demo(out_dir: str | Path, lambdas=(0.0, 0.25, 0.5, 1.0), impl: str = "au
     model = build_model(seed)
     images = synthetic_images()
     pixel_values = to_pixel_values(images)
-    features = image_features_per_image(model.get_image_features(pixel_values=pixel_values))
+    features = image_features_per_image(model.get_image_features(pixel_values=pixel_values))  # stock
     lengths = [f.shape[0] for f in features]
-    packed = torch.cat(features)
     cfg = model.config
-    n_img = cfg.image_seq_length
-    input_ids = torch.tensor([[cfg.text_config.bos_token_id] + [cfg.image_token_index] * n_img + [5, 6, 7]] * 2)
-    image_positions = input_ids == cfg.image_token_index
-    embed = model.get_input_embeddings()
+    input_ids = torch.tensor([[cfg.text_config.bos_token_id] + [cfg.image_token_index] * lengths[0] + [5, 6, 7]] * 2)
+    apply_agci(model)
 
-    def next_token_logprobs(visual: torch.Tensor) -> torch.Tensor:
-        embeds = embed(input_ids).clone()
-        embeds[image_positions] = visual.to(embeds.dtype)
-        return model(inputs_embeds=embeds).logits[:, -1].log_softmax(-1)
+    def run(lam: float):
+        model.global_context_broadcast_lambda = lam
+        logp = model(input_ids=input_ids, pixel_values=pixel_values).logits[:, -1].log_softmax(-1)
+        batched = image_features_per_image(model.get_image_features(pixel_values=pixel_values))
+        alone = [image_features_per_image(model.get_image_features(pixel_values=pixel_values[i : i + 1]))[0]
+                 for i in range(len(images))]  # fmt: skip
+        return logp, batched, alone
 
-    base = next_token_logprobs(packed)
-    weights = [context_weights(f) for f in features]
-    sweep = []
-    for lam in lambdas:
-        injected = global_context_broadcast(packed, lam, lengths, impl=impl)
-        alone = [global_context_broadcast(f, lam, impl=impl) for f in features]
-        logp = next_token_logprobs(injected)
-        kl = (base.exp() * (base - logp)).sum(-1)
-        per_image = []
-        for i, (x, y, y_alone) in enumerate(zip(features, injected.split(lengths), alone, strict=True)):
-            g = x.mean(0, keepdim=True)
-            per_image.append({
-                "image": i,
-                "relative_change": ((y - x).norm() / x.norm()).item(),
-                "mean_cos_to_context_before": torch.cosine_similarity(x, g).mean().item(),
-                "mean_cos_to_context_after": torch.cosine_similarity(y, g).mean().item(),
-                "max_diff_alone_vs_batched": (y - y_alone).abs().max().item(),
-                "kl_next_token_vs_lambda0": kl[i].item(),
-                "top1_token": int(logp[i].argmax()),
-            })  # fmt: skip
-        sweep.append({"lambda": lam, "images": per_image})
+    previous_impl = os.environ.get(IMPL_ENV)
+    if impl != "auto":
+        os.environ[IMPL_ENV] = impl
+    try:
+        base = run(0.0)[0]
+        weights = [context_weights(f) for f in features]
+        sweep = []
+        for lam in lambdas:
+            logp, injected, alone = run(lam)
+            kl = (base.exp() * (base - logp)).sum(-1)
+            per_image = []
+            for i, (x, y, y_alone) in enumerate(zip(features, injected, alone, strict=True)):
+                g = x.mean(0, keepdim=True)
+                per_image.append({
+                    "image": i,
+                    "relative_change": ((y - x).norm() / x.norm()).item(),
+                    "mean_cos_to_context_before": torch.cosine_similarity(x, g).mean().item(),
+                    "mean_cos_to_context_after": torch.cosine_similarity(y, g).mean().item(),
+                    "max_diff_alone_vs_batched": (y - y_alone).abs().max().item(),
+                    "kl_next_token_vs_lambda0": kl[i].item(),
+                    "top1_token": int(logp[i].argmax()),
+                })  # fmt: skip
+            sweep.append({"lambda": lam, "images": per_image})
+    finally:
+        if previous_impl is None:
+            os.environ.pop(IMPL_ENV, None)
+        else:
+            os.environ[IMPL_ENV] = previous_impl
+    packed = torch.cat(features)
     summary = {
         "model": f"tiny LLaVA (CLIP 224px/14 + Llama), random weights, seed {seed}",
         "impl": resolve_impl(impl, packed),
