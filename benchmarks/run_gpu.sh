@@ -12,6 +12,6 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
   python3 -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
 } 2>&1 | tee "$out/gpu_env.txt"
 timeout "${1:-240}" python3 -m pytest -q -p no:cacheprovider -rs tests/test_op_reference.py tests/test_op_triton.py \
-  tests/test_op_dispatch_compile.py tests/test_op_gpu.py 2>&1 | tee "$out/gpu_tests.log" | tail -25
+  tests/test_op_dispatch_compile.py tests/test_op_gpu.py tests/test_patches_gpu.py 2>&1 | tee "$out/gpu_tests.log" | tail -25
 [ "${PROFILE:-1}" = 1 ] && python3 benchmarks/profile_op.py 2>&1 | tee "$out/profile.txt"
 python3 benchmarks/bench_op.py --budget-s "${2:-300}" --out "$out" 2>&1 | grep -v "^|" | tail -20

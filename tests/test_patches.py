@@ -356,3 +356,15 @@ def test_return_dict_false_keeps_the_tuple_and_injects_its_features(model_type):
     features = list(stock[index])
     expected = per_image_formula(torch.cat(features), 0.5, [f.shape[0] for f in features])
     torch.testing.assert_close(torch.cat(list(patched[index])).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_apply_agci_after_accelerate_prepare():
+    accelerate = pytest.importorskip("accelerate", reason="accelerate comes with peft in the dev extra")
+    case = build("llava", global_context_broadcast_lambda=0.5)
+    inputs = case.batch()
+    with torch.no_grad():
+        expected = agci.apply_agci(build("llava", global_context_broadcast_lambda=0.5).model)(**inputs).logits
+    prepared = accelerate.Accelerator(cpu=True).prepare(case.model)
+    agci.apply_agci(prepared)
+    with torch.no_grad():
+        torch.testing.assert_close(prepared(**inputs).logits, expected)
