@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import triton  # noqa: E402
+from bench_op import _measure_copy_bw  # noqa: E402
 from triton.testing import do_bench, do_bench_cudagraph  # noqa: E402
 
 import agci  # noqa: E402
@@ -106,9 +107,7 @@ def profile_case(name, lengths, d, bw) -> None:
 
 
 def main() -> None:
-    src = torch.randint(0, 256, (1 << 30,), dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    bw = 2 * src.numel() / (do_bench(lambda: dst.copy_(src)) * 1e-3)
+    bw = _measure_copy_bw(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e9:.0f} GB/s (read + write)")
     for name, (lengths, d) in CASES.items():
         profile_case(name, lengths, d, bw)

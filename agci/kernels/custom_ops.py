@@ -43,18 +43,26 @@ def _(dy, x, g, lam, cu_seqlens, seg_ids, max_seqlen):
     return torch.empty_like(x)
 
 
-def _setup_context(ctx, inputs, output):
+def _save(ctx, inputs, g) -> None:
+    """What the backward needs, for both the custom op and the autograd.Function."""
     x, lam, cu_seqlens, seg_ids, max_seqlen = inputs
-    ctx.save_for_backward(x, output[1], cu_seqlens, seg_ids)
+    ctx.save_for_backward(x, g, cu_seqlens, seg_ids)
     ctx.lam = lam
     ctx.max_seqlen = max_seqlen
+
+
+def _backward_args(ctx, dy) -> tuple:
+    x, g, cu_seqlens, seg_ids = ctx.saved_tensors
+    return dy, x, g, ctx.lam, cu_seqlens, seg_ids, ctx.max_seqlen
+
+
+def _setup_context(ctx, inputs, output):
+    _save(ctx, inputs, output[1])
     ctx.mark_non_differentiable(output[1])
 
 
 def _backward(ctx, dy, _dg):
-    x, g, cu_seqlens, seg_ids = ctx.saved_tensors
-    dx = global_context_broadcast_backward_op(dy, x, g, ctx.lam, cu_seqlens, seg_ids, ctx.max_seqlen)
-    return dx, None, None, None, None
+    return global_context_broadcast_backward_op(*_backward_args(ctx, dy)), None, None, None, None
 
 
 global_context_broadcast_op.register_autograd(_backward, setup_context=_setup_context)
@@ -64,15 +72,12 @@ class _GlobalContextBroadcast(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lam, cu_seqlens, seg_ids, max_seqlen):
         y, g = triton_agci.forward(x, lam, cu_seqlens, seg_ids, max_seqlen)
-        ctx.save_for_backward(x, g, cu_seqlens, seg_ids)
-        ctx.lam = lam
-        ctx.max_seqlen = max_seqlen
+        _save(ctx, (x, lam, cu_seqlens, seg_ids, max_seqlen), g)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, g, cu_seqlens, seg_ids = ctx.saved_tensors
-        return triton_agci.backward(dy, x, g, ctx.lam, cu_seqlens, seg_ids, ctx.max_seqlen), None, None, None, None
+        return triton_agci.backward(*_backward_args(ctx, dy)), None, None, None, None
 
 
 def broadcast(x: torch.Tensor, lam: float, cu_seqlens: torch.Tensor, seg_ids: torch.Tensor, max_seqlen: int):

@@ -61,7 +61,7 @@ def inject(features, lam: float, scope: str = "image", tiles: list[int] | None =
         if tiles is not None:
             per_tile = features.shape[1]
             return global_context_broadcast(flat, lam, [t * per_tile for t in tiles]).view(features.shape)
-        return global_context_broadcast(features if features.ndim == 3 else features[None], lam).view(features.shape)
+        return global_context_broadcast(features, lam)  # [N, D] is one image, [n, T, D] n images
     parts = list(features)
     if not parts:
         return features
