@@ -1,0 +1,124 @@
+"""Summaries of scored probe samples: accuracy and Yes-rate per cell, and the bias figures."""
+
+from __future__ import annotations
+
+import math
+
+from .probe_sets import POSITIONS
+
+CENTRE = 4
+
+
+def grid(values: list[float | None]) -> list[list[float | None]]:
+    """Nine per-cell values as 3 rows of 3 (row-major, top-left first)."""
+    return [values[r * 3 : r * 3 + 3] for r in range(3)]
+
+
+def bias_figures(per_cell: list[float | None]) -> dict:
+    """Spread (max - min), population std across cells, and centre minus the mean of the 8 border cells."""
+    known = [v for v in per_cell if v is not None]
+    if len(known) < 2:
+        return {"spread": None, "std": None, "centre_minus_border": None, "best_cell": None, "worst_cell": None}
+    mean = sum(known) / len(known)
+    border = [v for i, v in enumerate(per_cell) if i != CENTRE and v is not None]
+    centre = per_cell[CENTRE]
+    best = max(range(9), key=lambda i: -math.inf if per_cell[i] is None else per_cell[i])
+    worst = min(range(9), key=lambda i: math.inf if per_cell[i] is None else per_cell[i])
+    return {
+        "spread": max(known) - min(known),
+        "std": math.sqrt(sum((v - mean) ** 2 for v in known) / len(known)),
+        "centre_minus_border": None if centre is None or not border else centre - sum(border) / len(border),
+        "best_cell": POSITIONS[best],
+        "worst_cell": POSITIONS[worst],
+    }
+
+
+def _rate(hits: list[float], counts: list[int]) -> list[float | None]:
+    return [h / c if c else None for h, c in zip(hits, counts, strict=False)]
+
+
+def position_summary(rows: list[dict]) -> dict:
+    """Overall and per-cell accuracy, Yes-rate per cell (all questions, and on negatives), bias figures."""
+    scored = [r for r in rows if "prediction" in r]
+    skipped = [r for r in rows if "skipped" in r]
+    out: dict = {"questions": len(rows), "scored": len(scored), "skipped": len(skipped)}
+    reasons: dict[str, int] = {}
+    for r in skipped:
+        key = r["skipped"].split(":")[0]
+        reasons[key] = reasons.get(key, 0) + 1
+    out["skipped_reasons"] = reasons
+    if not scored:
+        return out
+    out["accuracy"] = sum(r["prediction"] == r["answer"] for r in scored) / len(scored)
+    out["unknown_answers"] = sum(r["prediction"] not in ("Yes", "No") for r in scored)
+    for name, subset in (("positive", [r for r in scored if r["answer"] == "Yes"]),
+                         ("negative", [r for r in scored if r["answer"] == "No"])):  # fmt: skip
+        counts, hits, yes = [0] * 9, [0.0] * 9, [0.0] * 9
+        for r in subset:
+            c = r["cell"]
+            counts[c] += 1
+            hits[c] += r["prediction"] == r["answer"]
+            yes[c] += r["prediction"] == "Yes"
+        out[f"{name}_count_per_cell"] = counts
+        out[f"{name}_accuracy_per_cell"] = _rate(hits, counts)
+        out[f"{name}_yes_rate_per_cell"] = _rate(yes, counts)
+    counts = [a + b for a, b in zip(out["positive_count_per_cell"], out["negative_count_per_cell"], strict=False)]
+    yes_all = [sum(r["prediction"] == "Yes" for r in scored if r["cell"] == c) for c in range(9)]
+    out["yes_rate_per_cell"] = _rate(yes_all, counts)
+    out["accuracy_per_cell"] = _rate(
+        [sum(r["prediction"] == r["answer"] for r in scored if r["cell"] == c) for c in range(9)], counts
+    )
+    out["bias"] = bias_figures(out["positive_accuracy_per_cell"])
+    if all("p_yes" in r for r in scored):
+        p = [[r["p_yes"] for r in scored if r["cell"] == c and r["answer"] == "Yes"] for c in range(9)]
+        out["positive_mean_p_yes_per_cell"] = [sum(v) / len(v) if v else None for v in p]
+    return out
+
+
+def similarity_summary(rows: list[dict]) -> dict:
+    scored = [r for r in rows if "similarity" in r]
+    per_cell = []
+    for c in range(9):
+        v = [r["similarity"] for r in scored if r["cell"] == c]
+        per_cell.append(sum(v) / len(v) if v else None)
+    return {"scored": len(scored), "skipped": sum("skipped" in r for r in rows),
+            "mean_similarity_per_cell": per_cell, "bias": bias_figures(per_cell)}  # fmt: skip
+
+
+def occlusion_summary(rows: list[dict]) -> dict:
+    """Per target cell: the mean drop map, and the share of the total positive drop that falls inside the
+    target's own cell (how much the answer rests on the right place)."""
+    scored = [r for r in rows if "drops" in r]
+    out: dict = {"scored": len(scored), "skipped": sum("skipped" in r for r in rows)}
+    if not scored:
+        return out
+    share = []
+    mean_maps = []
+    for c in range(9):
+        maps = [r["drops"] for r in scored if r["cell"] == c]
+        if not maps:
+            share.append(None)
+            mean_maps.append(None)
+            continue
+        n = len(maps[0])
+        mean = [[sum(m[i][j] for m in maps) / len(maps) for j in range(n)] for i in range(n)]
+        mean_maps.append(mean)
+        row, col = divmod(c, 3)
+        inside = sum(
+            max(0.0, mean[i][j])
+            * _overlap(i, row * n / 3, (row + 1) * n / 3)
+            * _overlap(j, col * n / 3, (col + 1) * n / 3)
+            for i in range(n)
+            for j in range(n)
+        )
+        total = sum(max(0.0, v) for line in mean for v in line)
+        share.append(inside / total if total > 0 else None)
+    out["target_cell_share_per_cell"] = share
+    out["mean_drop_map_per_cell"] = mean_maps
+    out["bias"] = bias_figures(share)
+    return out
+
+
+def _overlap(k: int, lo: float, hi: float) -> float:
+    """Length of [k, k + 1) inside [lo, hi): a mask square's share in a cell along one axis."""
+    return max(0.0, min(k + 1, hi) - max(k, lo))

@@ -1,0 +1,213 @@
+"""Probe sets of the AGCI paper, built from image-caption pairs.
+
+- Position set: a ``canvas`` x ``canvas`` image split into a 3 x 3 grid; the target image in one cell,
+  8 distractors in the others; the same 9 images are permuted so the target visits every cell
+  (files ``images/<pair>_<cell>.jpg``). Each canvas is asked with the target's caption (answer Yes)
+  and, for ``negatives_per_pair`` cells per pair chosen round-robin so every cell gets the same
+  number, with the caption of an image that is not on the canvas (answer No).
+- Similarity set: the target alone in one cell of a white canvas (``similarity/<pair>_<cell>.jpg``).
+
+A set is written once, with ``manifest.json`` (source, seed, sizes, skipped pairs and why) from which
+:func:`rebuild` makes the same files again. Records are JSONL, one per question.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .sources import Pair, describe, load_pairs
+
+log = logging.getLogger(__name__)
+
+POSITIONS = (
+    "top_left", "top_center", "top_right",
+    "left", "center", "right",
+    "bottom_left", "bottom_center", "bottom_right",
+)  # fmt: skip
+PROMPT = (
+    "Determine if there is a sub-image in the given image that matches the text following.\n"
+    "Text: {caption}\n"
+    "The answer should only contain 'Yes' or 'No', without reasoning process.\n"
+)
+MANIFEST = "manifest.json"
+SET_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SetOptions:
+    source: str = "synthetic"
+    seed: int = 0
+    canvas: int = 840
+    negatives_per_pair: int = 3
+    similarity: bool = True
+    max_pairs: int | None = None
+    image_column: str = "image"
+    caption_column: str = "caption"
+
+    def __post_init__(self):
+        if self.canvas < 3 or self.canvas % 3:
+            raise ValueError(f"canvas must be a positive multiple of 3 (3 x 3 grid), got {self.canvas}")
+        if not 0 <= self.negatives_per_pair <= 9:
+            raise ValueError(f"negatives_per_pair must be within 0..9, got {self.negatives_per_pair}")
+
+
+def cell_box(cell: int, canvas: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a 3 x 3 cell."""
+    side = canvas // 3
+    row, col = divmod(cell, 3)
+    return col * side, row * side, (col + 1) * side, (row + 1) * side
+
+
+def compose(images, target_cell: int, canvas: int):
+    """``images[0]`` (the target) at ``target_cell``, ``images[1:]`` in the other cells in order."""
+    from PIL import Image
+
+    side = canvas // 3
+    out = Image.new("RGB", (canvas, canvas), "white")
+    others = iter(images[1:])
+    for cell in range(9):
+        image = images[0] if cell == target_cell else next(others, None)
+        if image is not None:
+            out.paste(image.resize((side, side), Image.BICUBIC), cell_box(cell, canvas)[:2])
+    return out
+
+
+def _same_content(a: Pair, b: Pair) -> bool:
+    """A distractor (or a negative's caption) must not match the target's caption."""
+    return a.caption.strip().lower() == b.caption.strip().lower()
+
+
+def _valid_pairs(pairs: list[Pair]) -> tuple[list[tuple[Pair, object]], list[dict]]:
+    good, skipped = [], []
+    for pair in pairs:
+        if not pair.caption:
+            skipped.append({"id": pair.id, "reason": "empty caption"})
+            continue
+        try:
+            good.append((pair, pair.load_image()))
+        except Exception as exc:  # missing, truncated, not an image: skip and say why
+            skipped.append({"id": pair.id, "reason": f"unreadable image: {exc}"})
+    for s in skipped:
+        log.warning("skipping pair %s: %s", s["id"], s["reason"])
+    return good, skipped
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def build(out_dir: str | Path, options: SetOptions = SetOptions(), progress: bool = True) -> dict:
+    """Write the position (and similarity) set to ``out_dir``; returns the manifest.
+
+    An existing set with the same options is reused as it is; one with other options is refused.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    wanted = _options_dict(options)
+    existing = out_dir / MANIFEST
+    if existing.is_file():
+        manifest = json.loads(existing.read_text())
+        if manifest.get("options") == wanted:
+            return manifest
+        raise FileExistsError(
+            f"{out_dir} already holds a probe set built with other options ({manifest.get('options')}); "
+            "choose another folder or delete this one"
+        )
+    pairs = load_pairs(options.source, options.seed, options.image_column, options.caption_column)
+    if options.max_pairs:
+        pairs = pairs[: options.max_pairs]
+    good, skipped = _valid_pairs(pairs)
+    if len(good) < 9 + (1 if options.negatives_per_pair else 0):
+        raise ValueError(
+            f"{options.source}: {len(good)} usable pairs; a position set needs at least 9 (10 with negatives)"
+            + (f" ({len(skipped)} skipped, first: {skipped[0]})" if skipped else "")
+        )
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    if options.similarity:
+        (out_dir / "similarity").mkdir(exist_ok=True)
+    rng = random.Random(options.seed)
+    position_rows, similarity_rows = [], []
+    for n, (pair, image) in enumerate(tqdm(good, desc="building probe set", disable=not progress)):
+        candidates = [i for i, (p, _) in enumerate(good) if p is not pair and not _same_content(p, pair)]
+        if len(candidates) < 8 + (1 if options.negatives_per_pair else 0):
+            skipped.append({"id": pair.id, "reason": "too few different pairs for distractors"})
+            continue
+        distractors = rng.sample(candidates, 8)
+        on_canvas = [pair] + [good[i][0] for i in distractors]
+        absent = [
+            i for i in candidates if i not in distractors and not any(_same_content(good[i][0], p) for p in on_canvas)
+        ]
+        negative = good[rng.choice(absent)][0] if absent else None
+        negative_cells = {(n * options.negatives_per_pair + j) % 9 for j in range(options.negatives_per_pair)}
+        images = [image] + [good[i][1] for i in distractors]
+        for cell, position in enumerate(POSITIONS):
+            name = f"{pair.id}_{cell}"
+            compose(images, cell, options.canvas).save(out_dir / "images" / f"{name}.jpg", quality=95)
+            base = {"image": f"images/{name}.jpg", "position": position, "cell": cell, "pair": pair.id}
+            position_rows.append({"id": f"{name}_pos", **base, "caption": pair.caption, "answer": "Yes"})
+            if negative is not None and cell in negative_cells:
+                position_rows.append({"id": f"{name}_neg", **base, "caption": negative.caption, "answer": "No",
+                                      "caption_from": negative.id})  # fmt: skip
+            if options.similarity:
+                compose([image], cell, options.canvas).save(out_dir / "similarity" / f"{name}.jpg", quality=95)
+                similarity_rows.append({"id": f"{name}_sim", "image": f"similarity/{name}.jpg", "position": position,
+                                        "cell": cell, "pair": pair.id, "caption": pair.caption})  # fmt: skip
+    _write_jsonl(out_dir / "position.jsonl", position_rows)
+    if options.similarity:
+        _write_jsonl(out_dir / "similarity.jsonl", similarity_rows)
+    manifest = {
+        "set_version": SET_VERSION,
+        "options": wanted,
+        "source": describe(options.source, options.image_column, options.caption_column),
+        "pairs_used": len(good) - sum(1 for s in skipped if s["reason"].startswith("too few")),
+        "questions": len(position_rows),
+        "positives": sum(r["answer"] == "Yes" for r in position_rows),
+        "negatives": sum(r["answer"] == "No" for r in position_rows),
+        "similarity_samples": len(similarity_rows),
+        "skipped": skipped,
+        "prompt": PROMPT,
+        "positions": list(POSITIONS),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _options_dict(options: SetOptions) -> dict:
+    from dataclasses import asdict
+
+    return asdict(options)
+
+
+def rebuild(manifest_path: str | Path, out_dir: str | Path, progress: bool = True) -> dict:
+    """Build again, into ``out_dir``, the set that ``manifest_path`` describes."""
+    manifest = json.loads(Path(manifest_path).read_text())
+    if manifest.get("set_version") != SET_VERSION:
+        raise ValueError(f"{manifest_path}: set version {manifest.get('set_version')} is not {SET_VERSION}")
+    return build(out_dir, SetOptions(**manifest["options"]), progress)
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Probe records from a JSONL/JSON file: ours, or the reference's (image, caption, position, answer)."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix == ".json":
+        rows = json.loads(text)
+    else:
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    out = []
+    for i, row in enumerate(rows):
+        row = dict(row)
+        row.setdefault("id", f"{Path(str(row.get('image', i))).stem}_{row.get('answer', '')}_{i}")
+        if "cell" not in row and row.get("position") in POSITIONS:
+            row["cell"] = POSITIONS.index(row["position"])
+        out.append(row)
+    return out

@@ -1,0 +1,158 @@
+"""Probe sets, sources and summaries of ``agci.bias`` (no model needed)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from agci.bias.metrics import bias_figures, occlusion_summary, position_summary
+from agci.bias.probe_sets import MANIFEST, POSITIONS, SetOptions, build, cell_box, rebuild
+from agci.bias.sources import load_pairs
+from agci.bias.synthetic import synthetic_pairs
+
+
+def test_synthetic_pairs_are_seeded_and_cover_every_caption():
+    a, b = synthetic_pairs(40, seed=3), synthetic_pairs(40, seed=3)
+    assert [p.caption for p in a] == [p.caption for p in b]
+    assert a[5].load_image().tobytes() == b[5].load_image().tobytes()
+    assert len({p.caption for p in synthetic_pairs(30, seed=0)}) == 30  # one of each colour x shape first
+    assert [p.caption for p in synthetic_pairs(40, seed=4)] != [p.caption for p in a]
+
+
+def test_position_set_counts_balance_and_layout(tmp_path):
+    m = build(tmp_path / "set", SetOptions(source="synthetic:12", canvas=90, negatives_per_pair=3), progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "set" / "position.jsonl").read_text().splitlines()]
+    pos = [r for r in rows if r["answer"] == "Yes"]
+    neg = [r for r in rows if r["answer"] == "No"]
+    assert (m["positives"], m["negatives"], m["similarity_samples"]) == (12 * 9, 12 * 3, 12 * 9)
+    assert len(pos) == 108 and len(neg) == 36
+    # the target visits every cell once per pair; negatives are balanced over cells
+    for pair in {r["pair"] for r in pos}:
+        assert sorted(r["cell"] for r in pos if r["pair"] == pair) == list(range(9))
+    assert [sum(r["cell"] == c for r in neg) for c in range(9)] == [4] * 9
+    # a negative's caption is not on its canvas; positions are named as the reference names them
+    for r in neg:
+        assert r["caption"] not in {p["caption"] for p in pos if p["pair"] == r["pair"]}
+        assert r["position"] == POSITIONS[r["cell"]]
+    from PIL import Image
+
+    image = Image.open(tmp_path / "set" / pos[0]["image"])
+    assert image.size == (90, 90)
+    sim = Image.open(tmp_path / "set" / "similarity" / f"{pos[4]['pair']}_4.jpg").convert("RGB")
+    left, top, _, _ = cell_box(4, 90)
+    assert sim.getpixel((2, 2)) == (255, 255, 255) and sim.getpixel((left + 3, top + 3)) != (255, 255, 255)
+
+
+def test_set_is_rebuilt_exactly_from_its_manifest_and_reused_not_overwritten(tmp_path):
+    opts = SetOptions(source="synthetic:10", canvas=60, seed=5)
+    first = build(tmp_path / "a", opts, progress=False)
+    rebuild(tmp_path / "a" / MANIFEST, tmp_path / "b", progress=False)
+    for name in ("position.jsonl", "similarity.jsonl"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+    some = json.loads((tmp_path / "a" / "position.jsonl").read_text().splitlines()[7])["image"]
+    assert (tmp_path / "a" / some).read_bytes() == (tmp_path / "b" / some).read_bytes()
+    assert build(tmp_path / "a", opts, progress=False)["created"] == first["created"]  # reused
+    with pytest.raises(FileExistsError, match="other options"):
+        build(tmp_path / "a", SetOptions(source="synthetic:10", canvas=60, seed=6), progress=False)
+
+
+def _pairs_folder(tmp_path, n=12):
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    rows = []
+    for p in synthetic_pairs(n, seed=1):
+        p.load_image(64).save(folder / f"{p.id}.png")
+        rows.append({"image": f"{p.id}.png", "caption": p.caption})
+    rows.append({"image": "nowhere.png", "caption": "a lost image"})
+    (folder / "broken.png").write_bytes(b"not a png")
+    rows.append({"image": "broken.png", "caption": "a broken image"})
+    rows.append({"image": rows[0]["image"], "caption": "  "})
+    return folder, rows
+
+
+def test_bad_pairs_are_skipped_with_reasons_in_the_manifest(tmp_path):
+    folder, rows = _pairs_folder(tmp_path)
+    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = build(tmp_path / "set", SetOptions(source=str(folder), canvas=60), progress=False)
+    reasons = [s["reason"] for s in m["skipped"]]
+    assert len(reasons) == 3
+    assert sum("not found" in r for r in reasons) == 1
+    assert sum("unreadable" in r for r in reasons) == 2
+    assert reasons.count("empty caption") == 1
+    assert m["pairs_used"] == 12
+
+
+def test_sources_jsonl_csv_folder_and_datasets_agree(tmp_path):
+    import csv
+
+    folder, rows = _pairs_folder(tmp_path, n=5)
+    rows = rows[:5]
+    (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with (folder / "pairs.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["image", "caption"])
+        w.writeheader()
+        w.writerows(rows)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for r in rows:
+        (plain / r["image"]).write_bytes((folder / r["image"]).read_bytes())
+        (plain / r["image"]).with_suffix(".txt").write_text(r["caption"])
+    datasets = pytest.importorskip("datasets", reason="hf: sources need `datasets` (in the dev extra)")
+    from PIL import Image
+
+    ds = datasets.Dataset.from_dict(
+        {"img": [Image.open(folder / r["image"]) for r in rows], "text": [r["caption"] for r in rows]},
+        features=datasets.Features({"img": datasets.Image(), "text": datasets.Value("string")}),
+    )
+    ds.save_to_disk(str(tmp_path / "hf"))
+    sources = {
+        "jsonl": load_pairs(str(folder / "pairs.jsonl")),
+        "csv": load_pairs(str(folder / "pairs.csv")),
+        "folder": load_pairs(str(plain)),
+        "hf": load_pairs(f"hf:{tmp_path / 'hf'}", image_key="img", caption_key="text"),
+    }
+    want = sorted(r["caption"] for r in rows)
+    for name, pairs in sources.items():
+        assert sorted(p.caption for p in pairs) == want, name
+        assert all(p.load_image().size == (64, 64) for p in pairs), name
+    with pytest.raises(ValueError, match="--image-column"):
+        load_pairs(f"hf:{tmp_path / 'hf'}")
+    with pytest.raises(ValueError, match="neither a folder"):
+        load_pairs(str(tmp_path / "missing.jsonl"))
+
+
+def test_bias_figures_on_known_values():
+    acc = [0.5, 0.6, 0.5, 0.7, 1.0, 0.7, 0.5, 0.6, 0.5]
+    b = bias_figures(acc)
+    assert b["spread"] == pytest.approx(0.5)
+    assert b["centre_minus_border"] == pytest.approx(1.0 - sum(acc[:4] + acc[5:]) / 8)
+    mean = sum(acc) / 9
+    assert b["std"] == pytest.approx(math.sqrt(sum((a - mean) ** 2 for a in acc) / 9))
+    assert (b["best_cell"], b["worst_cell"]) == ("center", "top_left")
+
+
+def test_position_summary_on_hand_made_rows():
+    rows = []
+    for c in range(9):
+        rows.append({"id": f"p{c}", "cell": c, "answer": "Yes", "prediction": "Yes" if c < 6 else "No", "p_yes": 0.9})
+        rows.append({"id": f"n{c}", "cell": c, "answer": "No", "prediction": "Yes" if c == 0 else "No", "p_yes": 0.1})
+    rows.append({"id": "s", "cell": 3, "answer": "Yes", "skipped": "unreadable image: x"})
+    s = position_summary(rows)
+    assert s["scored"] == 18 and s["skipped"] == 1 and s["skipped_reasons"] == {"unreadable image": 1}
+    assert s["accuracy"] == pytest.approx(14 / 18)
+    assert s["positive_accuracy_per_cell"] == [1.0] * 6 + [0.0] * 3
+    assert s["negative_yes_rate_per_cell"] == [1.0] + [0.0] * 8
+    assert s["yes_rate_per_cell"][0] == 1.0 and s["yes_rate_per_cell"][8] == 0.0
+    assert s["bias"]["spread"] == 1.0
+
+
+def test_occlusion_share_counts_partial_squares():
+    n = 4  # squares do not line up with the 3 x 3 cells: shares come from the overlap
+    drops = [[0.0] * n for _ in range(n)]
+    drops[0][0] = 1.0  # a square fully inside the top-left cell
+    drops[1][1] = 1.0  # a square 1/3 x 1/3 inside it
+    s = occlusion_summary([{"id": "a", "cell": 0, "drops": drops}])
+    assert s["target_cell_share_per_cell"][0] == pytest.approx((1 + 1 / 9) / 2)
+    assert s["target_cell_share_per_cell"][1] is None
