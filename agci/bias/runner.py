@@ -1,0 +1,339 @@
+"""``agci probe``: score a VLM on the position, similarity and occlusion probes for a sweep of lambdas.
+
+Results are written as they are computed, one JSONL per task and lambda under ``OUT/lambda_<value>/``;
+a rerun skips every sample already there, so an interrupted run loses nothing. Under
+``accelerate launch`` each process scores its share of the samples into its own file and the main
+process writes ``summary.json`` and the heatmaps once all are done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .probe_sets import MANIFEST, POSITIONS, PROMPT, SetOptions, build, read_records
+
+log = logging.getLogger(__name__)
+
+TASKS = ("position", "similarity", "occlusion")
+DEFAULT_SOURCE = "synthetic:60"
+
+
+@dataclass
+class ProbeConfig:
+    model: str | None = None  # None: the tiny probe VLM shipped with agci
+    data: str | None = None  # a probe-set folder or a records file; None: build one from `source`
+    source: str = DEFAULT_SOURCE
+    out: str = "agci-probe"
+    lambdas: list[float] | None = None  # None: 0 and the checkpoint's value (0.5 when it has none)
+    tasks: tuple[str, ...] = TASKS
+    batch_size: int = 16
+    generate: bool = False
+    max_new_tokens: int = 128
+    occlusion_samples: int = 9
+    mask: int = 42
+    pooling: str = "max"
+    limit: int | None = None
+    image_root: str | None = None
+    dtype: str = "auto"
+    device: str | None = None
+    attn: str | None = None
+    seed: int = 0
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown probe task(s) {unknown}; choose from {', '.join(TASKS)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+class _Processes:
+    """This process's rank and share under ``accelerate launch`` (or a single process)."""
+
+    def __init__(self, device: str | None):
+        self.state = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import PartialState
+
+            self.state = PartialState()
+        self.rank = self.state.process_index if self.state else 0
+        self.world = self.state.num_processes if self.state else 1
+        self.device = device or (str(self.state.device) if self.state else None)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, items: list) -> list:
+        return items[self.rank :: self.world]
+
+    def wait(self) -> None:
+        if self.state:
+            self.state.wait_for_everyone()
+
+    def suffix(self) -> str:
+        return "" if self.world == 1 else f".rank{self.rank}-of-{self.world}"
+
+
+def _lambda_dir(out: Path, lam: float) -> Path:
+    return out / f"lambda_{lam:g}"
+
+
+def _done(folder: Path, task: str) -> tuple[set[str], list[dict]]:
+    rows = []
+    for path in sorted(folder.glob(f"{task}*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by an interruption: score it again
+                continue
+    return {r["id"] for r in rows}, rows
+
+
+def _drop_partial_line(path: Path) -> None:
+    """A run killed mid-write leaves a last line without its newline: cut it so appending stays valid."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def _load_image(record: dict, root: Path):
+    from PIL import Image
+
+    path = Path(record["image"])
+    path = path if path.is_absolute() else root / path
+    if not path.is_file():
+        raise FileNotFoundError(f"missing image {path}")
+    with Image.open(path) as image:
+        image.load()
+        return image.convert("RGB")
+
+
+def _prepare_data(cfg: ProbeConfig, out: Path, procs: _Processes) -> tuple[Path, dict | None]:
+    """The probe-set folder to read (built from ``cfg.source`` when no data is given)."""
+    if cfg.data:
+        data = Path(cfg.data)
+        if not data.exists():
+            raise FileNotFoundError(f"--data {data} does not exist; give a probe-set folder or a records file")
+        folder = data if data.is_dir() else data.parent
+        manifest = json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).is_file() else None
+        return data, manifest
+    folder = out / "probe_set"
+    if procs.main:
+        build(folder, SetOptions(source=cfg.source, seed=cfg.seed), progress=cfg.progress)
+    procs.wait()
+    return folder, json.loads((folder / MANIFEST).read_text())
+
+
+def _records(data: Path, task: str) -> list[dict] | None:
+    if data.is_file():
+        return read_records(data) if task == "position" else None
+    path = data / f"{task if task != 'occlusion' else 'position'}.jsonl"
+    return read_records(path) if path.is_file() else None
+
+
+def _batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _score_rows(vlm, task: str, batch: list[dict], root: Path, cfg: ProbeConfig) -> list[dict]:
+    from .scoring import generate_answers, score_yes_no, similarity
+
+    rows, images, kept = [], [], []
+    for record in batch:
+        base = {k: record[k] for k in ("id", "cell", "position", "answer", "caption") if k in record}
+        if not str(record.get("caption", "")).strip():
+            rows.append({**base, "skipped": "empty caption"})
+            continue
+        try:
+            images.append(_load_image(record, root))
+            kept.append(base)
+        except Exception as exc:
+            rows.append({**base, "skipped": f"unreadable image: {exc}"})
+    for r in rows:
+        log.warning("skipping %s: %s", r["id"], r["skipped"])
+    if not kept:
+        return rows
+    if task == "position":
+        prompts = [PROMPT.format(caption=r["caption"]) for r in kept]
+        if cfg.generate:
+            scored = generate_answers(vlm, images, prompts, cfg.max_new_tokens)
+            for s in scored:
+                s.pop("answer_ids")
+        else:
+            scored = score_yes_no(vlm, images, prompts)
+        return rows + [{**r, **s} for r, s in zip(kept, scored, strict=False)]
+    values = similarity(vlm, images, [r["caption"] for r in kept], cfg.pooling)
+    return rows + [{**r, "similarity": round(v, 6)} for r, v in zip(kept, values, strict=False)]
+
+
+def _occlusion_row(vlm, record: dict, root: Path, cfg: ProbeConfig) -> dict:
+    from .scoring import generate_answers, occlusion_map
+
+    base = {k: record[k] for k in ("id", "cell", "position", "answer", "caption") if k in record}
+    try:
+        image = _load_image(record, root)
+    except Exception as exc:
+        return {**base, "skipped": f"unreadable image: {exc}"}
+    prompt = PROMPT.format(caption=record["caption"])
+    answer = generate_answers(vlm, [image], [prompt], cfg.max_new_tokens)[0]
+    if not answer["answer_ids"]:
+        return {**base, "skipped": "the model generated an empty answer"}
+    logp, drops = occlusion_map(vlm, image, prompt, answer["answer_ids"], cfg.mask, cfg.batch_size)
+    rounded = [[round(v, 5) for v in row] for row in drops.tolist()]
+    return {**base, "generated": answer["generated"], "answer_ids": answer["answer_ids"],
+            "base_logprob": round(logp, 5), "drops": rounded}  # fmt: skip
+
+
+def _occlusion_records(records: list[dict], n: int) -> list[dict]:
+    """``n`` positive samples spread evenly over the 9 target cells."""
+    by_cell = [[r for r in records if r.get("answer", "Yes") == "Yes" and r.get("cell") == c] for c in range(9)]
+    chosen, k = [], 0
+    while len(chosen) < n and any(k < len(cell) for cell in by_cell):
+        chosen += [cell[k] for cell in by_cell if k < len(cell)][: n - len(chosen)]
+        k += 1
+    return chosen
+
+
+def run_probe(cfg: ProbeConfig) -> dict | None:
+    """Score, summarise and plot; returns the summary on the main process (None on the others)."""
+    from tqdm.auto import tqdm
+
+    from ..configs import LAMBDA_KEY
+    from .scoring import load_vlm
+
+    procs = _Processes(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = cfg.model or str(embedded_model())
+    vlm = load_vlm(model_path, cfg.dtype, procs.device, cfg.attn)  # refuses bad models before any scoring
+    data, manifest = _prepare_data(cfg, out, procs)
+    root = Path(cfg.image_root) if cfg.image_root else (data if data.is_dir() else data.parent)
+    lambdas = cfg.lambdas
+    if lambdas is None:
+        own = float(getattr(vlm.model.config, LAMBDA_KEY, 0.0) or 0.0)
+        lambdas = [0.0, own if own > 0 else 0.5]
+    tasks = {}
+    for task in cfg.tasks:
+        records = _records(data, task)
+        if records is None:
+            log.warning("no %s records in %s; skipping that task", task, data)
+            continue
+        if cfg.limit:
+            records = records[: cfg.limit]
+        if task == "occlusion":
+            records = _occlusion_records(records, cfg.occlusion_samples)
+        tasks[task] = records
+    if not tasks:
+        raise ValueError(f"{data} holds no probe records for the tasks {cfg.tasks}")
+    started = time.time()
+    for lam in lambdas:
+        vlm.model.global_context_broadcast_lambda = lam
+        folder = _lambda_dir(out, lam)
+        folder.mkdir(exist_ok=True)
+        for task, records in tasks.items():
+            done, _ = _done(folder, task)
+            todo = [r for r in procs.share(records) if r["id"] not in done]
+            if not todo:
+                continue
+            sink_path = folder / f"{task}{procs.suffix()}.jsonl"
+            _drop_partial_line(sink_path)
+            with sink_path.open("a") as sink:
+                desc = f"{task} lambda={lam:g}" + (f" [rank {procs.rank}]" if procs.world > 1 else "")
+                if task == "occlusion":
+                    for record in tqdm(todo, desc=desc, disable=not cfg.progress):
+                        sink.write(json.dumps(_occlusion_row(vlm, record, root, cfg)) + "\n")
+                        sink.flush()
+                    continue
+                bar = tqdm(total=len(todo), desc=desc, disable=not cfg.progress)
+                for batch in _batches(todo, cfg.batch_size):
+                    for row in _score_rows(vlm, task, batch, root, cfg):
+                        sink.write(json.dumps(row) + "\n")
+                    sink.flush()
+                    bar.update(len(batch))
+                bar.close()
+    procs.wait()
+    if not procs.main:
+        return None
+    summary = summarise(out, lambdas, list(tasks), model_path, data, manifest, cfg)
+    summary["seconds_this_run"] = round(time.time() - started, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def summarise(out: Path, lambdas, tasks, model_path, data, manifest, cfg: ProbeConfig) -> dict:
+    """summary.json's content and the PNGs, from the JSONL files on disk."""
+    import torch
+    import transformers
+
+    from . import plots
+    from .metrics import occlusion_summary, position_summary, similarity_summary
+
+    per_lambda: dict = {}
+    for lam in lambdas:
+        folder = _lambda_dir(out, lam)
+        entry = {}
+        for task in tasks:
+            _, rows = _done(folder, task)
+            entry[task] = {"position": position_summary, "similarity": similarity_summary,
+                           "occlusion": occlusion_summary}[task](rows)  # fmt: skip
+        per_lambda[f"{lam:g}"] = entry
+    figures = {}
+    lam_keys = {float(k): k for k in per_lambda}
+
+    def collect(task, key):
+        return {lam: per_lambda[k][task].get(key) for lam, k in lam_keys.items() if per_lambda[k][task].get(key)}
+
+    name = Path(model_path).name
+    heatmaps = [  # figure, task, summary key, title, colour-bar label, fixed range
+        ("position_accuracy", "position", "positive_accuracy_per_cell",
+         "accuracy when the target is in each cell", "accuracy", (0, 1)),
+        ("yes_rate", "position", "yes_rate_per_cell",
+         "rate of Yes answers per cell (positives and negatives)", "Yes rate", (0, 1)),
+        ("similarity", "similarity", "mean_similarity_per_cell",
+         f"image-caption cosine ({cfg.pooling} pooling) per cell", "cosine", (None, None)),
+        ("occlusion_share", "occlusion", "target_cell_share_per_cell",
+         "share of the answer's sensitivity inside the target cell", "share", (0, 1)),
+    ]  # fmt: skip
+    for figure, task, key, title, label, (lo, hi) in heatmaps:
+        values = collect(task, key) if task in tasks else None
+        if values:
+            path = plots.cell_heatmaps(values, out / f"{figure}.png", f"{name}: {title}", label, lo, hi)
+            figures[figure] = str(path)
+    maps = collect("occlusion", "mean_drop_map_per_cell") if "occlusion" in tasks else None
+    if maps:
+        title = f"{name}: drop in log p(answer) when each {cfg.mask}px square is masked"
+        figures["occlusion_maps"] = str(plots.occlusion_maps(maps, out / "occlusion_maps.png", title))
+    set_keys = ("options", "questions", "positives", "negatives", "skipped")
+    return {
+        "model": str(model_path),
+        "data": str(data),
+        "probe_set": manifest and {k: manifest[k] for k in set_keys if k in manifest},
+        "positions": list(POSITIONS),
+        "scoring": "generate-and-parse" if cfg.generate else "next-token Yes/No",
+        "lambdas": per_lambda,
+        "figures": figures,
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("extra", "progress")},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }  # fmt: skip
+
+
+def embedded_model() -> Path:
+    from .tiny_model import ASSET_DIR
+
+    if not (ASSET_DIR / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the embedded probe model is missing from {ASSET_DIR}; reinstall agci or train it with "
+            "`python -m agci.bias.tiny_model`"
+        )
+    return ASSET_DIR

@@ -1,0 +1,284 @@
+"""Scoring a VLM on probe samples: Yes/No from one forward, the reference's generate-and-parse,
+teacher-forced occlusion maps, and image-caption similarity.
+
+Works for every supported family through its own processor and chat template; batches are left
+padded. AGCI's lambda is read from the model's config at call time, so a sweep reuses the model.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ANSWER_WORDS = {"Yes": ("Yes", "yes", "YES"), "No": ("No", "no", "NO")}
+
+
+@dataclass
+class LoadedVLM:
+    model: torch.nn.Module
+    processor: object
+    name: str
+    yes_ids: list[int]
+    no_ids: list[int]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+
+def answer_token_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """First-token ids of Yes and No in every case and with or without a leading space."""
+    found: dict[str, list[int]] = {"Yes": [], "No": []}
+    for label, words in ANSWER_WORDS.items():
+        for word in words:
+            for text in (word, " " + word):
+                ids = tokenizer.encode(text, add_special_tokens=False)
+                if not ids:
+                    continue
+                if tokenizer.decode(ids[:1]).strip().lower() == label.lower() and ids[0] not in found[label]:
+                    found[label].append(ids[0])
+    if not found["Yes"] or not found["No"] or set(found["Yes"]) & set(found["No"]):
+        raise ValueError(
+            f"the tokenizer has no distinct single tokens for Yes/No (found {found}); "
+            "use --generate to score by generating and parsing the answer"
+        )
+    return found["Yes"], found["No"]
+
+
+def load_vlm(model: str | Path, dtype: str = "auto", device: str | None = None, attn: str | None = None,
+             device_map: str | None = None) -> LoadedVLM:  # fmt: skip
+    """Model (AGCI patched) and processor from a local folder or hub id; refuses unsupported models and
+    processors without a chat template before loading weights."""
+    from transformers import AutoConfig, AutoProcessor
+
+    from ..patches.auto import AutoAGCIModelForImageTextToText
+    from ..patches.core import SUPPORTED_MODEL_TYPES
+
+    config = AutoConfig.from_pretrained(model)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"{model}: model type {config.model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    processor = AutoProcessor.from_pretrained(model)
+    if getattr(processor, "chat_template", None) is None:
+        raise ValueError(
+            f"{model}: the processor has no chat template, so prompts cannot be built the way the model was "
+            "trained; add chat_template.jinja (or chat_template in processor_config.json) to the checkpoint"
+        )
+    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs: dict = {}
+    if dtype != "auto":
+        kwargs["dtype" if _new_dtype_kwarg() else "torch_dtype"] = getattr(torch, dtype)
+    if attn:
+        kwargs["attn_implementation"] = attn
+    if device_map:
+        kwargs["device_map"] = device_map
+    vlm = AutoAGCIModelForImageTextToText.from_pretrained(model, config=config, **kwargs).eval()
+    if device and not device_map:
+        vlm.to(device)
+    yes, no = answer_token_ids(tokenizer)
+    return LoadedVLM(vlm, processor, str(model), yes, no)
+
+
+def _new_dtype_kwarg() -> bool:
+    from ..patches.versions import transformers_version
+
+    return transformers_version() >= (4, 56)
+
+
+def _messages(prompt: str, answer: str | None = None) -> list[dict]:
+    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
+    if answer is None:
+        return [user]
+    return [user, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+
+
+def encode(vlm: LoadedVLM, images: list, prompts: list[str]) -> dict:
+    """Chat-templated, left-padded inputs for one question per image, ready for the model's device."""
+    texts = [vlm.processor.apply_chat_template(_messages(p), add_generation_prompt=True) for p in prompts]
+    batch = vlm.processor(images=images, text=texts, return_tensors="pt", padding=True)
+    dtype = next(vlm.model.parameters()).dtype
+    return {k: (v.to(vlm.device, dtype) if v.is_floating_point() else v.to(vlm.device)) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def score_yes_no(vlm: LoadedVLM, images: list, prompts: list[str]) -> list[dict]:
+    """One forward per batch; the next-token distribution decides Yes or No.
+
+    ``prediction`` compares the best Yes token with the best No token, so it equals what greedy decoding
+    answers whenever that answer is a Yes or No token. ``p_yes`` is P(Yes) / (P(Yes) + P(No)), summed
+    over case and space variants; ``yes_no_mass`` is how much probability the two answers hold."""
+    logits = vlm.model(**encode(vlm, images, prompts)).logits[:, -1].float()
+    logp = logits.log_softmax(-1)
+    yes, no = torch.tensor(vlm.yes_ids, device=logits.device), torch.tensor(vlm.no_ids, device=logits.device)
+    best_yes, best_no = logits[:, yes].max(1).values, logits[:, no].max(1).values
+    lp_yes, lp_no = logp[:, yes].logsumexp(1), logp[:, no].logsumexp(1)
+    p_yes = torch.sigmoid(lp_yes - lp_no)
+    mass = lp_yes.exp() + lp_no.exp()
+    return [
+        {"prediction": "Yes" if a > b else "No", "p_yes": round(p, 6), "yes_no_mass": round(m, 6)}
+        for a, b, p, m in zip(best_yes.tolist(), best_no.tolist(), p_yes.tolist(), mass.tolist(), strict=False)
+    ]
+
+
+def parse_answer(text: str) -> str:
+    """Yes / No from a generated answer (the reference's parsing: the first word decides), else Unknown."""
+    word = text.strip().lstrip("'\"*`([").split(maxsplit=1)
+    head = word[0].strip(".,!:;'\"*`)]").lower() if word else ""
+    return {"yes": "Yes", "no": "No"}.get(head, "Unknown")
+
+
+@torch.no_grad()
+def generate_answers(vlm: LoadedVLM, images: list, prompts: list[str], max_new_tokens: int = 128) -> list[dict]:
+    """The reference's way: greedy generation, then parsing."""
+    inputs = encode(vlm, images, prompts)
+    out = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=vlm.tokenizer.pad_token_id)  # fmt: skip
+    new = out[:, inputs["input_ids"].shape[1] :]
+    texts = vlm.tokenizer.batch_decode(new, skip_special_tokens=True)
+    return [
+        {"prediction": parse_answer(t), "generated": t, "answer_ids": _trim(ids, vlm)}
+        for t, ids in zip(texts, new, strict=False)
+    ]
+
+
+def _trim(ids: torch.Tensor, vlm: LoadedVLM) -> list[int]:
+    stop = {vlm.tokenizer.pad_token_id, vlm.tokenizer.eos_token_id}
+    out = []
+    for i in ids.tolist():
+        if i in stop:
+            break
+        out.append(i)
+    return out
+
+
+def masked_copies(image, mask: int, colour=(255, 255, 255)):
+    """Every copy of ``image`` with one ``mask`` x ``mask`` square painted over, row by row."""
+    import numpy as np
+    from PIL import Image
+
+    w, h = image.size
+    if w % mask or h % mask:
+        raise ValueError(f"mask size {mask} must divide the image size {w}x{h}")
+    pixels = np.asarray(image.convert("RGB"))
+    fill = np.array(colour, dtype=pixels.dtype)
+    for top in range(0, h, mask):
+        for left in range(0, w, mask):
+            copy = pixels.copy()
+            copy[top : top + mask, left : left + mask] = fill
+            yield Image.fromarray(copy)
+
+
+@torch.no_grad()
+def answer_logprob(vlm: LoadedVLM, images: list, prompt: str, answer_ids: list[int]) -> torch.Tensor:
+    """Teacher-forced log-probability of ``answer_ids`` after the prompt, for each image."""
+    inputs = encode(vlm, images, [prompt] * len(images))
+    n = len(answer_ids)
+    answer = torch.tensor(answer_ids, device=vlm.device).expand(len(images), n)
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], answer], 1)
+    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(answer)], 1)
+    if "mm_token_type_ids" in inputs:
+        inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(answer)], 1)
+    if "token_type_ids" in inputs:
+        inputs["token_type_ids"] = torch.cat([inputs["token_type_ids"], torch.zeros_like(answer)], 1)
+    logits = vlm.model(**inputs).logits[:, -n - 1 : -1].float()
+    return logits.log_softmax(-1).gather(-1, answer.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+
+def occlusion_map(vlm: LoadedVLM, image, prompt: str, answer_ids: list[int], mask: int = 42,
+                  batch_size: int = 32) -> tuple[float, torch.Tensor]:  # fmt: skip
+    """How much the log-probability of the model's own answer drops when each square is masked.
+
+    Returns the unmasked log-probability and a (H/mask, W/mask) map of drops (positive: the square
+    mattered for the answer)."""
+    base = answer_logprob(vlm, [image], prompt, answer_ids)[0].item()
+    drops = []
+    batch = []
+    for copy in masked_copies(image, mask):
+        batch.append(copy)
+        if len(batch) == batch_size:
+            drops.append(base - answer_logprob(vlm, batch, prompt, answer_ids).cpu())
+            batch = []
+    if batch:
+        drops.append(base - answer_logprob(vlm, batch, prompt, answer_ids).cpu())
+    w, h = image.size
+    return base, torch.cat(drops).view(h // mask, w // mask)
+
+
+def occlusion_map_by_generation(vlm: LoadedVLM, image, prompt: str, mask: int = 42, max_new_tokens: int = 128):
+    """The reference's way, for comparison: a generate call (batch 1, up to ``max_new_tokens``) for every
+    masked copy, reading the original answer's token scores from the generation's own step scores.
+    Equal to :func:`occlusion_map` while the masked generation keeps the original answer's prefix
+    (always, for one-token answers)."""
+    original = generate_answers(vlm, [image], [prompt], max_new_tokens)[0]["answer_ids"]
+    if not original:
+        raise ValueError("the model generated no answer tokens for the unmasked image")
+
+    def score(im) -> float:
+        out = vlm.model.generate(**encode(vlm, [im], [prompt]), max_new_tokens=max_new_tokens, do_sample=False,
+                                 output_scores=True, return_dict_in_generate=True,
+                                 pad_token_id=vlm.tokenizer.pad_token_id)  # fmt: skip
+        steps = min(len(out.scores), len(original))
+        return sum(out.scores[t][0].float().log_softmax(-1)[original[t]].item() for t in range(steps))
+
+    base = score(image)
+    drops = [base - score(copy) for copy in masked_copies(image, mask)]
+    w, h = image.size
+    return base, torch.tensor(drops).view(h // mask, w // mask)
+
+
+def _feature_kwargs(vlm: LoadedVLM, inputs: dict) -> dict:
+    params = inspect.signature(vlm.model.get_image_features).parameters
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    keys = ("pixel_values", "image_sizes", "image_grid_thw", "pixel_attention_mask")
+    return {k: inputs[k] for k in keys if k in inputs and (k in params or (accepts_any and k == "pixel_values"))}
+
+
+@torch.no_grad()
+def similarity(vlm: LoadedVLM, images: list, captions: list[str], pooling: str = "max") -> list[float]:
+    """Cosine between pooled image features (in the language model's embedding space, after the
+    projector and AGCI) and the pooled input embeddings of the caption's tokens."""
+    from ..patches.versions import image_features_per_image
+
+    if pooling not in ("max", "mean"):
+        raise ValueError(f"pooling must be 'max' or 'mean', got {pooling!r}")
+    inputs = encode(vlm, images, ["Describe the image."] * len(images))
+    features = image_features_per_image(vlm.model.get_image_features(**_feature_kwargs(vlm, inputs)))
+    per_image = _group_tiles(vlm, inputs, features, len(images))
+    embed = vlm.model.get_input_embeddings()
+    out = []
+    for feats, caption in zip(per_image, captions, strict=False):
+        ids = torch.tensor(vlm.tokenizer.encode(caption, add_special_tokens=False), device=vlm.device)
+        text = embed(ids).float()
+        feats = feats.reshape(-1, feats.shape[-1]).float()
+        pool = (lambda t: t.max(0).values) if pooling == "max" else (lambda t: t.mean(0))
+        out.append(torch.cosine_similarity(pool(feats), pool(text), dim=0).item())
+    return out
+
+
+def _group_tiles(vlm, inputs, features, n_images) -> list[torch.Tensor]:
+    """InternVL returns features per tile; join each image's tiles (counted from the image tokens)."""
+    if len(features) == n_images:
+        return list(features)
+    from ..patches.core import tiles_per_image
+
+    token_id = vlm.model.config.image_token_id
+    counts = tiles_per_image(inputs["input_ids"], token_id, features[0].shape[0], len(features))
+    out, i = [], 0
+    for t in counts:
+        out.append(torch.cat(list(features[i : i + t])))
+        i += t
+    return out
