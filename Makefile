@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # 4.57.x and 5.6.0, LLaMA-Factory's ceiling. Each is a small overlay on PYTHONPATH.
 TRANSFORMERS_VERSIONS ?= 4.57.6 5.6.0
 
-.PHONY: setup demo test test-versions test-gpu lint bench clean
+.PHONY: setup demo demo-op test test-versions test-gpu lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,19 +20,22 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
-demo: setup  ## AGCI on a small LLaVA built offline; writes agci-demo/demo.json and demo.png
+demo: setup  ## the main job offline: spatial-bias probes of the embedded tiny VLM, lambda 0 vs 0.5, into agci-probe/
+	$(BIN)/agci probe --out agci-probe
+
+demo-op: setup  ## AGCI's mechanics on a random small LLaVA; writes agci-demo/demo.json and demo.png
 	$(BIN)/agci demo --out agci-demo
 
 test: setup  ## the CPU test suite (Triton kernels interpreted; GPU tests skip with the reason), then older transformers
 	$(BIN)/python -m pytest
 	$(MAKE) --no-print-directory test-versions
 
-test-versions: setup  ## the patch and demo tests against each of TRANSFORMERS_VERSIONS
+test-versions: setup  ## the patch, demo and probe tests against each of TRANSFORMERS_VERSIONS
 	@set -e; for v in $(TRANSFORMERS_VERSIONS); do \
 	  overlay=$(VENV)/transformers-$$v; \
 	  [ -f $$overlay/.installed ] || { $(BIN)/python -m pip install -q --target $$overlay "transformers==$$v" && touch $$overlay/.installed; }; \
 	  echo "== transformers $$v"; \
-	  PYTHONPATH=$$overlay $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_patches.py tests/test_patches_peft.py tests/test_autopatch.py tests/test_cli_demo.py; \
+	  PYTHONPATH=$$overlay $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_patches.py tests/test_patches_peft.py tests/test_autopatch.py tests/test_cli_demo.py tests/test_bias_probe.py; \
 	done
 
 test-gpu:  ## on a CUDA machine: kernel tests compiled, at real sizes, then the op benchmark
@@ -44,6 +47,7 @@ lint: setup
 
 bench: setup  ## op benchmark (small shapes, no Triton on CPU; full table on a GPU)
 	$(BIN)/python benchmarks/bench_op.py
+	$(BIN)/python benchmarks/bench_probe.py
 
 clean:
-	rm -rf $(VENV) agci-demo .pytest_cache
+	rm -rf $(VENV) agci-demo agci-probe .pytest_cache

@@ -21,3 +21,18 @@ def test_bench_op_runs_on_cpu_and_writes_csv_md_json_png(tmp_path):
     assert all(float(r["median_ms"]) > 0 and r["device"] and r["torch"] for r in rows)
     assert "speed-up vs eager" in (tmp_path / "smoke.md").read_text()
     assert (tmp_path / "smoke.png").stat().st_size > 5_000 and (tmp_path / "smoke.json").exists()
+
+
+def test_bench_probe_runs_and_both_ways_agree(tmp_path):
+    import json
+
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_probe.py"), "--samples", "8", "--batch-size", "4",
+           "--occlusion-samples", "1", "--mask", "280", "--out", str(tmp_path), "--tag", "smoke"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "probe_smoke.json").read_text())
+    pos = result["position"]
+    assert pos["identical_predictions"] == pos["answered_yes_or_no_by_generation"] >= 6
+    assert result["occlusion"][0]["masks"] == 9 and result["occlusion"][0]["max_abs_map_difference"] < 1e-3
+    assert pos["reference_seconds"] > 0 and pos["agci_seconds"] > 0
+    assert (tmp_path / "probe_smoke.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "probe_smoke.md").exists()

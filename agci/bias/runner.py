@@ -2,7 +2,7 @@
 
 Results are written as they are computed, one JSONL per task and lambda under ``OUT/lambda_<value>/``;
 a rerun skips every sample already there, so an interrupted run loses nothing. Under
-``accelerate launch`` each process scores its share of the samples into its own file and the main
+``accelerate launch`` (or ``torchrun``) each process scores its share of the samples into its own file and the main
 process writes ``summary.json`` and the heatmaps once all are done.
 """
 
@@ -55,17 +55,26 @@ class ProbeConfig:
 
 
 class _Processes:
-    """This process's rank and share under ``accelerate launch`` (or a single process)."""
+    """This process's rank and share under ``accelerate launch`` / ``torchrun`` (or a single process).
+
+    Both launchers set RANK, WORLD_SIZE and LOCAL_RANK; the process group is created here (NCCL on GPUs,
+    Gloo on CPUs) only to wait for every rank before the summary."""
 
     def __init__(self, device: str | None):
-        self.state = None
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from accelerate import PartialState
+        import torch
 
-            self.state = PartialState()
-        self.rank = self.state.process_index if self.state else 0
-        self.world = self.state.num_processes if self.state else 1
-        self.device = device or (str(self.state.device) if self.state else None)
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.device = device
+        if self.world > 1:
+            import torch.distributed as dist
+
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            if torch.cuda.is_available():
+                self.device = device or f"cuda:{local}"
+                torch.cuda.set_device(torch.device(self.device))
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
     @property
     def main(self) -> bool:
@@ -75,8 +84,10 @@ class _Processes:
         return items[self.rank :: self.world]
 
     def wait(self) -> None:
-        if self.state:
-            self.state.wait_for_everyone()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def suffix(self) -> str:
         return "" if self.world == 1 else f".rank{self.rank}-of-{self.world}"

@@ -1,0 +1,253 @@
+"""Scoring and ``agci probe`` on the tiny probe VLM shipped with agci (real LLaVA classes, real processor)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from agci.bias.probe_sets import PROMPT, SetOptions, build, read_records
+from agci.bias.runner import ProbeConfig, run_probe
+from agci.bias.scoring import (
+    answer_logprob,
+    generate_answers,
+    load_vlm,
+    occlusion_map,
+    occlusion_map_by_generation,
+    parse_answer,
+    score_yes_no,
+    similarity,
+)
+from agci.bias.tiny_model import ASSET_DIR
+
+
+@pytest.fixture(scope="module")
+def vlm():
+    return load_vlm(ASSET_DIR)
+
+
+@pytest.fixture(scope="module")
+def probe_set(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("probe") / "set"
+    build(folder, SetOptions(source="synthetic:12", seed=7), progress=False)
+    return folder
+
+
+def _samples(folder: Path, n: int, step: int = 1):
+    from PIL import Image
+
+    records = read_records(folder / "position.jsonl")[::step][:n]
+    images = [Image.open(folder / r["image"]).convert("RGB") for r in records]
+    return records, images, [PROMPT.format(caption=r["caption"]) for r in records]
+
+
+def test_embedded_model_is_small_and_documents_its_training():
+    size = sum(p.stat().st_size for p in ASSET_DIR.iterdir())
+    assert size < 8e6, f"the embedded probe model should stay a few MB, is {size / 1e6:.1f} MB"
+    record = json.loads((ASSET_DIR / "training.json").read_text())
+    assert {"seed", "steps", "cell_weights", "held_out_accuracy_by_cell", "versions"} <= set(record)
+
+
+def test_answer_words_and_parsing(vlm):
+    tok = vlm.tokenizer
+    assert tok.convert_tokens_to_ids("Yes") in vlm.yes_ids and tok.convert_tokens_to_ids("yes") in vlm.yes_ids
+    assert tok.convert_tokens_to_ids("No") in vlm.no_ids and not set(vlm.yes_ids) & set(vlm.no_ids)
+    for text, want in [("Yes", "Yes"), (" yes.", "Yes"), ("'No', because", "No"), ("**No**", "No"),
+                       ("Nope", "Unknown"), ("", "Unknown"), ("The answer is yes", "Unknown")]:  # fmt: skip
+        assert parse_answer(text) == want, text
+
+
+def test_the_embedded_model_was_trained_it_names_objects():
+    """Random weights name nothing; the shipped model names a lone object's colour and shape."""
+    from agci.bias.synthetic import synthetic_pairs
+    from agci.bias.tiny_model import WHOLE_IMAGE_QUESTION
+
+    vlm = load_vlm(ASSET_DIR)
+    pairs = synthetic_pairs(30, seed=99)
+    answers = generate_answers(vlm, [p.load_image() for p in pairs], [WHOLE_IMAGE_QUESTION] * 30, max_new_tokens=6)
+    colour_right = sum(p.caption.split()[1] in a["generated"].split() for p, a in zip(pairs, answers, strict=True))
+    assert colour_right >= 20, [a["generated"] for a in answers][:5]
+
+
+def test_generate_mode_gives_the_same_predictions(vlm, probe_set):
+    records, images, prompts = _samples(probe_set, 48, step=3)
+    scored = score_yes_no(vlm, images, prompts)
+    generated = generate_answers(vlm, images, prompts, max_new_tokens=8)
+    answered = [(s, g) for s, g in zip(scored, generated, strict=False) if g["prediction"] != "Unknown"]
+    assert len(answered) >= 0.9 * len(records), [g["generated"] for g in generated][:5]
+    assert all(s["prediction"] == g["prediction"] for s, g in answered)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_a_sample_alone_and_in_a_batch_score_the_same(vlm, probe_set, lam):
+    _, images, prompts = _samples(probe_set, 6, step=5)
+    vlm.model.global_context_broadcast_lambda = lam
+    try:
+        batched = score_yes_no(vlm, images, prompts)
+        alone = [score_yes_no(vlm, [im], [p])[0] for im, p in zip(images, prompts, strict=False)]
+    finally:
+        vlm.model.global_context_broadcast_lambda = 0.0
+    for a, b in zip(batched, alone, strict=False):
+        assert a["prediction"] == b["prediction"]
+        assert a["p_yes"] == pytest.approx(b["p_yes"], abs=1e-4)
+
+
+def test_lambda_reaches_the_model(vlm, probe_set):
+    _, images, prompts = _samples(probe_set, 4)
+    vlm.model.global_context_broadcast_lambda = 0.0
+    base = [s["p_yes"] for s in score_yes_no(vlm, images, prompts)]
+    vlm.model.global_context_broadcast_lambda = 1.0
+    try:
+        agci = [s["p_yes"] for s in score_yes_no(vlm, images, prompts)]
+    finally:
+        vlm.model.global_context_broadcast_lambda = 0.0
+    assert base != agci
+
+
+def test_batched_occlusion_equals_a_generate_per_mask(vlm, probe_set):
+    _, images, prompts = _samples(probe_set, 1)
+    image = images[0].resize((168, 168))
+    answer = generate_answers(vlm, [image], prompts, max_new_tokens=8)[0]["answer_ids"]
+    base, fast = occlusion_map(vlm, image, prompts[0], answer, mask=56, batch_size=4)
+    base_ref, slow = occlusion_map_by_generation(vlm, image, prompts[0], mask=56, max_new_tokens=8)
+    assert fast.shape == (3, 3)
+    assert base == pytest.approx(base_ref, abs=1e-4)
+    torch.testing.assert_close(fast, slow.to(fast.dtype), atol=1e-4, rtol=1e-4)
+    assert answer_logprob(vlm, [image], prompts[0], answer)[0].item() == pytest.approx(base, abs=1e-5)
+    with pytest.raises(ValueError, match="must divide"):
+        occlusion_map(vlm, image, prompts[0], answer, mask=50)
+
+
+def test_similarity_pooling_and_lambda(vlm, probe_set):
+    from PIL import Image
+
+    records = read_records(probe_set / "similarity.jsonl")[:3]
+    images = [Image.open(probe_set / r["image"]).convert("RGB") for r in records]
+    captions = [r["caption"] for r in records]
+    top = similarity(vlm, images, captions, "max")
+    mean = similarity(vlm, images, captions, "mean")
+    assert all(-1 <= v <= 1 for v in top + mean) and top != mean
+    vlm.model.global_context_broadcast_lambda = 1.0
+    try:
+        assert similarity(vlm, images, captions, "max") != top
+    finally:
+        vlm.model.global_context_broadcast_lambda = 0.0
+    with pytest.raises(ValueError, match="pooling"):
+        similarity(vlm, images, captions, "median")
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def test_an_interrupted_run_resumes_without_rescoring(tmp_path, probe_set):
+    cfg = ProbeConfig(data=str(probe_set), out=str(tmp_path / "run"), lambdas=[0.0, 0.5], tasks=("position",),
+                      limit=30, batch_size=8, progress=False)  # fmt: skip
+    first = run_probe(cfg)
+    results = tmp_path / "run" / "lambda_0.5" / "position.jsonl"
+    lines = _lines(results)
+    assert len(lines) == 30
+    # interrupt: keep 11 rows and a row cut in half
+    results.write_text("\n".join(lines[:11]) + "\n" + lines[11][: len(lines[11]) // 2])
+    again = run_probe(cfg)
+    rows = [json.loads(x) for x in _lines(results)]  # every line whole again
+    assert _lines(results)[:11] == lines[:11]  # what was scored is kept as it was
+    assert sorted(r["id"] for r in rows) == sorted(json.loads(x)["id"] for x in lines)
+    assert again["lambdas"]["0.5"]["position"]["accuracy"] == first["lambdas"]["0.5"]["position"]["accuracy"]
+
+
+def test_bad_records_are_skipped_and_counted(tmp_path, probe_set):
+    records = read_records(probe_set / "position.jsonl")[:6]
+    records[1]["image"] = "images/does_not_exist.jpg"
+    records[2]["caption"] = ""
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    records[3]["image"] = str(tmp_path / "broken.jpg")
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = run_probe(ProbeConfig(data=str(data), image_root=str(probe_set), out=str(tmp_path / "out"),
+                                    lambdas=[0.0], tasks=("position",), progress=False))  # fmt: skip
+    pos = summary["lambdas"]["0"]["position"]
+    assert (pos["scored"], pos["skipped"]) == (3, 3)
+    assert pos["skipped_reasons"] == {"unreadable image": 2, "empty caption": 1}
+
+
+def test_unsupported_model_and_missing_chat_template_are_refused_before_loading(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37).save_pretrained(
+        tmp_path / "bert"
+    )
+    with pytest.raises(ValueError, match="not supported; supported: .*llava"):
+        load_vlm(tmp_path / "bert")
+    copy = tmp_path / "no-template"
+    shutil.copytree(ASSET_DIR, copy)
+    for f in copy.glob("chat_template*"):
+        f.unlink()
+    for name in ("processor_config.json", "tokenizer_config.json"):
+        if (copy / name).is_file():
+            cfg = json.loads((copy / name).read_text())
+            cfg.pop("chat_template", None)
+            (copy / name).write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="no chat template"):
+        load_vlm(copy)
+
+
+def _agci(*args, cwd, env=None):
+    full_env = dict(os.environ, TQDM_DISABLE="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "agci", *args], cwd=cwd, capture_output=True, text=True, env=full_env)
+
+
+def test_cli_probe_on_the_embedded_default(tmp_path):
+    """`agci probe` with no model: the embedded VLM on a fresh synthetic set, every output written."""
+    result = _agci("probe", "--out", "out", "--source", "synthetic:18", "--occlusion-samples", "9", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["lambdas"]) == {"0", "0.5"}
+    for lam in ("0", "0.5"):
+        pos = summary["lambdas"][lam]["position"]
+        assert pos["scored"] == 18 * 9 + 18 * 3 and pos["skipped"] == 0
+        assert len(pos["positive_accuracy_per_cell"]) == 9 and pos["bias"]["spread"] is not None
+        assert summary["lambdas"][lam]["similarity"]["scored"] == 18 * 9
+        assert summary["lambdas"][lam]["occlusion"]["scored"] == 9
+        assert len(_lines(out / f"lambda_{lam}" / "position.jsonl")) == 18 * 12
+    for name in ("position_accuracy", "yes_rate", "similarity", "occlusion_share", "occlusion_maps"):
+        png = tmp_path / summary["figures"][name]
+        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+    assert "lambda 0:" in result.stdout and "position spread" in result.stdout
+    assert (out / "probe_set" / "manifest.json").is_file()
+
+
+def test_cli_probe_errors_are_clear(tmp_path):
+    result = _agci("probe", "--data", str(tmp_path / "nowhere"), "--out", "o", cwd=tmp_path)
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    result = _agci("probe", "--tasks", "position,colour", cwd=tmp_path)
+    assert result.returncode == 2 and "unknown probe task" in result.stderr
+    result = _agci("probe-set", "s", "--source", "synthetic:4", cwd=tmp_path)
+    assert result.returncode == 2 and "at least 9" in result.stderr
+
+
+def test_distributed_launch_shards_the_samples(tmp_path, probe_set):
+    """Two CPU processes under torchrun, as `accelerate launch` runs them on GPUs: each scores its share."""
+    launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if launcher is None:
+        pytest.skip("the torchrun command is not installed next to this Python")
+    args = ["--data", str(probe_set), "--out", "out", "--lambda", "0", "--tasks", "position", "--limit", "20"]
+    result = subprocess.run(
+        [launcher, "--nproc_per_node", "2", "--master_port", "29517", "-m", "agci", "probe", *args],
+        cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1"),
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = sorted((tmp_path / "out" / "lambda_0").glob("position*.jsonl"))
+    assert [f.name for f in files] == ["position.rank0-of-2.jsonl", "position.rank1-of-2.jsonl"]
+    ids = [json.loads(x)["id"] for f in files for x in _lines(f)]
+    assert len(ids) == 20 and len(set(ids)) == 20
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["lambdas"]["0"]["position"]["scored"] == 20
