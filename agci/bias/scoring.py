@@ -109,7 +109,9 @@ def _messages(prompt: str, answer: str | None = None) -> list[dict]:
 def encode(vlm: LoadedVLM, images: list, prompts: list[str]) -> dict:
     """Chat-templated, left-padded inputs for one question per image, ready for the model's device."""
     texts = [vlm.processor.apply_chat_template(_messages(p), add_generation_prompt=True) for p in prompts]
-    batch = vlm.processor(images=images, text=texts, return_tensors="pt", padding=True)
+    batch = dict(vlm.processor(images=images, text=texts, return_tensors="pt", padding=True))
+    if "token_type_ids" in batch and "token_type_ids" not in inspect.signature(vlm.model.forward).parameters:
+        batch.pop("token_type_ids")  # some tokenizers return them for models that refuse them in generate
     dtype = next(vlm.model.parameters()).dtype
     return {k: (v.to(vlm.device, dtype) if v.is_floating_point() else v.to(vlm.device)) for k, v in batch.items()}
 
