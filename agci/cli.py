@@ -54,7 +54,7 @@ def _cmd_set_lambda(args) -> int:
     from pathlib import Path
 
     from .configs import LAMBDA_KEY, validate_lambda
-    from .patches.core import SUPPORTED_MODEL_TYPES
+    from .patches.core import check_model_type
 
     path = Path(args.checkpoint)
     config_path = path / "config.json" if path.is_dir() else path
@@ -68,12 +68,10 @@ def _cmd_set_lambda(args) -> int:
         return 2
     config = json.loads(config_path.read_text())
     model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        print(
-            f"agci set-lambda: model type {model_type!r} in {config_path} is not supported; "
-            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}",
-            file=sys.stderr,
-        )
+    try:
+        check_model_type(model_type, where=f"{config_path}: ")
+    except ValueError as exc:
+        print(f"agci set-lambda: {exc}", file=sys.stderr)
         return 2
     previous = config.get(LAMBDA_KEY)
     config[LAMBDA_KEY] = value

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .probe_sets import MANIFEST, POSITIONS, PROMPT, SetOptions, build, read_records
@@ -44,7 +44,6 @@ class ProbeConfig:
     attn: str | None = None
     seed: int = 0
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -157,12 +156,17 @@ def _batches(items: list, size: int):
         yield items[i : i + size]
 
 
+def _row_base(record: dict) -> dict:
+    """The record's fields that every result row repeats."""
+    return {k: record[k] for k in ("id", "cell", "position", "answer", "caption") if k in record}
+
+
 def _score_rows(vlm, task: str, batch: list[dict], root: Path, cfg: ProbeConfig) -> list[dict]:
     from .scoring import generate_answers, score_yes_no, similarity
 
     rows, images, kept = [], [], []
     for record in batch:
-        base = {k: record[k] for k in ("id", "cell", "position", "answer", "caption") if k in record}
+        base = _row_base(record)
         if not str(record.get("caption", "")).strip():
             rows.append({**base, "skipped": "empty caption"})
             continue
@@ -191,7 +195,7 @@ def _score_rows(vlm, task: str, batch: list[dict], root: Path, cfg: ProbeConfig)
 def _occlusion_row(vlm, record: dict, root: Path, cfg: ProbeConfig) -> dict:
     from .scoring import generate_answers, occlusion_map
 
-    base = {k: record[k] for k in ("id", "cell", "position", "answer", "caption") if k in record}
+    base = _row_base(record)
     try:
         image = _load_image(record, root)
     except Exception as exc:
@@ -334,7 +338,7 @@ def summarise(out: Path, lambdas, tasks, model_path, data, manifest, cfg: ProbeC
         "scoring": "generate-and-parse" if cfg.generate else "next-token Yes/No",
         "lambdas": per_lambda,
         "figures": figures,
-        "config": {k: v for k, v in asdict(cfg).items() if k not in ("extra", "progress")},
+        "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }  # fmt: skip
 

@@ -62,13 +62,10 @@ def load_vlm(model: str | Path, dtype: str = "auto", device: str | None = None, 
     from transformers import AutoConfig, AutoProcessor
 
     from ..patches.auto import AutoAGCIModelForImageTextToText
-    from ..patches.core import SUPPORTED_MODEL_TYPES
+    from ..patches.core import check_model_type
 
     config = AutoConfig.from_pretrained(model)
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"{model}: model type {config.model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    check_model_type(config.model_type, where=f"{model}: ")
     processor = AutoProcessor.from_pretrained(model)
     if getattr(processor, "chat_template", None) is None:
         raise ValueError(
@@ -99,7 +96,8 @@ def _new_dtype_kwarg() -> bool:
     return transformers_version() >= (4, 56)
 
 
-def _messages(prompt: str, answer: str | None = None) -> list[dict]:
+def chat_messages(prompt: str, answer: str | None = None) -> list[dict]:
+    """One image then the prompt from the user, and the assistant's answer when given."""
     user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
     if answer is None:
         return [user]
@@ -108,7 +106,7 @@ def _messages(prompt: str, answer: str | None = None) -> list[dict]:
 
 def encode(vlm: LoadedVLM, images: list, prompts: list[str]) -> dict:
     """Chat-templated, left-padded inputs for one question per image, ready for the model's device."""
-    texts = [vlm.processor.apply_chat_template(_messages(p), add_generation_prompt=True) for p in prompts]
+    texts = [vlm.processor.apply_chat_template(chat_messages(p), add_generation_prompt=True) for p in prompts]
     batch = dict(vlm.processor(images=images, text=texts, return_tensors="pt", padding=True))
     if "token_type_ids" in batch and "token_type_ids" not in inspect.signature(vlm.model.forward).parameters:
         batch.pop("token_type_ids")  # some tokenizers return them for models that refuse them in generate

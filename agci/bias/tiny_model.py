@@ -178,11 +178,11 @@ def _canvases(n: int, seed: int, weights, desc: str):
 
 def _encode(processor, rows, answers: bool):
     """Token ids, attention mask and pixel values for (prompt, answer, image) rows."""
+    from .scoring import chat_messages
+
     texts, images = [], []
     for prompt, answer, image in rows:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        if answers:
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        messages = chat_messages(prompt, answer if answers else None)
         texts.append(processor.apply_chat_template(messages, add_generation_prompt=not answers))
         images.append(image)
     batch = processor(images=images, text=texts, return_tensors="pt", padding=True)

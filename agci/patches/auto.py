@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from ..configs import LAMBDA_KEY, validate_lambda
-from .core import SUPPORTED_MODEL_TYPES, apply_agci, read_lambda, read_scope
+from .core import apply_agci, check_model_type, read_lambda, read_scope
 
 
 def _checked_config(config, global_context_broadcast_lambda):
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"model type {config.model_type!r} is not supported by agci; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    check_model_type(config.model_type)
     if global_context_broadcast_lambda is not None:
         setattr(config, LAMBDA_KEY, validate_lambda(global_context_broadcast_lambda))
     read_lambda(config)

@@ -212,11 +212,16 @@ def _lambda_property() -> _LambdaProperty:
     return _LambdaProperty(fget, fset, doc=_LambdaProperty.__doc__)
 
 
-def family_classes(model_type: str) -> tuple[type, type]:
+def check_model_type(model_type: str | None, where: str = "") -> None:
+    """Raise ValueError naming the supported types when ``model_type`` is not one (``where`` prefixes it)."""
     if model_type not in FAMILIES:
         raise ValueError(
-            f"model type {model_type!r} is not supported by agci; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            f"{where}model type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
+
+
+def family_classes(model_type: str) -> tuple[type, type]:
+    check_model_type(model_type)
     versions.check_transformers_supported()
     family = FAMILIES[model_type]
     module = importlib.import_module(family.module)
