@@ -63,6 +63,7 @@ def load_vlm(model: str | Path, dtype: str = "auto", device: str | None = None, 
 
     from ..patches.auto import AutoAGCIModelForImageTextToText
     from ..patches.core import check_model_type
+    from ..patches.versions import dtype_kwarg
 
     config = AutoConfig.from_pretrained(model)
     check_model_type(config.model_type, where=f"{model}: ")
@@ -78,7 +79,7 @@ def load_vlm(model: str | Path, dtype: str = "auto", device: str | None = None, 
         tokenizer.pad_token = tokenizer.eos_token
     kwargs: dict = {}
     if dtype != "auto":
-        kwargs["dtype" if _new_dtype_kwarg() else "torch_dtype"] = getattr(torch, dtype)
+        kwargs[dtype_kwarg()] = getattr(torch, dtype)
     if attn:
         kwargs["attn_implementation"] = attn
     if device_map:
@@ -88,12 +89,6 @@ def load_vlm(model: str | Path, dtype: str = "auto", device: str | None = None, 
         vlm.to(device)
     yes, no = answer_token_ids(tokenizer)
     return LoadedVLM(vlm, processor, str(model), yes, no)
-
-
-def _new_dtype_kwarg() -> bool:
-    from ..patches.versions import transformers_version
-
-    return transformers_version() >= (4, 56)
 
 
 def chat_messages(prompt: str, answer: str | None = None) -> list[dict]:

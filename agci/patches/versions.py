@@ -28,6 +28,11 @@ def check_transformers_supported() -> None:
         )
 
 
+def dtype_kwarg() -> str:
+    """``from_pretrained``'s dtype argument: ``dtype`` since 4.56, ``torch_dtype`` before."""
+    return "dtype" if transformers_version() >= (4, 56) else "torch_dtype"
+
+
 def returns_output_dataclass() -> bool:
     """5.x: ``get_image_features`` returns an output dataclass whose ``pooler_output`` holds the features;
     4.57 returns them directly (Qwen3-VL: a 2-tuple ``(per_image, deepstack)``)."""

@@ -1,0 +1,271 @@
+"""lmms-eval models with AGCI on, one class for all six families.
+
+Every family goes through its own processor and chat template, so one implementation serves them
+all; the registered names (``agci_qwen2_5_vl``, ``agci_llava``, ...) only pin which model types a
+name accepts, so a wrong checkpoint is refused before anything loads. Batches are left padded and
+AGCI is per image, so a sample's answer does not depend on what it is batched with.
+
+    lmms-eval --model agci_qwen2_5_vl \\
+        --model_args pretrained=PATH,global_context_broadcast_lambda=0.5 --tasks pope
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import torch
+from lmms_eval import utils
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+from tqdm.auto import tqdm
+
+from .plugin import MODEL_NAMES
+
+log = logging.getLogger(__name__)
+
+
+def _flag(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+class AGCIModel(lmms):
+    """A supported VLM loaded through ``AutoAGCIModelForImageTextToText``.
+
+    ``model_args``: ``pretrained`` (local folder or hub id), ``global_context_broadcast_lambda``
+    (overrides config.json; the checkpoint's value when absent), ``dtype`` (auto, bfloat16, float16,
+    float32), ``device``, ``device_map``, ``attn_implementation``, ``batch_size``, ``max_pixels`` /
+    ``min_pixels`` (Qwen processors), ``max_new_tokens`` (default when a task sets none),
+    ``system_prompt``, ``trust_remote_code``, ``use_cache``."""
+
+    is_simple = True
+    model_name = "agci"
+
+    def __init__(
+        self,
+        pretrained: str,
+        global_context_broadcast_lambda: float | str | None = None,
+        dtype: str = "auto",
+        device: str | None = None,
+        device_map: str = "",
+        attn_implementation: str | None = None,
+        batch_size: int | str = 1,
+        max_pixels: int | str | None = None,
+        min_pixels: int | str | None = None,
+        max_new_tokens: int | str = 128,
+        system_prompt: str | None = None,
+        trust_remote_code: bool | str = False,
+        use_cache: bool | str = True,
+        **unknown,
+    ) -> None:
+        super().__init__()
+        if unknown:
+            raise TypeError(
+                f"{self.model_name}: unknown model_args {sorted(unknown)}; accepted: pretrained, "
+                "global_context_broadcast_lambda, dtype, device, device_map, attn_implementation, batch_size, "
+                "max_pixels, min_pixels, max_new_tokens, system_prompt, trust_remote_code, use_cache"
+            )
+        from accelerate import Accelerator
+        from transformers import AutoConfig, AutoProcessor
+
+        from ..configs import validate_lambda
+        from ..patches.auto import AutoAGCIModelForImageTextToText
+        from ..patches.core import check_model_type
+
+        trust = _flag(trust_remote_code)
+        config = AutoConfig.from_pretrained(pretrained, trust_remote_code=trust)
+        check_model_type(config.model_type, where=f"{pretrained}: ")
+        accepted = MODEL_NAMES[self.model_name]
+        if config.model_type not in accepted:
+            serving = next(name for name, types in MODEL_NAMES.items() if config.model_type in types)
+            raise ValueError(
+                f"{pretrained} is a {config.model_type} checkpoint; --model {self.model_name} serves "
+                f"{', '.join(accepted)}: use --model {serving}"
+            )
+        lam = None if global_context_broadcast_lambda in (None, "", "None") else float(global_context_broadcast_lambda)
+        if lam is not None:
+            validate_lambda(lam)
+
+        accelerator = Accelerator()
+        self.accelerator = accelerator
+        self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+        if device is None:
+            device = f"cuda:{accelerator.local_process_index}" if torch.cuda.is_available() else "cpu"
+        kwargs: dict = {"trust_remote_code": trust}
+        if dtype != "auto":
+            from ..patches.versions import dtype_kwarg
+
+            kwargs[dtype_kwarg()] = getattr(torch, dtype)
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        if device_map:
+            if self._world_size > 1:
+                raise ValueError("device_map splits one model over devices; do not combine it with several processes")
+            kwargs["device_map"] = device_map
+        self._model = AutoAGCIModelForImageTextToText.from_pretrained(
+            pretrained, config=config, global_context_broadcast_lambda=lam, **kwargs
+        ).eval()
+        if not device_map:
+            self._model.to(device)
+        processor_kwargs = {k: int(v) for k, v in (("max_pixels", max_pixels), ("min_pixels", min_pixels)) if v}
+        self.processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=trust, **processor_kwargs)
+        if getattr(self.processor, "chat_template", None) is None:
+            raise ValueError(f"{pretrained}: the processor has no chat template; add chat_template.jinja to it")
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.pretrained = pretrained
+        self.batch_size_per_gpu = int(batch_size)
+        self.default_max_new_tokens = int(max_new_tokens)
+        self.system_prompt = self._resolve_system_prompt(system_prompt) if system_prompt else None
+        self.use_cache = _flag(use_cache)
+        log.info(
+            "%s: %s (%s) with global_context_broadcast_lambda=%s",
+            self.model_name, pretrained, config.model_type, self._model.global_context_broadcast_lambda,
+        )  # fmt: skip
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
+    @property
+    def device(self) -> torch.device:
+        return next(self._model.parameters()).device
+
+    @property
+    def global_context_broadcast_lambda(self) -> float:
+        return self._model.global_context_broadcast_lambda
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def _messages(self, images: list, text: str) -> list[dict]:
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+        messages = [{"role": "user", "content": content}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
+        return messages
+
+    def _inputs(self, images: list[list], texts: list[str], continuations: list[str] | None = None) -> dict:
+        prompts = [
+            self.processor.apply_chat_template(self._messages(imgs, t), add_generation_prompt=True)
+            for imgs, t in zip(images, texts, strict=True)
+        ]
+        if continuations is not None:
+            prompts = [p + c for p, c in zip(prompts, continuations, strict=True)]
+        kwargs = {"text": prompts, "return_tensors": "pt", "padding": True}
+        if any(images):
+            kwargs["images"] = images
+        batch = dict(self.processor(**kwargs))
+        if "token_type_ids" in batch:
+            import inspect
+
+            if "token_type_ids" not in inspect.signature(self._model.forward).parameters:
+                batch.pop("token_type_ids")
+        dtype = next(self._model.parameters()).dtype
+        return {k: v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device) for k, v in batch.items()}
+
+    def _visuals(self, doc_to_visual, task: str, split: str, doc_id: int) -> list:
+        visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
+        visuals = [v for v in (visuals if isinstance(visuals, list) else [visuals]) if v is not None]
+        for v in visuals:
+            if not hasattr(v, "convert"):
+                raise NotImplementedError(
+                    f"{self.model_name}: task {task} gives a {type(v).__name__} visual (video or audio); "
+                    "agci's lmms-eval models take images only"
+                )
+        return [v.convert("RGB") for v in visuals]
+
+    # -- lmms-eval API ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        def by_length(args):
+            return -len(args[0]), args[0]
+
+        order = utils.Collator([r.args for r in requests], by_length, grouping=True)
+        answers = []
+        bar = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{self.model_name} answering")
+        for chunk in order.get_batched(n=self.batch_size, batch_fn=None):
+            contexts, all_gen_kwargs, doc_to_visual, doc_ids, tasks, splits = zip(*chunk, strict=True)
+            gen_kwargs = dict(all_gen_kwargs[0])  # the collator groups equal kwargs together
+            visuals = [
+                self._visuals(f, t, s, i) for f, t, s, i in zip(doc_to_visual, tasks, splits, doc_ids, strict=True)
+            ]
+            texts = self._generate(list(contexts), visuals, gen_kwargs)
+            for context, text in zip(contexts, texts, strict=True):
+                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+            answers.extend(texts)
+            bar.update(len(chunk))
+        bar.close()
+        return order.get_original(answers)
+
+    def _generate(self, contexts: list[str], visuals: list[list], gen_kwargs: dict) -> list[str]:
+        until = gen_kwargs.pop("until", None) or []
+        until = [until] if isinstance(until, str) else list(until)
+        temperature = float(gen_kwargs.pop("temperature", 0) or 0)
+        sample = bool(gen_kwargs.pop("do_sample", False)) or temperature > 0
+        options = {
+            "max_new_tokens": int(gen_kwargs.pop("max_new_tokens", self.default_max_new_tokens)),
+            "num_beams": int(gen_kwargs.pop("num_beams", 1) or 1),
+            "do_sample": sample,
+            "use_cache": self.use_cache,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if sample:
+            options["temperature"] = temperature
+            if gen_kwargs.get("top_p") is not None:
+                options["top_p"] = float(gen_kwargs["top_p"])
+        else:  # greedy: leave no sampling settings behind to warn about
+            options.update(temperature=None, top_p=None, top_k=None)
+        out: list[str | None] = [None] * len(contexts)
+        # samples with the same number of images share a processor call (mixed counts confuse some processors)
+        indices = sorted(range(len(contexts)), key=lambda i: len(visuals[i]))
+        for _, group in itertools.groupby(indices, key=lambda i: len(visuals[i])):
+            group = list(group)
+            inputs = self._inputs([visuals[i] for i in group], [contexts[i] for i in group])
+            generated = self._model.generate(**inputs, **options)[:, inputs["input_ids"].shape[1] :]
+            for i, text in zip(group, self.tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
+                for stop in until:
+                    if stop:
+                        text = text.split(stop)[0]
+                out[i] = text.strip()
+        return out
+
+    @torch.no_grad()
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        """Log-probability of each continuation after the chat-templated context, and whether greedy
+        decoding would produce it."""
+        results = []
+        for request in tqdm(requests, disable=self.rank != 0, desc=f"{self.model_name} scoring"):
+            context, doc_to_target, doc_to_visual, doc_id, task, split = request.args
+            continuation = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(
+                self.task_dict[task][split][doc_id]
+            )  # fmt: skip
+            images = [self._visuals(doc_to_visual, task, split, doc_id)]
+            prompt_len = self._inputs(images, [context])["input_ids"].shape[1]
+            inputs = self._inputs(images, [context], [continuation])
+            logits = self._model(**inputs).logits[0, prompt_len - 1 : -1].float()
+            target = inputs["input_ids"][0, prompt_len:]
+            logp = logits.log_softmax(-1).gather(1, target[:, None]).sum().item()
+            results.append((logp, bool((logits.argmax(-1) == target).all())))
+        return results
+
+    def generate_until_multi_round(self, requests) -> list[str]:
+        raise NotImplementedError(f"{self.model_name}: multi-round tasks are not supported")
+
+
+def _named(model_name: str) -> type[AGCIModel]:
+    name = f"AGCI_{model_name.removeprefix('agci_')}"
+    return type(name, (AGCIModel,), {"model_name": model_name, "__module__": __name__, "__qualname__": name})
+
+
+AGCIQwen2_5_VL = _named("agci_qwen2_5_vl")
+AGCIQwen3_VL = _named("agci_qwen3_vl")
+AGCIGemma3n = _named("agci_gemma3n")
+AGCIInternVL = _named("agci_internvl")
+AGCILlava = _named("agci_llava")

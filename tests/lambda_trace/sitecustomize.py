@@ -1,0 +1,16 @@
+"""On PYTHONPATH with AGCI_TRACE_LAMBDA=FILE, every AGCI injection a patched forward makes appends its
+lambda to FILE: how the tests see, from outside, that a value reached the forward of a subprocess."""
+
+import os
+
+if os.environ.get("AGCI_TRACE_LAMBDA"):
+    import agci.patches.core as _core
+
+    _inject = _core.inject
+
+    def _traced_inject(features, lam, *args, **kwargs):
+        with open(os.environ["AGCI_TRACE_LAMBDA"], "a") as f:
+            f.write(f"{lam}\n")
+        return _inject(features, lam, *args, **kwargs)
+
+    _core.inject = _traced_inject

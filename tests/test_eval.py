@@ -1,0 +1,338 @@
+"""lmms-eval integration: scoring on known answers, the registered models, and the real ``lmms-eval``
+and ``agci eval`` commands offline on tiny checkpoints and tiny local benchmark copies."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install 'agci[eval]')")
+
+from agci.eval import TASKS_DIR, scoring, suite  # noqa: E402
+from agci.eval.plugin import MODEL_NAMES  # noqa: E402
+
+HERE = Path(__file__).parent
+TINY_LLAVA = HERE.parent / "agci" / "bias" / "assets" / "tiny-probe-llava"
+METRICS = {
+    "agci_pope": {"accuracy", "precision", "recall", "f1", "yes_ratio"},
+    "pope": {"pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score", "pope_yes_ratio"},
+    "agci_crpe_exist": {"circular_accuracy", "accuracy"},
+    "agci_crpe_subject": {"circular_accuracy", "accuracy"},
+    "agci_crpe_predicate": {"circular_accuracy", "accuracy"},
+    "agci_crpe_object": {"circular_accuracy", "accuracy"},
+    "agci_hallusion_bench_image_offline": {"aAcc", "fAcc", "qAcc"},
+    "textvqa_val": {"exact_match"},
+    "scienceqa_img": {"exact_match"},
+    "mmmu_pro_standard": {"mmmu_acc"},
+    "agci_mmmu_pro_standard_4": {"mmmu_acc"},
+}
+
+
+def _task_utils(folder: str):
+    spec = importlib.util.spec_from_file_location(f"{folder}_utils", TASKS_DIR / folder / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- scoring on known predictions ---------------------------------------------------------------------
+CRPE_Q = "What is in the image?\nA. a dog\nB. a cat\nC. a horse\nD. a bird\nAnswer with the option's letter."
+
+
+@pytest.mark.parametrize(
+    "prediction, expected",
+    [("B", "B"), ("(C)", "C"), ("D. a bird", "D"), ("A: a dog", "A"), ("a cat", "B"), ("A cat.", "B"),
+     ("I think B", ""), ("", ""), ("E", "")],
+)  # fmt: skip
+def test_crpe_choice(prediction, expected):
+    assert scoring.crpe_choice(prediction, CRPE_Q) == expected
+
+
+def test_crpe_circular_accuracy_needs_all_four_rotations():
+    records = [{"block": 0, "correct": True}] * 4 + [{"block": 1, "correct": c} for c in (True, True, False, True)]
+    assert scoring.crpe_circular_accuracy(records) == 0.5
+    assert scoring.crpe_circular_accuracy([]) == 0.0
+
+
+def test_crpe_docs_split_by_category_and_numbered_in_blocks_of_four():
+    from datasets import Dataset
+
+    cats = ["subject"] * 4 + ["object"] * 4 + ["subject"] * 4
+    ds = Dataset.from_dict({"category": cats, "text": [CRPE_Q] * 12, "correct_option": ["A"] * 12})
+    utils = _task_utils("agci_crpe")
+    subject = utils.subject_docs(ds)
+    assert len(subject) == 8 and subject["block"] == [0] * 4 + [1] * 4
+    assert utils.object_docs(ds)["block"] == [0] * 4
+    out = utils.crpe_process_results(subject[5], ["A"])
+    assert out == {"circular_accuracy": {"block": 1, "correct": True}, "accuracy": 1.0}
+
+
+def test_crpe_missing_image_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("AGCI_CRPE_IMAGES", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="AGCI_CRPE_IMAGES"):
+        _task_utils("agci_crpe").crpe_doc_to_visual({"image": "coco/val2017/1.jpg"})
+
+
+def test_hallusion_offline_scores():
+    docs = [  # (category, subcategory, set, figure, question, truth) and the answer given
+        (("VD", "illusion", "0", "0", "0", "1"), "Yes"),
+        (("VD", "illusion", "0", "1", "0", "0"), "yes, it is"),
+        (("VS", "chart", "1", "0", "0", "1"), "No."),
+        (("VS", "chart", "1", "1", "0", "0"), "No, it is not."),
+        (("VD", "illusion", "2", "0", "1", "1"), "I would say yes"),
+    ]
+    keys = ("category", "subcategory", "set_id", "figure_id", "question_id", "gt_answer")
+    records = [scoring.hallusion_record(dict(zip(keys, d, strict=True)), a) for d, a in docs]
+    assert [r["correct"] for r in records] == [True, False, False, True, True]
+    # aAcc 3/5; fAcc over 4 figures (VS figure 0 left out), 3 all right; qAcc over 3 questions, 1 all right
+    assert scoring.hallusion_scores(records) == {"aAcc": 60.0, "fAcc": 75.0, "qAcc": 33.3333}
+    assert scoring.yes_no("Not sure") == "unknown"
+
+
+def test_pope_scores_llava_rule():
+    answers = ["Yes", "Yes, there is a dog.", "There is no dog.", "No", "It is not there. Yes."]
+    truths = ["yes", "no", "yes", "no", "no"]
+    parsed = [scoring.pope_answer(a) for a in answers]
+    assert parsed == ["yes", "yes", "no", "no", "no"]
+    s = scoring.pope_scores([{"answer": a, "truth": t} for a, t in zip(parsed, truths, strict=True)])
+    # tp 1, fp 1, fn 1, tn 2
+    assert s == {"accuracy": 0.6, "precision": 0.5, "recall": 0.5, "f1": 0.5, "yes_ratio": 0.4}
+
+
+def test_builtin_pope_scoring_on_known_answers():
+    from lmms_eval.tasks.pope import utils
+
+    rows = [utils.pope_process_results({"answer": t, "question_id": i}, [p])["pope_accuracy"]
+            for i, (p, t) in enumerate([("yes", "yes"), ("Yes", "no"), ("yes", "yes"), ("no", "no")])]  # fmt: skip
+    assert utils.pope_aggregate_accuracy(rows) == 0.75
+    assert utils.pope_aggregate_precision(rows) == pytest.approx(2 / 3)
+    assert utils.pope_aggregate_recall(rows) == 1.0
+    assert utils.pope_aggregate_yes_ratio(rows) == 0.5  # the ground truth's share, not the answers' (hence agci_pope)
+
+
+def test_mmmu_pro_parsing_on_known_answers():
+    from lmms_eval.tasks.mmmu_pro import utils
+
+    doc = {"id": "validation_Art_1", "subject": "Art", "answer": "C", "question": "<image 1> Which?",
+           "options": str(["red", "blue", "green", "black"])}  # fmt: skip
+    # MMMU's parser matches option text only in answers longer than 5 words (a bare "green" is drawn at random)
+    pairs = [("C", "C"), ("The answer is (B).", "B"), ("I am fairly sure it is green", "C"), ("A. red", "A")]
+    for prediction, parsed in pairs:
+        assert utils.mmmu_pro_process_results(doc, [prediction])["mmmu_acc"]["parsed_pred"] == parsed
+    results = [
+        utils.mmmu_pro_process_results(doc, [p])["mmmu_acc"] for p in ("C", "B", "it must be the green one", "D")
+    ]
+    assert utils.mmmu_pro_aggregate_results(results) == 0.5
+
+
+# -- the registered models ----------------------------------------------------------------------------
+def test_entry_point_names_every_family():
+    from importlib.metadata import entry_points
+
+    from lmms_eval.models import get_model
+
+    assert [ep.value for ep in entry_points().select(group="lmms_eval.models") if ep.name == "agci"] == [
+        "agci.eval.plugin:manifests"
+    ]
+    from agci.patches.core import SUPPORTED_MODEL_TYPES
+
+    assert sorted(t for types in MODEL_NAMES.values() for t in types) == sorted(SUPPORTED_MODEL_TYPES)
+    for name in MODEL_NAMES:
+        cls = get_model(name)
+        assert cls.model_name == name and cls.is_simple
+
+
+def test_entry_point_module_imports_nothing_heavy():
+    code = (
+        "import sys, agci.eval.plugin as p; p.manifests(); print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+FAMILIES = ["qwen2_5_vl", "qwen3_vl", "gemma3n", "internvl", "llava", "llava_next"]
+_SAVED: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """model type -> a tiny saved checkpoint with its processor (lambda 0.3 in config.json)."""
+    sys.path.insert(0, str(HERE))
+    from tiny_checkpoints import save_tiny
+
+    def get(model_type: str) -> Path:
+        if model_type not in _SAVED:
+            _SAVED[model_type] = save_tiny(model_type, tmp_path_factory.mktemp(model_type) / "ckpt", lam=0.3)
+        return _SAVED[model_type]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tiny):
+    return tiny("qwen2_5_vl")
+
+
+def _model_class(model_type: str):
+    from agci.eval import lmms_model
+
+    name = next(n for n, types in MODEL_NAMES.items() if model_type in types)
+    return next(c for c in vars(lmms_model).values() if getattr(c, "model_name", None) == name)
+
+
+def test_wrong_family_and_unknown_args_are_refused(tiny_qwen):
+    from agci.eval.lmms_model import AGCILlava, AGCIQwen2_5_VL
+
+    with pytest.raises(ValueError, match="use --model agci_qwen2_5_vl"):
+        AGCILlava(pretrained=str(tiny_qwen), device="cpu")
+    with pytest.raises(TypeError, match="unknown model_args \\['lamda'\\]"):
+        AGCIQwen2_5_VL(pretrained=str(tiny_qwen), lamda=0.5)
+    with pytest.raises(ValueError, match="lambda"):
+        AGCIQwen2_5_VL(pretrained=str(tiny_qwen), global_context_broadcast_lambda=-1, device="cpu")
+
+
+def test_lambda_argument_overrides_the_checkpoint(tiny_qwen):
+    from agci.eval.lmms_model import AGCIQwen2_5_VL
+
+    assert AGCIQwen2_5_VL(pretrained=str(tiny_qwen), device="cpu").global_context_broadcast_lambda == 0.3
+    override = AGCIQwen2_5_VL(pretrained=str(tiny_qwen), global_context_broadcast_lambda="0", device="cpu")
+    assert override.global_context_broadcast_lambda == 0.0
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_batched_answers_equal_single_answers(model_type, tiny):
+    """Left-padded batches of different image sizes, one sample without an image: same answers as alone."""
+    from PIL import Image
+
+    model = _model_class(model_type)(pretrained=str(tiny(model_type)), global_context_broadcast_lambda=2.0,
+                                     device="cpu", batch_size=4)  # fmt: skip
+    images = [[Image.new("RGB", (48, 40), (200, 30, 30))], [Image.new("RGB", (70, 30), (30, 30, 200))], [],
+              [Image.new("RGB", (40, 40), (30, 200, 30))]]  # fmt: skip
+    prompts = ["Is there a dog in the image?", "What is in the image?", "Which colour?", "What colour is it?"]
+    kwargs = {"max_new_tokens": 5, "until": ["\n"]}
+    batched = model._generate(prompts, images, dict(kwargs))
+    single = [model._generate([p], [i], dict(kwargs))[0] for p, i in zip(prompts, images, strict=True)]
+    assert batched == single and all(isinstance(t, str) for t in batched)
+
+
+def test_embedded_llava_batches_too():
+    from PIL import Image
+
+    from agci.eval.lmms_model import AGCILlava
+
+    model = AGCILlava(pretrained=str(TINY_LLAVA), global_context_broadcast_lambda=0.5, device="cpu", batch_size=3)
+    images = [[Image.new("RGB", (42 + 10 * k, 42), c)] for k, c in enumerate([(255, 0, 0), (0, 0, 255), (0, 160, 0)])]
+    prompts = ["What is in the image?"] * 3
+    batched = model._generate(prompts, images, {"max_new_tokens": 4})
+    assert batched == [
+        model._generate([p], [i], {"max_new_tokens": 4})[0] for p, i in zip(prompts, images, strict=True)
+    ]
+
+
+# -- the real commands, offline -------------------------------------------------------------------------
+def _env(tmp_path: Path, trace: Path) -> dict:
+    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE / "lambda_trace"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["AGCI_TRACE_LAMBDA"] = str(trace)
+    env["AGCI_CRPE_IMAGES"] = str(tmp_path / "data" / "crpe")
+    env["HF_HOME"] = str(tmp_path / "hf")  # datasets' cache of the local parquet files stays in the test
+    return env
+
+
+def _lmms_eval() -> list[str]:
+    return [str(Path(sys.executable).parent / "lmms-eval")]
+
+
+def _results(out: Path) -> dict:
+    files = sorted(out.glob("*/*_results.json"))
+    assert files, f"no results under {out}"
+    return json.loads(files[-1].read_text())["results"]
+
+
+def test_lmms_eval_command_runs_every_task_with_the_lambda(tmp_path, tiny_qwen):
+    sys.path.insert(0, str(HERE))
+    from eval_fixtures import write_benchmarks
+
+    data = write_benchmarks(tmp_path / "data")
+    tasks = list(METRICS)
+    names = suite.write_local_tasks(data, tmp_path / "tasks", tasks)
+    trace = tmp_path / "trace.txt"
+    command = _lmms_eval() + [
+        "--model", "agci_qwen2_5_vl",
+        "--model_args", f"pretrained={tiny_qwen},global_context_broadcast_lambda=0.75,max_new_tokens=4",
+        "--tasks", ",".join(names), "--include_path", str(tmp_path / "tasks"), "--batch_size", "3",
+        "--output_path", str(tmp_path / "out"), "--log_samples",
+    ]  # fmt: skip
+    run = subprocess.run(command, env=_env(tmp_path, trace), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = _results(tmp_path / "out")
+    for task, metrics in METRICS.items():
+        got = {k.split(",")[0] for k in results[task + suite.LOCAL_SUFFIX] if "," in k and "_stderr" not in k}
+        assert metrics <= got, (task, got)
+    injected = [float(x) for x in trace.read_text().split()]
+    sample_files = list((tmp_path / "out").glob("*/*_samples_*.jsonl"))
+    assert len(sample_files) == len(tasks) and injected and set(injected) == {0.75}
+
+
+@pytest.mark.parametrize("model_type", [f for f in FAMILIES if f != "qwen2_5_vl"])
+def test_lmms_eval_command_for_each_family(model_type, tmp_path, tiny):
+    sys.path.insert(0, str(HERE))
+    from eval_fixtures import write_benchmarks
+
+    names = suite.write_local_tasks(write_benchmarks(tmp_path / "data"), tmp_path / "tasks", ["agci_pope", "pope"])
+    trace = tmp_path / "trace.txt"
+    name = _model_class(model_type).model_name
+    command = _lmms_eval() + [
+        "--model", name, "--model_args", f"pretrained={tiny(model_type)},max_new_tokens=3",
+        "--tasks", ",".join(names), "--include_path", str(tmp_path / "tasks"), "--batch_size", "4",
+        "--output_path", str(tmp_path / "out"),
+    ]  # fmt: skip
+    run = subprocess.run(command, env=_env(tmp_path, trace), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = _results(tmp_path / "out")
+    assert {f"{m},none" for m in METRICS["agci_pope"]} <= set(results["agci_pope_local"])
+    assert set(float(x) for x in trace.read_text().split()) == {0.3}  # the checkpoint's value, no override
+
+
+def test_agci_eval_compares_lambdas_and_resumes(tmp_path):
+    sys.path.insert(0, str(HERE))
+    from eval_fixtures import write_benchmarks
+
+    write_benchmarks(tmp_path / "data")
+    trace = tmp_path / "trace.txt"
+    out = tmp_path / "eval"
+    command = [str(Path(sys.executable).parent / "agci"), "eval", str(TINY_LLAVA), "--data", str(tmp_path / "data"),
+               "--out", str(out), "--lambda", "0.75", "--tasks", "agci_pope,agci_crpe", "--batch-size", "2",
+               "--model-args", "max_new_tokens=4"]  # fmt: skip
+    run = subprocess.run(command, env=_env(tmp_path, trace), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((out / "comparison.json").read_text())
+    assert summary["model"] == "agci_llava" and summary["lambdas"] == [0.0, 0.75]
+    tasks = {r["task"] for r in summary["rows"]}
+    assert tasks == {"agci_pope", "agci_crpe_exist", "agci_crpe_subject", "agci_crpe_predicate", "agci_crpe_object"}
+    for row in summary["rows"]:
+        assert set(row["values"]) == {"lambda_0", "lambda_0.75"}
+        assert row["deltas"]["lambda_0.75"] == pytest.approx(row["values"]["lambda_0.75"] - row["values"]["lambda_0"])
+    assert (out / "comparison.png").stat().st_size > 0 and "| agci_pope | accuracy |" in (
+        out / "comparison.md"
+    ).read_text()
+    assert set(float(x) for x in trace.read_text().split()) == {0.75}  # lambda 0 never injects
+    again = subprocess.run(command, env=_env(tmp_path, trace), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("skipped") == 2
+
+
+def test_agci_eval_refuses_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="unknown task 'popee'"):
+        suite.expand_tasks(["popee"])
+    assert suite.expand_tasks(["agci_paper"]) == suite.PAPER_SUITE
+    with pytest.raises(FileNotFoundError, match="lmms-lab-encoder/POPE"):
+        suite.write_local_tasks(tmp_path, tmp_path / "tasks", ["agci_pope"])
+    from agci.cli import main
+
+    assert main(["eval", str(TINY_LLAVA), "--lambda", "0.5", "--tasks", "nope", "--out", str(tmp_path / "o")]) == 2

@@ -1,0 +1,174 @@
+"""Tiny random checkpoints saved to disk with a working processor (tokenizer, image processor, chat
+template), so that tools which load by path (lmms-eval) run on them offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vlm_cases import CONFIGS
+
+WORDS = (
+    "a an the is are there in on of to and what which who where how many image picture colour color "
+    "left right top bottom center sign written say answer question option letter choice given directly "
+    "with only word phrase single using from red blue green yellow black white dog cat car cup man woman "
+    "line longer shorter than one two three four yes no Yes No A B C D E F G H I J . , ? ! : ( ) ' \" 0 1 2 3 4 5"
+).split()
+
+QWEN_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _tokenizer(specials: dict[str, int], vocab_size: int, named: dict[str, str] | None = None):
+    """A word-level tokenizer over WORDS with ``specials`` at fixed ids; ``named`` gives special tokens
+    the attribute names a processor reads (``image_token`` -> ``tokenizer.image_token(_id)``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **specials}
+    free = (i for i in range(vocab_size) if i not in vocab.values())
+    for word in WORDS:
+        if word not in vocab:
+            nxt = next(free, None)
+            if nxt is None:
+                break
+            vocab[word] = nxt
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    core.decoder = decoders.WordPiece(prefix="##")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        padding_side="left", extra_special_tokens=named or {},
+    )  # fmt: skip
+    tok.add_special_tokens({"additional_special_tokens": list(specials)})
+    return tok
+
+
+def save_qwen2_5_vl(out: Path, lam: float | None = None, seed: int = 0) -> Path:
+    import torch
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    d = CONFIGS["qwen2_5_vl"]
+    specials = {"<|image_pad|>": 120, "<|video_pad|>": 121, "<|vision_start|>": 122, "<|vision_end|>": 123,
+                "<|im_start|>": 124, "<|im_end|>": 125}  # fmt: skip
+    tok = _tokenizer(specials, d["text_config"]["vocab_size"])
+    pixels = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 9}
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tok,
+        video_processor=Qwen2VLVideoProcessor(**pixels), chat_template=QWEN_TEMPLATE,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    config = Qwen2_5_VLConfig(**d)
+    config.text_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
+    if lam is not None:
+        config.global_context_broadcast_lambda = lam
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = 0
+    out = Path(out)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def _template(image: str) -> str:
+    """A plain chat template whose image part renders as ``image``."""
+    return (
+        "{% for message in messages %}{{ message['role'] | upper }}: "
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for part in message['content'] %}{% if part['type'] == 'image' %}" + image + "{% elif part['type'] == "
+        "'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}\n{% endfor %}"
+        "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    )
+
+
+def _finish(model, processor, out: Path, lam: float | None, eos: int) -> Path:
+    if lam is not None:
+        model.config.global_context_broadcast_lambda = lam
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = 0
+    out = Path(out)
+    model.eval().save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def save_tiny(model_type: str, out: Path, lam: float | None = None, seed: int = 0) -> Path:
+    """A tiny random ``model_type`` checkpoint (tiny_configs.json) with its processor, saved to ``out``."""
+    import torch
+    import transformers as tf
+
+    if model_type == "qwen2_5_vl":
+        return save_qwen2_5_vl(out, lam, seed)
+    d = CONFIGS[model_type]
+    torch.manual_seed(seed)
+    if model_type in ("llava", "llava_next"):
+        tok = _tokenizer({"<image>": 100}, d["text_config"]["vocab_size"])
+        tok.image_token = "<image>"
+        common = {"size": {"shortest_edge": 28}, "crop_size": {"height": 28, "width": 28}}
+        if model_type == "llava":
+            image_processor = tf.CLIPImageProcessor(**common)
+            processor_cls, model_cls, config_cls = tf.LlavaProcessor, tf.LlavaForConditionalGeneration, tf.LlavaConfig
+        else:
+            image_processor = tf.LlavaNextImageProcessor(**common, image_grid_pinpoints=d["image_grid_pinpoints"])
+            processor_cls, model_cls = tf.LlavaNextProcessor, tf.LlavaNextForConditionalGeneration
+            config_cls = tf.LlavaNextConfig
+        processor = processor_cls(
+            image_processor=image_processor, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
+            num_additional_image_tokens=1, chat_template=_template("<image>\n"),
+        )  # fmt: skip
+        return _finish(model_cls(config_cls(**d)), processor, out, lam, 2)
+    if model_type == "qwen3_vl":
+        specials = {"<|image_pad|>": 120, "<|video_pad|>": 121, "<|vision_start|>": 122, "<|vision_end|>": 123,
+                    "<|im_start|>": 124, "<|im_end|>": 125}  # fmt: skip
+        tok = _tokenizer(specials, d["text_config"]["vocab_size"])
+        pixels = {"patch_size": 16, "min_pixels": 32 * 32 * 4, "max_pixels": 32 * 32 * 9}
+        processor = tf.Qwen3VLProcessor(
+            image_processor=tf.Qwen2VLImageProcessor(**pixels), tokenizer=tok,
+            video_processor=tf.Qwen3VLVideoProcessor(**pixels), chat_template=QWEN_TEMPLATE,
+        )  # fmt: skip
+        config = tf.Qwen3VLConfig(**d)
+        config.text_config.eos_token_id = 125
+        return _finish(tf.Qwen3VLForConditionalGeneration(config), processor, out, lam, 125)
+    if model_type == "internvl":
+        specials = {"<IMG_CONTEXT>": 120, "<img>": 121, "</img>": 122, "<image>": 123, "<video>": 124}
+        named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                 "video_token": "<video>"}  # fmt: skip
+        tok = _tokenizer(specials, d["text_config"]["vocab_size"], named)
+        processor = tf.InternVLProcessor(
+            image_processor=tf.GotOcr2ImageProcessor(size={"height": 56, "width": 56}, crop_to_patches=True,
+                                                     min_patches=1, max_patches=3),
+            tokenizer=tok, video_processor=tf.InternVLVideoProcessor(size={"height": 56, "width": 56}),
+            image_seq_length=4, chat_template=_template("<IMG_CONTEXT>\n"),
+        )  # fmt: skip
+        return _finish(tf.InternVLForConditionalGeneration(tf.InternVLConfig(**d)), processor, out, lam, 2)
+    if model_type == "gemma3n":
+        specials = {"<image_soft_token>": 129, "<start_of_image>": 126, "<end_of_image>": 128,
+                    "<audio_soft_token>": 145, "<start_of_audio>": 127, "<end_of_audio>": 144}  # fmt: skip
+        named = {
+            "image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+            "audio_token": "<audio_soft_token>", "boa_token": "<start_of_audio>", "eoa_token": "<end_of_audio>",
+        }  # fmt: skip
+        tok = _tokenizer(specials, d["text_config"]["vocab_size_per_layer_input"], named)
+        processor = tf.Gemma3nProcessor(
+            feature_extractor=tf.Gemma3nAudioFeatureExtractor(), tokenizer=tok,
+            image_processor=tf.SiglipImageProcessor(size={"height": 64, "width": 64}),
+            chat_template=_template("<image_soft_token>"), image_seq_length=4, audio_seq_length=2,
+        )  # fmt: skip
+        return _finish(tf.Gemma3nForConditionalGeneration(tf.Gemma3nConfig(**d)), processor, out, lam, 1)
+    raise ValueError(model_type)
+
+
+def read_config(path: Path) -> dict:
+    return json.loads((Path(path) / "config.json").read_text())
