@@ -336,3 +336,37 @@ def test_agci_eval_refuses_bad_input(tmp_path):
     from agci.cli import main
 
     assert main(["eval", str(TINY_LLAVA), "--lambda", "0.5", "--tasks", "nope", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_task_yamls_index_in_lmms_eval():
+    """The hub-backed tasks and groups load in lmms-eval's task index (their data is not fetched here)."""
+    from lmms_eval.tasks import TaskManager
+
+    manager = TaskManager("ERROR", include_path=str(TASKS_DIR))
+    assert {"agci_paper", "agci_crpe"} <= set(manager.all_groups)
+    ours = {b.task for b in suite.BENCHMARKS if b.task.startswith("agci_")}
+    assert ours <= set(manager.all_subtasks)
+    for name in ours:  # each YAML parses with its functions resolved
+        config = manager._get_config(name)
+        assert callable(config["process_results"]) and callable(config["doc_to_visual"]), name
+
+
+def test_two_processes_share_the_documents(tmp_path, tiny_qwen):
+    """torchrun with 2 CPU processes: each answers half of the documents, the results hold all of them."""
+    sys.path.insert(0, str(HERE))
+    from eval_fixtures import write_benchmarks
+
+    names = suite.write_local_tasks(write_benchmarks(tmp_path / "data"), tmp_path / "tasks", ["agci_pope"])
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    command = [torchrun, "--nproc_per_node", "2", "-m", "lmms_eval", "--model", "agci_qwen2_5_vl",
+               "--model_args", f"pretrained={tiny_qwen},max_new_tokens=3", "--tasks", names[0],
+               "--include_path", str(tmp_path / "tasks"), "--output_path", str(tmp_path / "out"),
+               "--log_samples"]  # fmt: skip
+    run = subprocess.run(
+        command, env=_env(tmp_path, tmp_path / "trace.txt"), capture_output=True, text=True, timeout=600
+    )
+    log = run.stdout + run.stderr
+    assert run.returncode == 0 and "Running on rank 1" in log, log[-3000:]
+    assert "answering: 100%|██████████| 2/2" in log  # rank 0's bar: 2 of the 4 documents
+    samples = [json.loads(line) for f in (tmp_path / "out").glob("*/*_samples_*.jsonl") for line in open(f)]
+    assert sorted(s["doc_id"] for s in samples) == [0, 1, 2, 3]

@@ -104,7 +104,7 @@ def write_local_tasks(data: Path, out: Path, tasks: list[str]) -> list[str]:
     the names gain ``_local`` because lmms-eval's built-in names win over included ones."""
     import yaml
 
-    data = Path(data).resolve()
+    data, out = Path(data).resolve(), Path(out)
     missing = []
     out.mkdir(parents=True, exist_ok=True)
     names = []
