@@ -370,3 +370,26 @@ def test_two_processes_share_the_documents(tmp_path, tiny_qwen):
     assert "answering: 100%|██████████| 2/2" in log  # rank 0's bar: 2 of the 4 documents
     samples = [json.loads(line) for f in (tmp_path / "out").glob("*/*_samples_*.jsonl") for line in open(f)]
     assert sorted(s["doc_id"] for s in samples) == [0, 1, 2, 3]
+
+
+def test_loglikelihood_scores_the_greedy_answer_highest(tiny_qwen):
+    from lmms_eval.api.instance import Instance
+    from PIL import Image
+
+    from agci.eval.lmms_model import AGCIQwen2_5_VL
+
+    model = AGCIQwen2_5_VL(pretrained=str(tiny_qwen), global_context_broadcast_lambda=1.0, device="cpu")
+    image = Image.new("RGB", (48, 40), (200, 30, 30))
+    model.task_dict = {"t": {"test": [{"image": image}]}}
+    context = "Is there a dog in the image?"
+    greedy = model._generate([context], [[image]], {"max_new_tokens": 3})[0]
+    other = " ".join("cat" if w != "cat" else "dog" for w in greedy.split())
+
+    def request(continuation):
+        args = (context, continuation, lambda doc: [doc["image"]], 0, "t", "test")
+        meta = {"task": "t", "doc_id": 0, "repeats": 1}
+        return Instance(request_type="loglikelihood", arguments=args, idx=0, metadata=meta)
+
+    (lp_greedy, is_greedy), (lp_other, other_greedy) = model.loglikelihood([request(greedy), request(other)])
+    assert is_greedy and not other_greedy
+    assert lp_other < lp_greedy < 0
