@@ -8,8 +8,13 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # The patch tests also run against these transformers releases (the newest comes with `setup`):
 # 4.57.x and 5.6.0, LLaMA-Factory's ceiling. Each is a small overlay on PYTHONPATH.
 TRANSFORMERS_VERSIONS ?= 4.57.6 5.6.0
+# LLaMA-Factory 0.9.5 pins transformers <= 5.6.0 (and peft, accelerate, datasets, trl) and imports
+# torchaudio at start-up, so its tests get their own environment.
+LF_VENV ?= .venv-lf
+LF_SPEC ?= llamafactory==0.9.5 transformers==5.6.0
+TORCHAUDIO_SPEC ?= torchaudio==2.11.0
 
-.PHONY: setup demo demo-op test test-versions test-gpu lint bench clean
+.PHONY: setup demo demo-op test test-versions test-llamafactory test-gpu lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -26,9 +31,10 @@ demo: setup  ## the main job offline: spatial-bias probes of the embedded tiny V
 demo-op: setup  ## AGCI's mechanics on a random small LLaVA; writes agci-demo/demo.json and demo.png
 	$(BIN)/agci demo --out agci-demo
 
-test: setup  ## the CPU test suite (Triton kernels interpreted; GPU tests skip with the reason), then older transformers
+test: setup  ## the CPU test suite (Triton kernels interpreted; GPU tests skip with the reason), older transformers, LLaMA-Factory
 	$(BIN)/python -m pytest
 	$(MAKE) --no-print-directory test-versions
+	$(MAKE) --no-print-directory test-llamafactory
 
 test-versions: setup  ## the patch, demo and probe tests against each of TRANSFORMERS_VERSIONS
 	@set -e; for v in $(TRANSFORMERS_VERSIONS); do \
@@ -37,6 +43,17 @@ test-versions: setup  ## the patch, demo and probe tests against each of TRANSFO
 	  echo "== transformers $$v"; \
 	  PYTHONPATH=$$overlay $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_patches.py tests/test_patches_peft.py tests/test_autopatch.py tests/test_cli_demo.py tests/test_bias_probe.py; \
 	done
+
+$(LF_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(LF_VENV)
+	$(LF_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LF_VENV)/bin/python -m pip install -q $(TORCH_SPEC) $(TORCHAUDIO_SPEC)
+	$(LF_VENV)/bin/python -m pip install -q $(LF_SPEC) pytest
+	$(LF_VENV)/bin/python -m pip install -q -e . --no-deps
+	touch $@
+
+test-llamafactory: $(LF_VENV)/.installed  ## llamafactory-cli train/export with AGCI, end to end on CPU, in .venv-lf
+	$(LF_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_llamafactory.py
 
 test-gpu:  ## on a CUDA machine: kernel tests compiled, at real sizes, then the op benchmark
 	bash benchmarks/run_gpu.sh
@@ -50,4 +67,4 @@ bench: setup  ## op benchmark (small shapes, no Triton on CPU; full table on a G
 	$(BIN)/python benchmarks/bench_probe.py
 
 clean:
-	rm -rf $(VENV) agci-demo agci-probe .pytest_cache
+	rm -rf $(VENV) $(LF_VENV) agci-demo agci-probe agci-eval .pytest_cache

@@ -38,6 +38,8 @@ def _tokenizer(specials: dict[str, int], vocab_size: int, named: dict[str, str] 
             if nxt is None:
                 break
             vocab[word] = nxt
+    for i in free:  # no holes in the vocabulary
+        vocab[f"<unused{i}>"] = i
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     core.decoder = decoders.WordPiece(prefix="##")

@@ -1,5 +1,6 @@
-"""On PYTHONPATH with AGCI_TRACE_LAMBDA=FILE, every AGCI injection a patched forward makes appends its
-lambda to FILE: how the tests see, from outside, that a value reached the forward of a subprocess."""
+"""On PYTHONPATH with AGCI_TRACE_LAMBDA=FILE, every AGCI injection a patched forward makes appends
+"<pid> <lambda>" to FILE: how the tests see, from outside, that a value reached the forward of a
+subprocess (and of which process)."""
 
 import os
 
@@ -10,7 +11,7 @@ if os.environ.get("AGCI_TRACE_LAMBDA"):
 
     def _traced_inject(features, lam, *args, **kwargs):
         with open(os.environ["AGCI_TRACE_LAMBDA"], "a") as f:
-            f.write(f"{lam}\n")
+            f.write(f"{os.getpid()} {lam}\n")
         return _inject(features, lam, *args, **kwargs)
 
     _core.inject = _traced_inject
