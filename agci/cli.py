@@ -195,6 +195,55 @@ def _cmd_llamafactory(args) -> int:
         return 2
 
 
+def _layers(text: str) -> list[int] | None:
+    if text == "all":
+        return None
+    try:
+        return [int(x) - 1 for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"layers are 1-based numbers separated by commas, or 'all'; got {text!r}"
+        ) from exc
+
+
+def _cmd_resampler_probe(args) -> int:
+    from .resampler_probes import report, runner
+
+    try:
+        if args.action == "build-rcm":
+            manifest = runner.build_rcm_set(Path(args.refs), Path(args.instances), Path(args.out), args.seed)
+            for split, c in manifest["counts"].items():
+                print(f"{split}: {c['examples']} examples; positives per cell {c['positives_per_cell']}")
+        elif args.action == "extract":
+            if args.task == "refcocog" and not args.instances:
+                raise ValueError("refcocog needs --instances (COCO instances.json) beside --data (the refs pickle)")
+            loaders = {
+                "refcocog": lambda: runner.refcocog_items(Path(args.data), Path(args.instances)),
+                "rcm": lambda: runner.rcm_items(Path(args.data)),
+                "vsr": lambda: runner.vsr_items(Path(args.data)),
+            }
+            index = runner.run_extract(args.model, loaders[args.task](), Path(args.images), Path(args.out),
+                                       args.batch_size, args.device, args.dtype, not args.no_text)  # fmt: skip
+            print(f"{args.out}: {len(index['ids'])} items, features {index['shape']} (layers, queries, hidden)")
+        elif args.action == "train":
+            rows = runner.run_train(Path(args.cache), args.task, args.layers, args.probe, Path(args.out), lr=args.lr,
+                                    epochs=args.epochs, patience=args.patience, giou_weight=args.giou_weight,
+                                    l1_weight=args.l1_weight, seed=args.seed, device=args.device)  # fmt: skip
+            for r in rows:
+                print(f"layer {r['layer'] + 1}: val {r['val']:.4f}, test {r['test']}")
+            report.per_layer(Path(args.out) / "results.jsonl", Path(args.out))
+        elif args.action == "search":
+            s = runner.run_search(Path(args.cache), args.task, args.layer - 1, args.probe, Path(args.out),
+                                  trials=args.trials, seed=args.seed, device=args.device)  # fmt: skip
+            print(f"best of {s['trials']} trials: {s['best_params']} val {s['best_val']:.4f} test {s['test_of_best']}")
+        else:
+            print(report.per_layer(Path(args.results), Path(args.out)))
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"agci resampler-probe {args.action}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agci", description="Adaptive Global Context Injection for VLMs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -292,6 +341,50 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("recipe", help="LLaMA-Factory YAML (integrations/llamafactory/recipes/)")
         cmd.add_argument("extra", nargs=argparse.REMAINDER, help="more arguments for llamafactory-cli")
     lf.set_defaults(func=_cmd_llamafactory)
+    rp = sub.add_parser("resampler-probe", help="diagnostic probes of Q-Former resamplers (BLIP-2, InstructBLIP)")
+    rp_sub = rp.add_subparsers(dest="action", required=True)
+    b = rp_sub.add_parser("build-rcm", help="Region Cell Matching from RefCOCOg (umd), with a manifest")
+    b.add_argument("--refs", required=True, help="refs(umd).p of RefCOCOg")
+    b.add_argument("--instances", required=True, help="COCO instances.json of the refs")
+    b.add_argument("--out", required=True)
+    b.add_argument("--seed", type=int, default=0)
+    e = rp_sub.add_parser("extract", help="query outputs of every layer, cached once (resumable)")
+    e.add_argument("--model", required=True, help="BLIP-2 stage-1 (e.g. Salesforce/blip2-itm-vit-g) or InstructBLIP")
+    e.add_argument("--task", required=True, choices=["refcocog", "rcm", "vsr"])
+    e.add_argument("--data", required=True, help="refcocog: refs(umd).p; rcm: build-rcm folder; vsr: random split")
+    e.add_argument("--instances", help="refcocog: COCO instances.json")
+    e.add_argument("--images", required=True, help="folder the items' image paths are relative to")
+    e.add_argument("--out", required=True, help="cache folder")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--dtype", default="float32")
+    e.add_argument("--no-text", action="store_true", help="queries only, without the text in the Q-Former")
+    t = rp_sub.add_parser("train", help="a frozen probe per layer on cached features")
+    t.add_argument("--cache", required=True)
+    t.add_argument("--task", required=True, choices=["refcocog", "rcm", "vsr"])
+    t.add_argument("--layers", type=_layers, default=None, help="1-based, comma-separated, or all (default)")
+    t.add_argument("--probe", default="linear", choices=["linear", "mlp2", "mlp4"])
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--patience", type=int, help="early stopping (the study uses 10 for RCM)")
+    t.add_argument("--giou-weight", type=float, default=1.0)
+    t.add_argument("--l1-weight", type=float, default=1.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--out", required=True, help="results folder (results.jsonl, per_layer.png); resumes")
+    s_ = rp_sub.add_parser("search", help="Bayesian hyper-parameter search (optuna) for one layer")
+    s_.add_argument("--cache", required=True)
+    s_.add_argument("--task", required=True, choices=["refcocog", "rcm", "vsr"])
+    s_.add_argument("--layer", type=int, required=True, help="1-based")
+    s_.add_argument("--probe", default="linear", choices=["linear", "mlp2", "mlp4"])
+    s_.add_argument("--trials", type=int, default=10)
+    s_.add_argument("--seed", type=int, default=0)
+    s_.add_argument("--device", default="cpu")
+    s_.add_argument("--out", required=True)
+    r = rp_sub.add_parser("report", help="per-layer curve and table from a results.jsonl")
+    r.add_argument("results")
+    r.add_argument("--out", required=True)
+    rp.set_defaults(func=_cmd_resampler_probe)
     info = sub.add_parser("info", help="versions, device and which implementation of the op will run")
     info.set_defaults(func=_cmd_info)
     return parser

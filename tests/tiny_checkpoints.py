@@ -174,3 +174,41 @@ def save_tiny(model_type: str, out: Path, lam: float | None = None, seed: int = 
 
 def read_config(path: Path) -> dict:
     return json.loads((Path(path) / "config.json").read_text())
+
+
+def _tiny_qformer_parts():
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 8}  # fmt: skip
+    qformer = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
+               "encoder_hidden_size": 32, "vocab_size": 128, "max_position_embeddings": 64}  # fmt: skip
+    text = {"model_type": "opt", "vocab_size": 128, "hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "word_embed_proj_dim": 32, "max_position_embeddings": 64}  # fmt: skip
+    return vision, qformer, text
+
+
+def save_qformer_model(kind: str, out: Path, seed: int = 0) -> Path:
+    """A tiny random BLIP-2 stage-1 retrieval model (``blip2``) or InstructBLIP (``instructblip``) with a
+    processor: 32 px images, 4 queries, a 3-layer Q-Former of width 32."""
+    import torch
+    import transformers as tf
+
+    vision, qformer, text = _tiny_qformer_parts()
+    torch.manual_seed(seed)
+    tok = _tokenizer({"[CLS]": 101, "[SEP]": 102, "[DEC]": 103}, 128)
+    image_processor = tf.BlipImageProcessor(size={"height": 32, "width": 32})
+    if kind == "blip2":  # the stage-1 retrieval model feeds text to the Q-Former, as blip2-itm-vit-g does
+        qformer = {**qformer, "use_qformer_text_input": True}
+        config = tf.Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=4,
+                                image_text_hidden_size=16)  # fmt: skip
+        model = tf.Blip2ForImageTextRetrieval(config)
+        processor = tf.Blip2Processor(image_processor=image_processor, tokenizer=tok, num_query_tokens=4)
+    else:
+        config = tf.InstructBlipConfig(vision_config=vision, qformer_config=qformer, text_config=text,
+                                       num_query_tokens=4)  # fmt: skip
+        model = tf.InstructBlipForConditionalGeneration(config)
+        processor = tf.InstructBlipProcessor(image_processor=image_processor, tokenizer=tok, qformer_tokenizer=tok,
+                                             num_query_tokens=4)  # fmt: skip
+    out = Path(out)
+    model.eval().save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

@@ -1,0 +1,190 @@
+"""Query outputs of every resampler layer, in one pass, cached once to disk.
+
+An adapter turns (images, texts) into a ``(batch, layers, queries, hidden)`` tensor. BLIP-2's stage-1
+Q-Former (``Blip2ForImageTextRetrieval``: text and queries share self-attention, only queries attend
+to the image) and InstructBLIP's Q-Former (text = the instruction) are built in; another Q-Former-like
+module (an Idefics2 perceiver, say) needs one small class registered with ``register_adapter``.
+
+The cache is a folder of safetensors shards (``features`` of shape ``(n, layers, queries, hidden)``,
+float16) and ``index.json``; shards are written as extraction goes, so a rerun resumes, and reading a
+layer memory-maps only that slice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+ADAPTERS: dict[str, type] = {}
+
+
+def register_adapter(model_type: str):
+    def wrap(cls):
+        ADAPTERS[model_type] = cls
+        return cls
+
+    return wrap
+
+
+class ResamplerAdapter:
+    """The contract: ``encode(images, texts)`` -> ``(B, layers, queries, hidden)`` of query outputs;
+    ``resampler_parameters()`` are what joint fine-tuning trains."""
+
+    model_type: str = ""
+
+    def __init__(self, model, processor):
+        self.model, self.processor = model.eval(), processor
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, images: Sequence, texts: Sequence[str] | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def resampler_parameters(self) -> list[torch.nn.Parameter]:
+        raise NotImplementedError
+
+    def _image_embeds(self, images) -> torch.Tensor:
+        pixels = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():  # the vision encoder stays frozen in every setting of the study
+            return self.model.vision_model(pixel_values=pixels.to(self.device, self.model.dtype))[0]
+
+
+@register_adapter("blip-2")
+class Blip2QFormer(ResamplerAdapter):
+    """BLIP-2 stage 1: with text, queries and text tokens share self-attention (the ITM path)."""
+
+    model_type = "blip-2"
+
+    def encode(self, images, texts=None) -> torch.Tensor:
+        m = self.model
+        image_embeds = self._image_embeds(images)
+        image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)
+        queries = m.query_tokens.expand(image_embeds.shape[0], -1, -1)
+        n_q = queries.shape[1]
+        if texts is None:
+            out = m.qformer(query_embeds=queries, encoder_hidden_states=image_embeds,
+                            encoder_attention_mask=image_mask, output_hidden_states=True)  # fmt: skip
+        else:
+            tok = self.processor.tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True)
+            ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+            embeds = m.embeddings(input_ids=ids, query_embeds=queries)
+            mask = torch.cat([torch.ones(queries.shape[:-1], dtype=mask.dtype, device=self.device), mask], 1)
+            out = m.qformer(query_embeds=embeds, query_length=n_q, attention_mask=mask,
+                            encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask,
+                            output_hidden_states=True)  # fmt: skip
+        return torch.stack([h[:, :n_q] for h in out.hidden_states[1:]], 1)
+
+    def resampler_parameters(self):
+        return [self.model.query_tokens, *self.model.qformer.parameters(), *self.model.embeddings.parameters()]
+
+
+@register_adapter("instructblip")
+class InstructBlipQFormer(ResamplerAdapter):
+    """InstructBLIP: the instruction (the task's text) is the Q-Former's text input."""
+
+    model_type = "instructblip"
+
+    def encode(self, images, texts=None) -> torch.Tensor:
+        m = self.model
+        image_embeds = self._image_embeds(images)
+        image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)
+        queries = m.query_tokens.expand(image_embeds.shape[0], -1, -1)
+        n_q = queries.shape[1]
+        tok = self.processor.qformer_tokenizer(list(texts) if texts else [""] * len(images), return_tensors="pt",
+                                               padding=True, truncation=True)  # fmt: skip
+        ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+        mask = torch.cat([torch.ones(queries.shape[:-1], dtype=mask.dtype, device=self.device), mask], 1)
+        out = m.qformer(input_ids=ids, attention_mask=mask, query_embeds=queries, encoder_hidden_states=image_embeds,
+                        encoder_attention_mask=image_mask, output_hidden_states=True)  # fmt: skip
+        return torch.stack([h[:, :n_q] for h in out.hidden_states[1:]], 1)
+
+    def resampler_parameters(self):
+        return [self.model.query_tokens, *self.model.qformer.parameters()]
+
+
+def load_adapter(path: str | Path, device: str = "cpu", dtype: str = "float32") -> ResamplerAdapter:
+    """The adapter for a BLIP-2 (stage-1 retrieval) or InstructBLIP checkpoint folder or hub id."""
+    from transformers import AutoConfig, AutoProcessor
+
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type not in ADAPTERS:
+        raise ValueError(
+            f"{path}: model type {config.model_type!r} has no resampler adapter; built in: {', '.join(ADAPTERS)} "
+            "(add one with agci.resampler_probes.features.register_adapter)"
+        )
+    if config.model_type == "blip-2":
+        from transformers import Blip2ForImageTextRetrieval as cls
+    else:
+        from transformers import InstructBlipForConditionalGeneration as cls
+    model = cls.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
+    return ADAPTERS[config.model_type](model, AutoProcessor.from_pretrained(path))
+
+
+def extract(
+    adapter: ResamplerAdapter, items: Sequence[dict], load_image: Callable[[dict], object], out: Path,
+    batch_size: int = 32, shard_size: int = 1024, with_text: bool = True,
+) -> dict:  # fmt: skip
+    """Encode ``items`` (dicts with ``id`` and ``text``) into a feature cache under ``out``; resumes."""
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    index_path = out / "index.json"
+    ids = [str(it["id"]) for it in items]
+    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    if index and index.get("ids") != ids:
+        raise FileExistsError(f"{out} holds a cache of other items; use another folder")
+    index = index or {"ids": ids, "shards": [], "shard_size": shard_size, "with_text": with_text,
+                      "model_type": adapter.model_type}  # fmt: skip
+    done = {s["start"] for s in index["shards"]}
+    bar = tqdm(total=len(items), desc="extracting", initial=sum(s["count"] for s in index["shards"]))
+    for start in range(0, len(items), shard_size):
+        if start in done:
+            continue
+        chunk = items[start : start + shard_size]
+        parts = []
+        for i in range(0, len(chunk), batch_size):
+            batch = chunk[i : i + batch_size]
+            with torch.no_grad():
+                feats = adapter.encode(
+                    [load_image(it) for it in batch], [it["text"] for it in batch] if with_text else None
+                )
+            parts.append(feats.to("cpu", torch.float16))
+            bar.update(len(batch))
+        name = f"features-{start:08d}.safetensors"
+        save_file({"features": torch.cat(parts).contiguous()}, str(out / name))
+        index["shards"].append({"file": name, "start": start, "count": len(chunk)})
+        index["shape"] = list(parts[0].shape[1:])
+        index_path.write_text(json.dumps(index) + "\n")  # after the shard: an interrupted run redoes one shard
+    bar.close()
+    return index
+
+
+class FeatureCache:
+    """Read access to a cache: one layer for all items, memory-mapped from the shards."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.index = json.loads((self.folder / "index.json").read_text())
+        if sum(s["count"] for s in self.index["shards"]) != len(self.index["ids"]):
+            raise ValueError(f"{folder}: the cache is incomplete; rerun the extraction to finish it")
+        self.ids = self.index["ids"]
+        self.layers, self.queries, self.hidden = self.index["shape"]
+
+    def layer(self, layer: int) -> torch.Tensor:
+        """``(n, queries * hidden)`` float32 features of one layer (0-based), in item order."""
+        from safetensors import safe_open
+
+        if not 0 <= layer < self.layers:
+            raise ValueError(f"layer {layer} out of range: the cache has layers 0..{self.layers - 1}")
+        parts = []
+        for shard in sorted(self.index["shards"], key=lambda s: s["start"]):
+            with safe_open(str(self.folder / shard["file"]), framework="pt") as f:
+                parts.append(f.get_slice("features")[:, layer])
+        return torch.cat(parts).flatten(1).float()

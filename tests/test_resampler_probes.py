@@ -1,0 +1,232 @@
+"""Resampler probes: boxes, the RCM builder, the feature cache, probes on planted signals, and the
+``agci resampler-probe`` steps end to end on tiny random BLIP-2 / InstructBLIP models."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agci.cli import main
+from agci.resampler_probes import boxes
+from agci.resampler_probes.data import CELL_NAMES, RefExample, build_rcm, load_refcocog
+from agci.resampler_probes.features import FeatureCache, extract, load_adapter
+from agci.resampler_probes.probes import TrainConfig, build_probe, train_probe
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+
+def test_iou_and_giou_on_known_boxes():
+    a = torch.tensor([0.0, 0.0, 2.0, 2.0])
+    assert boxes.iou(a, a).item() == 1.0 and boxes.giou(a, a).item() == 1.0
+    b = torch.tensor([1.0, 1.0, 3.0, 3.0])  # overlap 1, union 7, hull 9
+    assert boxes.iou(a, b).item() == pytest.approx(1 / 7)
+    assert boxes.giou(a, b).item() == pytest.approx(1 / 7 - 2 / 9)
+    c = torch.tensor([3.0, 0.0, 4.0, 1.0])  # disjoint: union 5, hull 8
+    assert boxes.iou(a, c).item() == 0.0 and boxes.giou(a, c).item() == pytest.approx(-3 / 8)
+    assert boxes.xywh_to_cxcywh([10, 20, 30, 40], 100, 200) == [0.25, 0.2, 0.3, 0.2]
+    t = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
+    assert boxes.box_loss(t, t, 2.0, 5.0).item() == pytest.approx(0.0, abs=1e-6)
+    shifted = torch.tensor([[0.6, 0.5, 0.2, 0.2]])  # iou 1/3, hull = union: giou 1/3; l1 0.1
+    assert boxes.box_loss(shifted, t, 2.0, 5.0).item() == pytest.approx(2 * (2 / 3) + 5 * 0.1, abs=1e-5)
+    assert boxes.accuracy_at(torch.cat([t, shifted]), torch.cat([t, t]), 0.5) == 0.5
+
+
+def _synthetic_refer(root: Path, per_cell=(12, 9, 9), extra_centre=6, image_size=(64, 48)):
+    """A REFER-format RefCOCOg: COCO images, instances.json and refs(umd).p, boxes in every 3x3 cell."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images, anns, refs = [], [], []
+    rng = np.random.default_rng(0)
+    w, h = image_size
+    k = 0
+    for split, n in zip(("train", "val", "test"), per_cell, strict=True):
+        for cell in range(9):
+            count = n + (extra_centre if cell == 4 else 0)
+            for _ in range(count):
+                cx, cy = ((cell % 3) + 0.5) * w / 3, ((cell // 3) + 0.5) * h / 3
+                name = f"{k:06d}.jpg"
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "images" / name)
+                images.append({"id": k, "file_name": name, "width": w, "height": h})
+                anns.append({"id": 1000 + k, "image_id": k, "bbox": [cx - 6, cy - 5, 12, 10], "category_id": 1 + k % 2})
+                refs.append(
+                    {
+                        "ref_id": k,
+                        "ann_id": 1000 + k,
+                        "image_id": k,
+                        "split": split,
+                        "category_id": 1 + k % 2,
+                        "sentences": [{"sent_id": k, "sent": f"the thing number {k}", "raw": f"The thing {k}."}],
+                    }
+                )
+                k += 1
+    cats = [{"id": 1, "name": "dog", "supercategory": "animal"}, {"id": 2, "name": "car", "supercategory": "vehicle"}]
+    (root / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    with open(root / "refs(umd).p", "wb") as f:
+        pickle.dump(refs, f)
+    return root
+
+
+def test_refcocog_loader_and_rcm_balance(tmp_path):
+    root = _synthetic_refer(tmp_path)
+    examples = load_refcocog(root / "refs(umd).p", root / "instances.json")
+    train = [e for e in examples if e.split == "train"]
+    assert len(train) == 9 * 12 + 6 and train[0].supercategory in ("animal", "vehicle")
+    assert sorted({e.cell for e in train}) == list(range(9))
+    rcm = build_rcm(examples, seed=0)
+    for split, per_cell in (("train", 12), ("val", 9), ("test", 9)):
+        rows = [r for r in rcm if r.split == split]
+        pos = [sum(r.label and r.cell == c for r in rows) for c in range(9)]
+        neg = [sum((not r.label) and r.cell == c for r in rows) for c in range(9)]
+        assert pos == [per_cell] * 9  # the crowded centre is downsampled to the others' count
+        assert neg == [8 * (per_cell // 8)] * 9  # N_i / 8 from each of the 8 other cells
+        assert all(r.true_cell != r.cell for r in rows if not r.label)
+        assert all(r.true_cell == r.cell for r in rows if r.label)
+    r = next(r for r in rcm if r.label)
+    assert (
+        r.text == f"The phrase 'The thing {r.id.split('_')[0]}' refers to the {CELL_NAMES[r.cell]} part of the image."
+    )
+    assert build_rcm(examples, seed=0) == rcm and build_rcm(examples, seed=1) != rcm
+    few = [RefExample(str(i), "x.jpg", "t", [0.5, 0.5, 0.1, 0.1], "dog", "animal", "train") for i in range(20)]
+    with pytest.raises(ValueError, match="at least 8 per cell"):
+        build_rcm(few)
+
+
+def test_cache_round_trip_and_resume(tmp_path):
+    from PIL import Image
+    from tiny_checkpoints import save_qformer_model
+
+    adapter = load_adapter(save_qformer_model("blip2", tmp_path / "blip2"))
+    rng = np.random.default_rng(1)
+    pictures = {i: Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for i in range(10)}
+    items = [{"id": i, "text": f"a thing {i} on the left"} for i in range(10)]
+    calls = []
+
+    def load(item):
+        calls.append(item["id"])
+        return pictures[item["id"]]
+
+    index = extract(adapter, items, load, tmp_path / "cache", batch_size=3, shard_size=4)
+    assert [s["count"] for s in index["shards"]] == [4, 4, 2] and index["shape"] == [3, 4, 32]
+    cache = FeatureCache(tmp_path / "cache")
+    direct = adapter.encode([pictures[i] for i in range(10)], [it["text"] for it in items])
+    for layer in range(3):
+        torch.testing.assert_close(cache.layer(layer), direct[:, layer].flatten(1).half().float())
+    # an interrupted run: the last shard is missing from the index; a rerun encodes only it
+    index["shards"] = index["shards"][:2]
+    (tmp_path / "cache" / "index.json").write_text(json.dumps(index))
+    calls.clear()
+    extract(adapter, items, load, tmp_path / "cache", batch_size=3, shard_size=4)
+    assert calls == [8, 9]
+    with pytest.raises(FileExistsError, match="other items"):
+        extract(adapter, items[:5], load, tmp_path / "cache")
+    with pytest.raises(ValueError, match="out of range"):
+        cache.layer(3)
+
+
+def _splits(n):
+    idx = torch.arange(n)
+    return {"train": idx[: n * 6 // 10], "val": idx[n * 6 // 10 : n * 8 // 10], "test": idx[n * 8 // 10 :]}
+
+
+@pytest.mark.parametrize("probe", ["linear", "mlp2", "mlp4"])
+def test_probe_learns_a_planted_signal_and_not_a_shuffled_one(probe):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 48, generator=g)
+    y = (x @ torch.randn(48, generator=g) > 0).long()
+    cfg = TrainConfig(task="rcm", probe=probe, lr=3e-3, epochs=25, batch_size=64, hidden=64)
+    _, real = train_probe(x, y, _splits(1000), cfg, progress=False)
+    _, shuffled = train_probe(x, y[torch.randperm(1000, generator=g)], _splits(1000), cfg, progress=False)
+    # deeper probes overfit 600 training samples a little; the gap to the shuffled labels is what matters
+    assert real.test > (0.85 if probe == "linear" else 0.75) and shuffled.test < 0.65, (real.test, shuffled.test)
+
+
+def test_box_probe_learns_planted_boxes():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1200, 32, generator=g)
+    centre = 0.5 + 0.3 * torch.tanh(x[:, :2] @ torch.randn(2, 2, generator=g) * 0.5)
+    y = torch.cat([centre, torch.full((1200, 2), 0.3)], 1)
+    cfg = TrainConfig(task="refcocog", lr=1e-2, epochs=40, batch_size=64, giou_weight=2.0, l1_weight=5.0)
+    _, real = train_probe(x, y, _splits(1200), cfg, progress=False)
+    _, shuffled = train_probe(x, y[torch.randperm(1200, generator=g)], _splits(1200), cfg, progress=False)
+    assert real.test > 0.9 and shuffled.test < real.test - 0.3, (real.test, shuffled.test)
+
+
+def test_joint_fine_tuning_trains_the_resampler(tmp_path):
+    from PIL import Image
+    from tiny_checkpoints import save_qformer_model
+
+    adapter = load_adapter(save_qformer_model("instructblip", tmp_path / "ib"))
+    rng = np.random.default_rng(0)
+    pictures = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(40)]
+    labels = torch.tensor([i % 2 for i in range(40)])
+    before = [p.detach().clone() for p in adapter.resampler_parameters()]
+
+    def features(idx, training):
+        with torch.set_grad_enabled(training):
+            return adapter.encode([pictures[i] for i in idx], ["is it on the left?"] * len(idx))[:, -1].flatten(1)
+
+    cfg = TrainConfig(task="vsr", lr=1e-3, epochs=2, batch_size=8)
+    _, result = train_probe(features, labels, _splits(40), cfg, adapter.resampler_parameters(), progress=False)
+    changed = [not torch.equal(a, b) for a, b in zip(before, adapter.resampler_parameters(), strict=True)]
+    assert any(changed) and result.epochs_run == 2
+
+
+def test_unknown_probe_task_and_model_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown probe"):
+        build_probe("mlp3", 4, 1)
+    with pytest.raises(ValueError, match="unknown task"):
+        TrainConfig(task="gqa")
+    from tiny_checkpoints import save_tiny
+
+    with pytest.raises(ValueError, match="no resampler adapter"):
+        load_adapter(save_tiny("llava", tmp_path / "llava"))
+
+
+def test_cli_end_to_end_for_each_task(tmp_path):
+    from tiny_checkpoints import save_qformer_model
+
+    root = _synthetic_refer(tmp_path / "refer", per_cell=(8, 8, 8), extra_centre=2)
+    blip2 = save_qformer_model("blip2", tmp_path / "blip2")
+    instructblip = save_qformer_model("instructblip", tmp_path / "instructblip")
+    refs, inst, images = str(root / "refs(umd).p"), str(root / "instances.json"), str(root / "images")
+    assert (
+        main(["resampler-probe", "build-rcm", "--refs", refs, "--instances", inst, "--out", str(tmp_path / "rcm")]) == 0
+    )
+    manifest = json.loads((tmp_path / "rcm" / "manifest.json").read_text())
+    assert manifest["counts"]["train"]["positives_per_cell"] == [8] * 9
+    vsr = tmp_path / "vsr"
+    vsr.mkdir()
+    for split in ("train", "dev", "test"):
+        caption = "the dog is left of the car"
+        rows = [{"image": f"{k:06d}.jpg", "caption": caption, "label": k % 2, "relation": "left of"} for k in range(12)]
+        (vsr / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for task, model, data in (("rcm", blip2, str(tmp_path / "rcm")), ("refcocog", instructblip, refs),
+                              ("vsr", blip2, str(vsr))):  # fmt: skip
+        cache, out = str(tmp_path / f"cache-{task}"), str(tmp_path / f"out-{task}")
+        args = ["resampler-probe", "extract", "--model", str(model), "--task", task, "--data", data,
+                "--images", images, "--out", cache, "--batch-size", "16"]  # fmt: skip
+        args += ["--instances", inst] if task == "refcocog" else []
+        assert main(args) == 0
+        assert main(["resampler-probe", "train", "--cache", cache, "--task", task, "--epochs", "2", "--out", out]) == 0
+        rows = [json.loads(line) for line in Path(out, "results.jsonl").read_text().splitlines()]
+        assert [r["layer"] for r in rows] == [0, 1, 2] and all(0 <= r["test"] <= 1 for r in rows)
+        assert Path(out, "per_layer.png").stat().st_size > 0
+    # a rerun skips the layers that are done
+    assert main(["resampler-probe", "train", "--cache", str(tmp_path / "cache-rcm"), "--task", "rcm", "--epochs", "2",
+                 "--out", str(tmp_path / "out-rcm")]) == 0  # fmt: skip
+    assert len(Path(tmp_path, "out-rcm", "results.jsonl").read_text().splitlines()) == 3
+    search = ["resampler-probe", "search", "--cache", str(tmp_path / "cache-refcocog"), "--task", "refcocog",
+              "--layer", "3", "--out", str(tmp_path / "search")]  # fmt: skip
+    assert main([*search, "--trials", "3"]) == 0
+    assert main([*search, "--trials", "4"]) == 0  # resumes: one more trial
+    trials = [json.loads(line) for line in Path(tmp_path, "search", "trials.jsonl").read_text().splitlines()]
+    assert len(trials) == 4 and all(1e-5 <= t["lr"] <= 5e-4 and "giou_weight" in t for t in trials)
+    assert json.loads(Path(tmp_path, "search", "search.json").read_text())["trials"] == 4
