@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -208,6 +209,7 @@ def _layers(text: str) -> list[int] | None:
 
 def _cmd_resampler_probe(args) -> int:
     from .resampler_probes import report, runner
+    from .resampler_probes.data import read_jsonl
 
     try:
         if args.action == "build-rcm":
@@ -237,7 +239,15 @@ def _cmd_resampler_probe(args) -> int:
                                   trials=args.trials, seed=args.seed, device=args.device)  # fmt: skip
             print(f"best of {s['trials']} trials: {s['best_params']} val {s['best_val']:.4f} test {s['test_of_best']}")
         else:
-            print(report.per_layer(Path(args.results), Path(args.out)))
+            run = Path(args.run)
+            print(report.per_layer(run / "results.jsonl", run))
+            rows = [r for r in read_jsonl(run / "results.jsonl") if r["task"] == args.task]
+            if not rows:
+                raise ValueError(f"{run}: no {args.task} results")
+            best = max(rows, key=lambda r: r["val"])
+            name = f"{args.task}-{best['probe']}-layer{best['layer'] + 1}.jsonl"
+            summary = report.breakdown(Path(args.cache), run / "predictions" / name, args.task, run)
+            print(f"layer {best['layer'] + 1} (best validation):", json.dumps(summary, indent=1))
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"agci resampler-probe {args.action}: {exc}", file=sys.stderr)
         return 2
@@ -381,9 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     s_.add_argument("--seed", type=int, default=0)
     s_.add_argument("--device", default="cpu")
     s_.add_argument("--out", required=True)
-    r = rp_sub.add_parser("report", help="per-layer curve and table from a results.jsonl")
-    r.add_argument("results")
-    r.add_argument("--out", required=True)
+    r = rp_sub.add_parser("report", help="per-layer curve, and the best layer's accuracy per group (Kendall tau)")
+    r.add_argument("run", help="the --out folder of train")
+    r.add_argument("--cache", required=True, help="the feature cache the run trained on")
+    r.add_argument("--task", required=True, choices=["refcocog", "rcm", "vsr"])
     rp.set_defaults(func=_cmd_resampler_probe)
     info = sub.add_parser("info", help="versions, device and which implementation of the op will run")
     info.set_defaults(func=_cmd_info)

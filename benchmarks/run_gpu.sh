@@ -17,3 +17,4 @@ timeout "${1:-240}" python3 -m pytest -q -p no:cacheprovider -rs tests/test_op_r
 python3 benchmarks/bench_op.py --budget-s "${2:-300}" --out "$out" 2>&1 | grep -v "^|" | tail -20
 python3 benchmarks/bench_e2e.py --layers 4 --tokens 4096 --dtype bf16 --out "$out" 2>&1 | tail -20
 python3 benchmarks/bench_probe.py --out "$out" 2>&1 | tail -8
+python3 benchmarks/bench_resampler_cache.py --items 1024 --out "$out" 2>&1 | tail -6

@@ -36,3 +36,15 @@ def test_bench_probe_runs_and_both_ways_agree(tmp_path):
     assert result["occlusion"][0]["masks"] == 9 and result["occlusion"][0]["max_abs_map_difference"] < 1e-3
     assert pos["reference_seconds"] > 0 and pos["agci_seconds"] > 0
     assert (tmp_path / "probe_smoke.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "probe_smoke.md").exists()
+
+
+def test_bench_resampler_cache_runs_and_caching_wins(tmp_path):
+    import json
+
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_resampler_cache.py"), "--items", "16", "--epochs", "1",
+           "--batch-size", "8", "--out", str(tmp_path), "--tag", "smoke"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    assert result["ratio_encode_over_cached"] > 1 and "cached_epoch_s" not in result  # no absolute CPU times
+    assert (tmp_path / "smoke.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "smoke.md").exists()

@@ -219,6 +219,15 @@ def test_cli_end_to_end_for_each_task(tmp_path):
         rows = [json.loads(line) for line in Path(out, "results.jsonl").read_text().splitlines()]
         assert [r["layer"] for r in rows] == [0, 1, 2] and all(0 <= r["test"] <= 1 for r in rows)
         assert Path(out, "per_layer.png").stat().st_size > 0
+        assert main(["resampler-probe", "report", out, "--cache", cache, "--task", task]) == 0
+        groups = json.loads(Path(out, f"{task}_breakdown.json").read_text())
+        if task == "refcocog":
+            assert set(groups["groups"]) == {"animal", "vehicle"} and set(groups["kendall_tau"]) == {
+                "train_count", "mean_area", "mean_centre_distance"}  # fmt: skip
+        elif task == "vsr":
+            assert set(groups["groups"]) == {"Projective"}
+        else:
+            assert set(groups["groups"]) == set(CELL_NAMES)
     # a rerun skips the layers that are done
     assert main(["resampler-probe", "train", "--cache", str(tmp_path / "cache-rcm"), "--task", "rcm", "--epochs", "2",
                  "--out", str(tmp_path / "out-rcm")]) == 0  # fmt: skip

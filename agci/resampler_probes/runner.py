@@ -110,13 +110,36 @@ def run_train(cache: Path, task: str, layers: list[int] | None, probe: str, out:
         if previous is not None:
             rows.append(previous)
             continue
-        _, result = train_probe(features.layer(layer), targets, splits, cfg)
+        feats = features.layer(layer)
+        probe_model, result = train_probe(feats, targets, splits, cfg)
+        _write_predictions(probe_model, feats, targets, splits["test"], task, cfg.device,
+                           out / "predictions" / f"{task}-{probe}-layer{layer + 1}.jsonl", features.ids)  # fmt: skip
         row = {**key, "val": result.best_val, "test": result.test, "best_epoch": result.best_epoch,
                "epochs_run": result.epochs_run}  # fmt: skip
         with results_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         rows.append(row)
     return rows
+
+
+def _write_predictions(probe, feats, targets, idx, task, device, path: Path, ids) -> None:
+    """Per test item: correct or not (and the IoU for boxes), for the breakdowns of ``report``."""
+    from .boxes import cxcywh_to_xyxy, iou
+
+    if len(idx) == 0:
+        return
+    probe.eval()
+    with torch.no_grad():
+        out = torch.cat([probe(feats[idx[i : i + 512]].to(device)) for i in range(0, len(idx), 512)]).cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for k, i in enumerate(idx.tolist()):
+            if TASKS[task] == "box":
+                score = iou(cxcywh_to_xyxy(out[k].sigmoid()), cxcywh_to_xyxy(targets[i])).item()
+                row = {"id": ids[i], "iou": round(score, 5), "correct": score >= 0.5}
+            else:
+                row = {"id": ids[i], "correct": bool((out[k, 0] > 0).long().item() == int(targets[i]))}
+            f.write(json.dumps(row) + "\n")
 
 
 def run_search(cache: Path, task: str, layer: int, probe: str, out: Path, trials: int = 10, seed: int = 0,
