@@ -220,8 +220,33 @@ def _probe_rows(canvases):
     return rows, cells
 
 
+def _alignment_loss(model, pixels, words, lone):
+    """1 - cosine between each visual token after the projector and the summed embeddings of the colour
+    and shape words of what its cell shows (a lone object: the mean token against its name).
+
+    Yes/No matching has no first-order gradient (neither the caption nor the image alone predicts the
+    answer), and without this loss it stays at chance. With it, Yes/No on lone objects reached 0.9
+    held-out accuracy in 1000 steps; on 9-object canvases it has not left chance yet (see the README)."""
+    from ..patches.versions import image_features_per_image
+
+    feats = torch.stack(image_features_per_image(model.model.get_image_features(pixel_values=pixels)))
+    target = model.get_input_embeddings()(words).sum(2)
+    per_cell = 1 - torch.nn.functional.cosine_similarity(feats, target, dim=-1).mean(1)
+    whole = 1 - torch.nn.functional.cosine_similarity(feats.mean(1), target[:, 0], dim=-1)
+    return torch.where(lone, whole, per_cell).mean()
+
+
 def train(
-    out: Path, steps: int, batch_size: int, lr: float, seed: int, pool: int, agci_lambda: float, save_every: int = 0
+    out: Path,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    pool: int,
+    agci_lambda: float,
+    save_every: int = 0,
+    align_weight: float = 0.0,
+    lone_yes_no: bool = False,
 ) -> dict:
     """Train on the probe question (Yes/No) mixed with two easier tasks that get the vision tower going
     (from scratch it otherwise stays ignored): naming a lone object that fills the image, and naming the
@@ -238,11 +263,24 @@ def train(
     apply_agci(model)
     canvases = _canvases(pool, seed, CELL_WEIGHTS, "rendering training canvases")
     rows, _ = _probe_rows(canvases)
+    shown = [by_cell for by_cell, *_ in canvases for _ in range(2)]  # what each row's 9 cells show
     for by_cell, _, _, image in canvases:
         asked = rng.choices(range(9), weights=CELL_WEIGHTS)[0]
         rows.append((cell_question(asked), by_cell[asked], image))
+        shown.append(by_cell)
+    lone = [False] * len(rows)
+    everything = captions()
     for pair in synthetic_pairs(pool // 2, seed + 2):
-        rows.append((WHOLE_IMAGE_QUESTION, pair.caption, pair.load_image()))
+        image = pair.load_image()
+        extra = [(WHOLE_IMAGE_QUESTION, pair.caption, image)]
+        if lone_yes_no:
+            other = rng.choice([c for c in everything if c != pair.caption])
+            extra += [(PROMPT.format(caption=pair.caption), "Yes", image), (PROMPT.format(caption=other), "No", image)]
+        rows += extra
+        shown += [[pair.caption] * 9] * len(extra)
+        lone += [True] * len(extra)
+    words = torch.tensor([[tok.convert_tokens_to_ids(c.split()[-2:]) for c in cells] for cells in shown])
+    lone = torch.tensor(lone)
     ids, masks, pixels = [], [], []
     for i in tqdm(range(0, len(rows), 256), desc="encoding"):
         a, m, b = _encode(processor, rows[i : i + 256], answers=True)
@@ -266,6 +304,7 @@ def train(
     setup = {
         "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "pool_canvases": pool,
         "agci_lambda_in_training": agci_lambda, "cell_weights": CELL_WEIGHTS, "positions": POSITIONS,
+        "align_weight": align_weight, "lone_yes_no": lone_yes_no,
     }  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
     started = time.time()
@@ -275,6 +314,8 @@ def train(
         model.global_context_broadcast_lambda = agci_lambda if step % 2 else 0.0
         loss = model(input_ids=ids[pick], attention_mask=masks[pick], pixel_values=pixels[pick].float(),
                      labels=labels[pick]).loss  # fmt: skip
+        if align_weight:
+            loss = loss + align_weight * _alignment_loss(model, pixels[pick].float(), words[pick], lone[pick])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
@@ -337,12 +378,32 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--save-every", type=int, default=2000, help="write the checkpoint every N steps (0: at the end)"
     )
+    parser.add_argument(
+        "--align-weight",
+        type=float,
+        default=0.0,
+        help="weight of the visual-token / caption-word alignment loss (default 0: the shipped model)",
+    )
+    parser.add_argument(
+        "--lone-yes-no",
+        action="store_true",
+        help="also ask the Yes/No question about lone objects (not in the shipped model)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     record = train(
-        args.out, args.steps, args.batch_size, args.lr, args.seed, args.pool, args.agci_lambda, args.save_every
+        args.out,
+        args.steps,
+        args.batch_size,
+        args.lr,
+        args.seed,
+        args.pool,
+        args.agci_lambda,
+        args.save_every,
+        args.align_weight,
+        args.lone_yes_no,
     )
     print(json.dumps(record["held_out_accuracy_by_cell"], indent=1))
     return 0
