@@ -193,6 +193,8 @@ def test_wrong_family_and_unknown_args_are_refused(tiny_qwen):
         AGCILlava(pretrained=str(tiny_qwen), device="cpu")
     with pytest.raises(TypeError, match="unknown model_args \\['lamda'\\]"):
         AGCIQwen2_5_VL(pretrained=str(tiny_qwen), lamda=0.5)
+    with pytest.raises(ValueError, match="batch_size must be a whole number"):
+        AGCIQwen2_5_VL(pretrained=str(tiny_qwen), batch_size="auto")
     with pytest.raises(ValueError, match="lambda"):
         AGCIQwen2_5_VL(pretrained=str(tiny_qwen), global_context_broadcast_lambda=-1, device="cpu")
 

@@ -67,6 +67,8 @@ class AGCIModel(lmms):
                 "global_context_broadcast_lambda, dtype, device, device_map, attn_implementation, batch_size, "
                 "max_pixels, min_pixels, max_new_tokens, system_prompt, trust_remote_code, use_cache"
             )
+        if not str(batch_size).isdigit() or int(batch_size) < 1:
+            raise ValueError(f"{self.model_name}: batch_size must be a whole number >= 1, got {batch_size!r}")
         from accelerate import Accelerator
         from transformers import AutoConfig, AutoProcessor
 
@@ -192,11 +194,11 @@ class AGCIModel(lmms):
         bar = tqdm(total=len(requests), disable=self.rank != 0, desc=f"{self.model_name} answering")
         for chunk in order.get_batched(n=self.batch_size, batch_fn=None):
             contexts, all_gen_kwargs, doc_to_visual, doc_ids, tasks, splits = zip(*chunk, strict=True)
-            gen_kwargs = dict(all_gen_kwargs[0])  # the collator groups equal kwargs together
+            gen_kwargs = all_gen_kwargs[0]  # the collator groups equal kwargs together
             visuals = [
                 self._visuals(f, t, s, i) for f, t, s, i in zip(doc_to_visual, tasks, splits, doc_ids, strict=True)
             ]
-            texts = self._generate(list(contexts), visuals, gen_kwargs)
+            texts = self._generate(list(contexts), visuals, dict(gen_kwargs))  # _generate pops from its copy
             for context, text in zip(contexts, texts, strict=True):
                 self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
             answers.extend(texts)
