@@ -228,9 +228,13 @@ def _cmd_resampler_probe(args) -> int:
                                        args.batch_size, args.device, args.dtype, not args.no_text)  # fmt: skip
             print(f"{args.out}: {len(index['ids'])} items, features {index['shape']} (layers, queries, hidden)")
         elif args.action == "train":
-            rows = runner.run_train(Path(args.cache), args.task, args.layers, args.probe, Path(args.out), lr=args.lr,
-                                    epochs=args.epochs, patience=args.patience, giou_weight=args.giou_weight,
-                                    l1_weight=args.l1_weight, seed=args.seed, device=args.device)  # fmt: skip
+            if args.joint and not args.images:
+                raise ValueError("--joint fine-tunes the resampler on the images: give --images (the images folder)")
+            joint = Path(args.images) if args.joint else None
+            rows = runner.run_train(Path(args.cache), args.task, args.layers, args.probe, Path(args.out), joint,
+                                    lr=args.lr, epochs=args.epochs, patience=args.patience,
+                                    giou_weight=args.giou_weight, l1_weight=args.l1_weight, seed=args.seed,
+                                    device=args.device)  # fmt: skip
             for r in rows:
                 print(f"layer {r['layer'] + 1}: val {r['val']:.4f}, test {r['test']}")
             report.per_layer(Path(args.out) / "results.jsonl", Path(args.out))
@@ -381,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--l1-weight", type=float, default=1.0)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu")
+    t.add_argument("--joint", action="store_true", help="fine-tune the resampler with the probe (needs --images)")
+    t.add_argument("--images", help="the images folder, for --joint")
     t.add_argument("--out", required=True, help="results folder (results.jsonl, per_layer.png); resumes")
     s_ = rp_sub.add_parser("search", help="Bayesian hyper-parameter search (optuna) for one layer")
     s_.add_argument("--cache", required=True)

@@ -228,6 +228,15 @@ def test_cli_end_to_end_for_each_task(tmp_path):
             assert set(groups["groups"]) == {"Projective"}
         else:
             assert set(groups["groups"]) == set(CELL_NAMES)
+    # the resampler fine-tuned with the probe, on the live model (layer 3 of the RCM run)
+    joint = ["resampler-probe", "train", "--cache", str(tmp_path / "cache-rcm"), "--task", "rcm", "--layers", "3",
+             "--epochs", "1", "--joint", "--out", str(tmp_path / "joint")]  # fmt: skip
+    assert main(joint) == 2  # --images missing
+    assert main([*joint, "--images", images]) == 0
+    row = json.loads(Path(tmp_path, "joint", "results.jsonl").read_text())
+    assert row["joint"] is True and row["layer"] == 2 and 0 <= row["test"] <= 1
+    assert len(Path(tmp_path, "joint", "predictions", "rcm-linear-layer3.jsonl").read_text().splitlines()) == sum(
+        1 for line in Path(tmp_path, "rcm", "test.jsonl").read_text().splitlines())  # fmt: skip
     # a rerun skips the layers that are done
     assert main(["resampler-probe", "train", "--cache", str(tmp_path / "cache-rcm"), "--task", "rcm", "--epochs", "2",
                  "--out", str(tmp_path / "out-rcm")]) == 0  # fmt: skip

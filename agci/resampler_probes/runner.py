@@ -93,9 +93,31 @@ def load_targets(cache: Path, task: str) -> tuple[list[dict], torch.Tensor, dict
     return items, targets, splits
 
 
-def run_train(cache: Path, task: str, layers: list[int] | None, probe: str, out: Path, **train_kwargs) -> list[dict]:
+def _joint_features(cache: Path, images: Path, layer: int, device: str):
+    """Features computed live by a fresh copy of the cache's model, with the resampler trainable."""
+    from PIL import Image
+
+    index = json.loads((Path(cache) / "index.json").read_text())
+    adapter = load_adapter(index["model"], device)
+    items = read_jsonl(Path(cache) / "items.jsonl")
+    with_text = index.get("with_text", True)
+
+    def features(idx, training):
+        batch = [items[i] for i in idx.tolist()]
+        pictures = [Image.open(Path(images) / it["image"]).convert("RGB") for it in batch]
+        with torch.set_grad_enabled(training):
+            feats = adapter.encode(pictures, [it["text"] for it in batch] if with_text else None)
+        return feats[:, layer].flatten(1).float()
+
+    unique = list({id(p): p for p in adapter.resampler_parameters()}.values())
+    return features, unique
+
+
+def run_train(cache: Path, task: str, layers: list[int] | None, probe: str, out: Path, joint_images: Path | None = None,
+              **train_kwargs) -> list[dict]:  # fmt: skip
     """A probe per layer on cached features; ``out/results.jsonl`` is written as layers finish and a
-    rerun skips those done with the same settings."""
+    rerun skips those done with the same settings. With ``joint_images`` (the images folder) the
+    resampler is fine-tuned with the probe instead, from a fresh copy of the model for every layer."""
     features = FeatureCache(cache)
     _, targets, splits = load_targets(cache, task)
     out = Path(out)
@@ -105,13 +127,23 @@ def run_train(cache: Path, task: str, layers: list[int] | None, probe: str, out:
     rows = []
     for layer in layers if layers is not None else range(features.layers):
         cfg = TrainConfig(task=task, probe=probe, **train_kwargs)
-        key = {"task": task, "probe": probe, "layer": layer, **{k: getattr(cfg, k) for k in train_kwargs}}
+        key = {"task": task, "probe": probe, "layer": layer, "joint": joint_images is not None,
+               **{k: getattr(cfg, k) for k in train_kwargs}}  # fmt: skip
         previous = next((r for r in done if all(r.get(k) == v for k, v in key.items())), None)
         if previous is not None:
             rows.append(previous)
             continue
-        feats = features.layer(layer)
-        probe_model, result = train_probe(feats, targets, splits, cfg)
+        if joint_images is not None:
+            live, resampler = _joint_features(cache, joint_images, layer, cfg.device)
+            probe_model, result = train_probe(live, targets, splits, cfg, resampler)
+            with torch.no_grad():
+                feats = torch.cat([live(splits["test"][i : i + 64], False) for i in range(0, len(splits["test"]), 64)])
+            feats_index = torch.full((len(targets),), -1, dtype=torch.long)
+            feats_index[splits["test"]] = torch.arange(len(splits["test"]))
+            feats = _Rows(feats, feats_index)
+        else:
+            feats = features.layer(layer)
+            probe_model, result = train_probe(feats, targets, splits, cfg)
         _write_predictions(probe_model, feats, targets, splits["test"], task, cfg.device,
                            out / "predictions" / f"{task}-{probe}-layer{layer + 1}.jsonl", features.ids)  # fmt: skip
         row = {**key, "val": result.best_val, "test": result.test, "best_epoch": result.best_epoch,
@@ -120,6 +152,16 @@ def run_train(cache: Path, task: str, layers: list[int] | None, probe: str, out:
             f.write(json.dumps(row) + "\n")
         rows.append(row)
     return rows
+
+
+class _Rows:
+    """Test-set features addressed by item index (joint runs compute only those)."""
+
+    def __init__(self, rows: torch.Tensor, position: torch.Tensor):
+        self.rows, self.position = rows, position
+
+    def __getitem__(self, idx):
+        return self.rows[self.position[idx]]
 
 
 def _write_predictions(probe, feats, targets, idx, task, device, path: Path, ids) -> None:
