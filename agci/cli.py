@@ -258,6 +258,26 @@ def _cmd_resampler_probe(args) -> int:
     return 0
 
 
+def _cmd_ris(args) -> int:
+    from .ris import evaluate as ris
+
+    try:
+        if args.action == "evaluate":
+            s = ris.evaluate(args.model, Path(args.refer), args.dataset, args.split, Path(args.images),
+                             args.proposals, Path(args.out), args.mode, args.layer, args.normalise, args.limit,
+                             args.device, args.split_by)  # fmt: skip
+            print(f"{args.dataset} {args.split} ({s['n']} expressions, {args.mode}): mIoU {s['mIoU']:.4f}, "
+                  f"oIoU {s['oIoU']:.4f}, Prec@0.5 {s['Prec@0.5']:.4f}")  # fmt: skip
+        else:
+            path = ris.picture(args.model, Path(args.image), args.text, args.proposals, Path(args.out), args.mode,
+                               args.layer, args.normalise, args.device)  # fmt: skip
+            print(f"wrote {path}")
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"agci ris {args.action}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agci", description="Adaptive Global Context Injection for VLMs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -402,6 +422,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cache", required=True, help="the feature cache the run trained on")
     r.add_argument("--task", required=True, choices=["refcocog", "rcm", "vsr"])
     rp.set_defaults(func=_cmd_resampler_probe)
+    ris = sub.add_parser("ris", help="mid-layer zero-shot referring segmentation with CLIP / SigLIP / SigLIP2")
+    ris_sub = ris.add_subparsers(dest="action", required=True)
+    ev_ = ris_sub.add_parser("evaluate", help="mIoU, oIoU and Prec@X on RefCOCO/+/g (REFER files), resumable")
+    show = ris_sub.add_parser("show", help="the map, regions and chosen mask for one image and expression")
+    for cmd in (ev_, show):
+        cmd.add_argument("--model", required=True, help="CLIP, SigLIP or SigLIP2 checkpoint folder or hub id")
+        proposals_help = "disk:FOLDER (COCO RLE json or PNG masks per image) or mask2former:CHECKPOINT"
+        cmd.add_argument("--proposals", required=True, help=proposals_help)
+        cmd.add_argument("--mode", default="full", choices=["full", "global", "pmap"],
+                         help="full; global: global score only; pmap: map regions only")  # fmt: skip
+        cmd.add_argument("--layer", type=int, help="1-based layer of the map (default: two thirds up, 8 of 12)")
+        cmd.add_argument("--normalise", default="channel", choices=["channel", "patch"])
+        cmd.add_argument("--device", default="cpu")
+    ev_.add_argument("--refer", required=True, help="REFER root: <root>/<dataset>/refs(<split_by>).p, instances.json")
+    ev_.add_argument("--dataset", required=True, choices=["refcoco", "refcoco+", "refcocog"])
+    ev_.add_argument("--split", required=True, help="val, testA, testB, test")
+    ev_.add_argument("--split-by", help="unc, umd or google (default: unc; umd for refcocog)")
+    ev_.add_argument("--images", required=True, help="COCO train2014 images folder")
+    ev_.add_argument("--limit", type=int)
+    ev_.add_argument("--out", required=True)
+    show.add_argument("--image", required=True)
+    show.add_argument("--text", required=True)
+    show.add_argument("--out", required=True, help="PNG path")
+    ris.set_defaults(func=_cmd_ris)
     info = sub.add_parser("info", help="versions, device and which implementation of the op will run")
     info.set_defaults(func=_cmd_info)
     return parser

@@ -212,3 +212,55 @@ def save_qformer_model(kind: str, out: Path, seed: int = 0) -> Path:
     model.eval().save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def save_vision_language_encoder(kind: str, out: Path, seed: int = 0) -> Path:
+    """A tiny random CLIP, SigLIP or SigLIP2 (4 vision layers, 32 px images of 8 px patches: a 4 x 4
+    grid; SigLIP2 up to 16 patches at the image's aspect ratio) with a processor."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    tok = _tokenizer({}, 128)
+    tok.model_max_length = 16
+    text = {"vocab_size": 128, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 16, "pad_token_id": 0, "bos_token_id": 1,
+            "eos_token_id": 2}  # fmt: skip
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 8}  # fmt: skip
+    if kind == "clip":
+        model = tf.CLIPModel(tf.CLIPConfig(text_config=text, vision_config=vision,
+                                           projection_dim=16))  # fmt: skip
+        image_processor = tf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+        processor = tf.CLIPProcessor(image_processor=image_processor, tokenizer=tok)
+    elif kind == "siglip":
+        model = tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=vision))
+        processor = tf.SiglipProcessor(image_processor=tf.SiglipImageProcessor(size={"height": 32, "width": 32}),
+                                       tokenizer=tok)  # fmt: skip
+    else:
+        vision2 = {k: v for k, v in vision.items() if k != "image_size"} | {"num_patches": 16}
+        model = tf.Siglip2Model(tf.Siglip2Config(text_config=text, vision_config=vision2))
+        processor = tf.Siglip2Processor(image_processor=tf.Siglip2ImageProcessor(patch_size=8, max_num_patches=16),
+                                        tokenizer=tok)  # fmt: skip
+    out = Path(out)
+    model.eval().save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def save_mask2former(out: Path, seed: int = 0) -> Path:
+    """A tiny random Mask2Former (Swin backbone of width 32, 5 queries) with its image processor (64 px)."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    swin = tf.SwinConfig(image_size=64, patch_size=4, embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                         window_size=2, out_features=["stage1", "stage2", "stage3", "stage4"])  # fmt: skip
+    config = tf.Mask2FormerConfig(backbone_config=swin, hidden_dim=32, mask_feature_size=32, feature_size=32,
+                                  num_queries=5, encoder_layers=1, decoder_layers=2, num_attention_heads=2,
+                                  dim_feedforward=32, encoder_feedforward_dim=32, num_labels=3, common_stride=4,
+                                  use_timm_backbone=False)  # fmt: skip
+    out = Path(out)
+    tf.Mask2FormerForUniversalSegmentation(config).eval().save_pretrained(out)
+    tf.Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}, size_divisor=32).save_pretrained(out)
+    return out

@@ -33,6 +33,12 @@ def dtype_kwarg() -> str:
     return "dtype" if transformers_version() >= (4, 56) else "torch_dtype"
 
 
+def embedding_of(output) -> torch.Tensor:
+    """The embedding from ``get_text_features`` / ``get_image_features`` of CLIP-like models: a tensor
+    before 5.0, an output whose ``pooler_output`` holds it since."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
 def returns_output_dataclass() -> bool:
     """5.x: ``get_image_features`` returns an output dataclass whose ``pooler_output`` holds the features;
     4.57 returns them directly (Qwen3-VL: a 2-tuple ``(per_image, deepstack)``)."""

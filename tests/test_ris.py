@@ -1,0 +1,183 @@
+"""Mid-layer referring segmentation: clustering on hand-made maps, metrics on known masks, the candidate
+logic on known scores, the maps of tiny CLIP / SigLIP / SigLIP2, and `agci ris` end to end on a
+synthetic REFER-format dataset."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agci.cli import main
+from agci.ris.encoders import Encoder
+from agci.ris.evaluate import ground_truth
+from agci.ris.pipeline import _relation_score, head_phrase, rerank, select_candidates
+from agci.ris.spatial import cluster, mask_iou, spatial_map, summarise
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+
+def _grids(regions):
+    return [r.int().tolist() for r in regions]
+
+
+def test_cluster_grows_merges_and_orders_regions():
+    m = torch.tensor([[0.9, 0.8, 0, 0, 0], [0, 0, 0, 0, 0.7], [0, 0, 0, 0, 0.6], [0.5, 0, 0, 0, 0],
+                      [0, 0, 0.95, 0, 0]])  # fmt: skip
+    regions = cluster(m, k=5)
+    assert len(regions) == 4 and regions[0][4, 2] and regions[1][0, 0] and regions[1][0, 1]
+    assert regions[2][1, 4] and regions[2][2, 4] and regions[3][3, 0]
+    assert len(cluster(m, k=2)) == 2  # the first k by their best patch
+    bridge = torch.tensor([[0.9, 0, 0.85], [0, 0.8, 0], [0, 0, 0]])  # (1,1) joins the two corners
+    assert _grids(cluster(bridge)) == [[[1, 0, 1], [0, 1, 0], [0, 0, 0]]]
+    flat = torch.full((3, 3), 0.5)
+    flat[1, 1] = 0.6  # after min-max scaling every other patch is 0: only the peak passes tau
+    assert _grids(cluster(flat)) == [[[0, 0, 0], [0, 1, 0], [0, 0, 0]]]
+
+
+def test_metrics_on_known_masks():
+    a = torch.zeros(4, 4, dtype=torch.bool)
+    a[:2, :2] = True
+    b = torch.zeros(4, 4, dtype=torch.bool)
+    b[:2, :1] = True
+    assert mask_iou(a, b) == 0.5 and mask_iou(a, a) == 1.0
+    s = summarise([2, 4, 0], [4, 4, 8])  # IoUs 0.5, 1, 0
+    assert s["mIoU"] == pytest.approx(0.5) and s["oIoU"] == pytest.approx(6 / 16)
+    assert s["Prec@0.5"] == pytest.approx(2 / 3) and s["Prec@0.9"] == pytest.approx(1 / 3) and s["n"] == 3
+    with pytest.raises(ValueError, match="no expressions"):
+        summarise([], [])
+
+
+def test_candidates_and_reranking_on_known_scores():
+    scores = np.array([10.0, 30.0, 20.0, 25.0])
+    overlaps = np.array([[0.1, 0.2, 0.9, 0.0], [0.0, 0.8, 0.1, 0.0]])  # region 1 matches mask 2, region 2 mask 1
+    assert select_candidates(scores, overlaps, "full") == [1, 2]  # best global first, no duplicate of mask 1
+    assert select_candidates(scores, overlaps, "global") == [1, 3, 2]
+    assert select_candidates(scores, overlaps, "pmap") == [2, 1]
+    with pytest.raises(ValueError, match="mode must be"):
+        select_candidates(scores, overlaps, "best")
+    assert rerank(scores, [1, 2], np.array([0.0, 0.0])) == 1
+    assert rerank(scores, [1, 2], np.array([0.0, 1.0]), alpha=0.2) == 2  # the secondary score can win
+    left = np.zeros((2, 4, 6), dtype=bool)
+    left[0, :, :2] = True
+    left[1, :, 4:] = True
+    assert _relation_score("the cup on the left", left).tolist() == pytest.approx([1 - 0.5 / 5, 1 - 4.5 / 5])
+    assert _relation_score("a red cup", left) is None
+
+
+def test_head_phrase():
+    assert head_phrase("the man in red on the left") == "the man"
+    assert head_phrase("dog") == "dog"
+
+
+def test_ground_truth_from_a_polygon():
+    mask = ground_truth({"segmentation": [[2, 2, 6, 2, 6, 5, 2, 5]], "height": 8, "width": 10})
+    assert mask.shape == (8, 10) and mask[3, 4] and not mask[0, 0] and 12 <= mask.sum() <= 20
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    from tiny_checkpoints import save_vision_language_encoder
+
+    root = tmp_path_factory.mktemp("vle")
+    return {kind: save_vision_language_encoder(kind, root / kind) for kind in ("clip", "siglip", "siglip2")}
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip", "siglip2"])
+def test_spatial_maps_of_each_family(kind, encoders):
+    from PIL import Image
+
+    enc = Encoder.load(str(encoders[kind]))
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)) for _ in range(2)]
+    tokens = enc.patch_tokens(images)
+    assert len(tokens.layers) == 4
+    text = enc.text_features(["the dog on the left", "a car"])
+    channel = spatial_map(enc, tokens, text, layer=3, normalise="channel")
+    patch = spatial_map(enc, tokens, text, layer=3, normalise="patch")
+    grid = (3, 5) if kind == "siglip2" else (4, 4)  # SigLIP2 keeps the aspect ratio
+    assert channel[0].shape == grid and patch[0].shape == grid
+    assert patch[0].abs().max() <= 1 + 1e-5 and not torch.allclose(channel[0], patch[0])
+    with pytest.raises(ValueError, match="layer 5 out of range"):
+        spatial_map(enc, tokens, text, layer=5)
+
+
+def _synthetic_refer(root: Path, n_images: int = 3):
+    """RefCOCOg-style REFER files, COCO images with two coloured boxes each, and PNG mask proposals."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "refer" / "refcocog").mkdir(parents=True)
+    images, anns, refs = [], [], []
+    rng = np.random.default_rng(0)
+    for k in range(n_images):
+        name = f"COCO_train2014_{k:012d}.jpg"
+        pixels = rng.integers(0, 60, (48, 64, 3), dtype=np.uint8)
+        pixels[8:24, 4:24] = (220, 30, 30)  # the target: a red box on the left
+        pixels[20:40, 36:60] = (30, 30, 220)
+        Image.fromarray(pixels).save(root / "images" / name)
+        images.append({"id": k, "file_name": name, "height": 48, "width": 64})
+        anns.append({"id": 100 + k, "image_id": k, "category_id": 1, "segmentation": [[4, 8, 24, 8, 24, 24, 4, 24]]})
+        sentence = {"sent_id": k, "sent": "the red box on the left", "raw": "The red box."}
+        refs.append({"ref_id": k, "ann_id": 100 + k, "image_id": k, "split": "val", "category_id": 1,
+                     "sentences": [sentence]})  # fmt: skip
+        masks = root / "masks" / Path(name).stem
+        masks.mkdir(parents=True)
+        for j, (ys, xs) in enumerate([(slice(8, 25), slice(4, 25)), (slice(20, 40), slice(36, 60)),
+                                      (slice(0, 48), slice(0, 64))]):  # fmt: skip
+            m = np.zeros((48, 64), dtype=np.uint8)
+            m[ys, xs] = 255
+            Image.fromarray(m).save(masks / f"{j}.png")
+    (root / "refer" / "refcocog" / "instances.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "box"}]})
+    )
+    with open(root / "refer" / "refcocog" / "refs(umd).p", "wb") as f:
+        pickle.dump(refs, f)
+    return root
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip", "siglip2"])
+def test_ris_evaluate_and_show_end_to_end(kind, tmp_path, encoders):
+    root = _synthetic_refer(tmp_path)
+    args = ["ris", "evaluate", "--model", str(encoders[kind]), "--refer", str(root / "refer"), "--dataset", "refcocog",
+            "--split", "val", "--images", str(root / "images"), "--proposals", f"disk:{root / 'masks'}",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "out" / "refcocog_val.json").read_text())
+    assert summary["n"] == 3 and 0 <= summary["mIoU"] <= 1 and {"oIoU", "Prec@0.5", "Prec@0.9"} <= set(summary)
+    rows = (tmp_path / "out" / "refcocog_val.jsonl").read_text().splitlines()
+    ious = [json.loads(r)["I"] / json.loads(r)["U"] for r in rows]
+    # every choice is one of the three proposals: IoU with the target (polygon 21 x 17 px) is 1, 0 or 357/3072
+    assert all(min(abs(i - x) for x in (1.0, 0.0, 357 / 3072)) < 1e-9 for i in ious)
+    assert main([*args, "--mode", "global"]) == 0  # same output folder: the rows are there, nothing rescored
+    assert len((tmp_path / "out" / "refcocog_val.jsonl").read_text().splitlines()) == 3
+    png = tmp_path / "show.png"
+    image = root / "images" / "COCO_train2014_000000000000.jpg"
+    show = ["ris", "show", "--model", str(encoders[kind]), "--image", str(image), "--text", "the red box on the left",
+            "--proposals", f"disk:{root / 'masks'}", "--out", str(png)]  # fmt: skip
+    assert main(show) == 0 and png.read_bytes()[:4] == b"\x89PNG"
+    assert main([*args[:-1], str(tmp_path / "o2"), "--proposals", "sam:nothing"]) == 2  # unknown proposer: clear error
+
+
+def test_mask2former_proposals_at_image_size(tmp_path, encoders):
+    from PIL import Image
+    from tiny_checkpoints import save_mask2former
+
+    from agci.ris.pipeline import load_proposer
+
+    proposer = load_proposer(f"mask2former:{save_mask2former(tmp_path / 'm2f')}")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    masks = proposer(image, "x.jpg")
+    assert masks.dtype == bool and masks.shape[1:] == (48, 64) and 1 <= len(masks) <= 5
+    assert masks.reshape(len(masks), -1).any(1).all()  # empty masks are dropped
+    root = _synthetic_refer(tmp_path / "data", n_images=1)
+    args = ["ris", "evaluate", "--model", str(encoders["clip"]), "--refer", str(root / "refer"), "--dataset",
+            "refcocog", "--split", "val", "--images", str(root / "images"), "--proposals",
+            f"mask2former:{tmp_path / 'm2f'}", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 0 and json.loads((tmp_path / "out" / "refcocog_val.json").read_text())["n"] == 1
