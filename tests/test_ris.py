@@ -181,3 +181,39 @@ def test_mask2former_proposals_at_image_size(tmp_path, encoders):
             "refcocog", "--split", "val", "--images", str(root / "images"), "--proposals",
             f"mask2former:{tmp_path / 'm2f'}", "--out", str(tmp_path / "out")]  # fmt: skip
     assert main(args) == 0 and json.loads((tmp_path / "out" / "refcocog_val.json").read_text())["n"] == 1
+
+
+def test_centroid_of_identical_languages_is_the_plain_feature(encoders):
+    from agci.ris.multilingual import agreement_by_layer, centroid_features
+
+    enc = Encoder.load(str(encoders["siglip"]))
+    same = {"en": ["the red box on the left"], "de": ["the red box on the left"]}
+    plain = enc.text_features(["the red box on the left"])
+    for layer in (1, 2):  # averaging equal states and running the rest of the encoder gives the same feature
+        feature, used = centroid_features(enc, same, layer)
+        assert used == layer
+        torch.testing.assert_close(feature, plain, rtol=1e-4, atol=1e-5)
+    scores = agreement_by_layer(enc, {"en": ["the red box"], "de": ["die rote kiste links"], "fr": ["la boite"]})
+    assert len(scores) == 2 and all(-1 <= s <= 1 for s in scores)
+    assert agreement_by_layer(enc, same) == pytest.approx([1.0, 1.0], abs=1e-5)
+    with pytest.raises(ValueError, match="SigLIP"):
+        centroid_features(Encoder.load(str(encoders["clip"])), same)
+
+
+def test_multilingual_evaluation_joins_translations_by_id(tmp_path, encoders):
+    root = _synthetic_refer(tmp_path / "data")
+    csv_path = tmp_path / "translations.csv"
+    # rows in another order than the expressions, so joining by text or position would fail
+    csv_path.write_text("sent_id,en,de\n2,the red box,die rote kiste\n0,the red box,die rote kiste\n"
+                        "1,the red box,die rote kiste links\n")  # fmt: skip
+    base = ["ris", "evaluate", "--model", str(encoders["siglip2"]), "--refer", str(root / "refer"), "--dataset",
+            "refcocog", "--split", "val", "--images", str(root / "images"), "--proposals",
+            f"disk:{root / 'masks'}", "--out", str(tmp_path / "out"),
+            "--translations", str(csv_path)]  # fmt: skip
+    for language in ("de", "centroid"):
+        assert main([*base, "--language", language]) == 0
+        summary = json.loads((tmp_path / "out" / f"refcocog_val_{language}.json").read_text())
+        assert summary["language"] == language and summary["n"] == 3
+    assert main([*base, "--language", "it"]) == 2  # not a column
+    csv_path.write_text("sent_id,de\n0,die kiste\n")
+    assert main([*base, "--language", "de"]) == 2  # sent_id 1 and 2 have no row

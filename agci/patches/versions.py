@@ -39,6 +39,11 @@ def embedding_of(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+def layer_output(output) -> torch.Tensor:
+    """Hidden states from calling one encoder layer: a tuple before 5.0, a tensor since."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 def returns_output_dataclass() -> bool:
     """5.x: ``get_image_features`` returns an output dataclass whose ``pooler_output`` holds the features;
     4.57 returns them directly (Qwen3-VL: a 2-tuple ``(per_image, deepstack)``)."""

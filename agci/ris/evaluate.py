@@ -36,7 +36,8 @@ def refer_expressions(root: Path, dataset: str, split: str, split_by: str | None
             continue
         image = images[ref["image_id"]]
         for sent in ref["sentences"]:
-            out.append({"id": f"{ref['ref_id']}_{sent['sent_id']}", "text": sent.get("sent") or sent["raw"],
+            out.append({"id": f"{ref['ref_id']}_{sent['sent_id']}", "sent_id": str(sent["sent_id"]),
+                        "text": sent.get("sent") or sent["raw"],
                         "image": image["file_name"], "height": image["height"], "width": image["width"],
                         "segmentation": anns[ref["ann_id"]]["segmentation"]})  # fmt: skip
     if not out:
@@ -63,18 +64,36 @@ def ground_truth(expr: dict) -> np.ndarray:
 
 def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Path, proposals: str, out: Path,
              mode: str = "full", layer: int | None = None, normalise: str = "channel", limit: int | None = None,
-             device: str = "cpu", split_by: str | None = None) -> dict:  # fmt: skip
-    """Score every expression of a split; ``out/<dataset>_<split>.jsonl`` is written as it goes (a rerun
-    skips what is there), then ``out/<dataset>_<split>.json`` with mIoU, oIoU and Prec@0.5:0.9."""
+             device: str = "cpu", split_by: str | None = None, translations: Path | None = None,
+             language: str | None = None) -> dict:  # fmt: skip
+    """Score every expression of a split; ``out/<dataset>_<split>[_<language>].jsonl`` is written as it
+    goes (a rerun skips what is there), then the ``.json`` summary with mIoU, oIoU and Prec@0.5:0.9.
+
+    With ``translations`` (a CSV joined on ``sent_id``), ``language`` picks the column to ground with;
+    ``language="centroid"`` grounds with the mixed-language centroid of all columns."""
     from PIL import Image
     from tqdm.auto import tqdm
 
     exprs = refer_expressions(refer_root, dataset, split, split_by)[:limit]
+    languages, texts = [], {}
+    if translations is not None:
+        from .multilingual import read_translations
+
+        languages, texts = read_translations(translations)
+        missing = [e["sent_id"] for e in exprs if e["sent_id"] not in texts]
+        if missing:
+            raise ValueError(f"{translations}: no row for sent_id {missing[:5]} ({len(missing)} missing)")
+        if language != "centroid" and language not in languages:
+            raise ValueError(f"language {language!r} is not a column of {translations}; columns: {languages} "
+                             "(or use centroid)")  # fmt: skip
+    elif language is not None:
+        raise ValueError("--language needs --translations (a CSV of translations joined on sent_id)")
     encoder = Encoder.load(model, device)
     proposer = load_proposer(proposals, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows_path = out / f"{dataset}_{split}.jsonl"
+    stem = f"{dataset}_{split}" + (f"_{language}" if language else "")
+    rows_path = out / f"{stem}.jsonl"
     done = {}
     if rows_path.exists():
         for line in rows_path.read_text().splitlines():
@@ -88,7 +107,16 @@ def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Pat
             if expr["id"] in done:
                 continue
             image = Image.open(Path(images) / expr["image"]).convert("RGB")
-            choice = choose(encoder, image, expr["text"], proposer(image, expr["image"]), mode, layer, normalise)
+            text, feature = expr["text"], None
+            if language == "centroid":
+                from .multilingual import centroid_features
+
+                feature = centroid_features(encoder, {lang: [texts[expr["sent_id"]][lang]] for lang in languages})[0]
+            elif language:
+                text = texts[expr["sent_id"]][language]
+                feature = encoder.text_features([text])
+            choice = choose(encoder, image, text, proposer(image, expr["image"]), mode, layer, normalise,
+                            feature=feature)  # fmt: skip
             truth = ground_truth(expr)
             row = {"id": expr["id"], "I": int((choice.mask & truth).sum()), "U": int((choice.mask | truth).sum()),
                    "candidates": len(choice.candidates)}  # fmt: skip
@@ -96,15 +124,16 @@ def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Pat
             f.flush()
             done[row["id"]] = row
     rows = [done[e["id"]] for e in exprs]
-    summary = {"dataset": dataset, "split": split, "mode": mode, "layer": layer, "normalise": normalise,
+    summary = {"dataset": dataset, "split": split, "language": language or "original", "mode": mode, "layer": layer,
+               "normalise": normalise,
                "model": str(model), **summarise([r["I"] for r in rows], [r["U"] for r in rows])}  # fmt: skip
-    (out / f"{dataset}_{split}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
     table = (
         "| dataset | split | mode | mIoU | oIoU | Prec@0.5 | Prec@0.7 | Prec@0.9 |\n|---|---|---|---|---|---|---|---|\n"
     )
     table += (f"| {dataset} | {split} | {mode} | {summary['mIoU']:.4f} | {summary['oIoU']:.4f} | "
               f"{summary['Prec@0.5']:.4f} | {summary['Prec@0.7']:.4f} | {summary['Prec@0.9']:.4f} |\n")  # fmt: skip
-    (out / f"{dataset}_{split}.md").write_text(table)
+    (out / f"{stem}.md").write_text(table)
     return summary
 
 

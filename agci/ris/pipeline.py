@@ -194,15 +194,17 @@ def rerank(scores: np.ndarray, candidates: list[int], secondary: np.ndarray, alp
 
 
 def choose(encoder: Encoder, image, text: str, masks: np.ndarray, mode: str = "full", layer: int | None = None,
-           normalise: str = "channel", k: int = 3, alpha: float = 0.7, v: float = 0.85) -> Choice:  # fmt: skip
+           normalise: str = "channel", k: int = 3, alpha: float = 0.7, v: float = 0.85,
+           feature: torch.Tensor | None = None) -> Choice:  # fmt: skip
     """One mask for ``text``. Candidates: the best global score plus, per map region, the mask that
     overlaps it most (``full``); the top 3 by global score only (``global``); the region matches only
     (``pmap``). They are re-ranked by alpha x scaled global score + (1 - alpha) x the spatial-relation
     score of the words (left, right, top, bottom, big, small...) or, without such words, the map's
-    mean inside the mask."""
+    mean inside the mask. ``feature`` (one normalised row) replaces the text feature, e.g. a
+    mixed-language centroid."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    feature = text_feature(encoder, [text])
+    feature = text_feature(encoder, [text]) if feature is None else feature.reshape(1, -1)
     grid_map = spatial_map(encoder, encoder.patch_tokens([image]), feature, layer or default_layer(encoder),
                            normalise)[0]  # fmt: skip
     regions = cluster(grid_map, k=k)
