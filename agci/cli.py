@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = ris_sub.add_parser("show", help="the map, regions and chosen mask for one image and expression")
     for cmd in (ev_, show):
         cmd.add_argument("--model", required=True, help="CLIP, SigLIP or SigLIP2 checkpoint folder or hub id")
-        proposals_help = "disk:FOLDER (COCO RLE json or PNG masks per image) or mask2former:CHECKPOINT"
+        proposals_help = "disk:FOLDER (COCO RLE json or PNG masks per image), mask2former:CKPT or sam:CKPT"
         cmd.add_argument("--proposals", required=True, help=proposals_help)
         cmd.add_argument("--mode", default="full", choices=["full", "global", "pmap"],
                          help="full; global: global score only; pmap: map regions only")  # fmt: skip

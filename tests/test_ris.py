@@ -162,7 +162,7 @@ def test_ris_evaluate_and_show_end_to_end(kind, tmp_path, encoders):
     show = ["ris", "show", "--model", str(encoders[kind]), "--image", str(image), "--text", "the red box on the left",
             "--proposals", f"disk:{root / 'masks'}", "--out", str(png)]  # fmt: skip
     assert main(show) == 0 and png.read_bytes()[:4] == b"\x89PNG"
-    assert main([*args[:-1], str(tmp_path / "o2"), "--proposals", "sam:nothing"]) == 2  # unknown proposer: clear error
+    assert main([*args[:-1], str(tmp_path / "o2"), "--proposals", "slic:x"]) == 2  # unknown proposer: clear error
 
 
 def test_mask2former_proposals_at_image_size(tmp_path, encoders):
@@ -217,3 +217,16 @@ def test_multilingual_evaluation_joins_translations_by_id(tmp_path, encoders):
     assert main([*base, "--language", "it"]) == 2  # not a column
     csv_path.write_text("sent_id,de\n0,die kiste\n")
     assert main([*base, "--language", "de"]) == 2  # sent_id 1 and 2 have no row
+
+
+def test_sam_proposals_at_image_size(tmp_path):
+    from PIL import Image
+    from tiny_checkpoints import save_sam
+
+    from agci.ris.pipeline import SamMasks, load_proposer
+
+    path = save_sam(tmp_path / "sam")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    masks = SamMasks(str(path), pred_iou_thresh=0.0, stability_score_thresh=0.0)(image, "x.jpg")  # random weights
+    assert masks.dtype == bool and masks.shape[1:] == (48, 64) and masks.reshape(len(masks), -1).any(1).all()
+    assert isinstance(load_proposer(f"sam:{path}"), SamMasks)

@@ -264,3 +264,23 @@ def save_mask2former(out: Path, seed: int = 0) -> Path:
     tf.Mask2FormerForUniversalSegmentation(config).eval().save_pretrained(out)
     tf.Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}, size_divisor=32).save_pretrained(out)
     return out
+
+
+def save_sam(out: Path, seed: int = 0) -> Path:
+    """A tiny random SAM (64 px, a 2-layer ViT of width 32) with its processor."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    vision = tf.SamVisionConfig(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=64, patch_size=16, mlp_dim=64, global_attn_indexes=[1], window_size=2,
+                                num_pos_feats=8)  # fmt: skip
+    prompt = tf.SamPromptEncoderConfig(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4)
+    decoder = tf.SamMaskDecoderConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_dim=32,
+                                      iou_head_hidden_dim=16)  # fmt: skip
+    out = Path(out)
+    tf.SamModel(tf.SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)).eval(
+    ).save_pretrained(out)  # fmt: skip
+    image_processor = tf.SamImageProcessor(size={"longest_edge": 64}, pad_size={"height": 64, "width": 64})
+    tf.SamProcessor(image_processor=image_processor).save_pretrained(out)
+    return out

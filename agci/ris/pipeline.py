@@ -109,15 +109,37 @@ class Mask2FormerMasks:
         return masks
 
 
+class SamMasks:
+    """SAM's automatic masks (transformers' mask-generation pipeline), as the multilingual variant uses."""
+
+    def __init__(self, path: str, device: str = "cpu", points_per_batch: int = 64, pred_iou_thresh: float = 0.88,
+                 stability_score_thresh: float = 0.95):  # fmt: skip
+        from transformers import pipeline
+
+        self.pipe = pipeline("mask-generation", model=path, device=device)
+        self.options = {"points_per_batch": points_per_batch, "pred_iou_thresh": pred_iou_thresh,
+                        "stability_score_thresh": stability_score_thresh}  # fmt: skip
+
+    def __call__(self, image, name: str) -> np.ndarray:
+        masks = [np.asarray(m, dtype=bool) for m in self.pipe(image, **self.options)["masks"]]
+        masks = [m for m in masks if m.shape == (image.height, image.width) and m.any()]
+        if not masks:
+            raise ValueError(f"{name}: SAM proposed no mask above its quality thresholds")
+        return np.stack(masks)
+
+
 def load_proposer(spec: str, device: str = "cpu"):
-    """``disk:FOLDER`` (masks you bring) or ``mask2former:CHECKPOINT``."""
+    """``disk:FOLDER`` (masks you bring), ``mask2former:CHECKPOINT`` or ``sam:CHECKPOINT``."""
     kind, _, arg = spec.partition(":")
     if kind == "disk" and arg:
         return DiskMasks(Path(arg))
     if kind == "mask2former" and arg:
         return Mask2FormerMasks(arg, device=device)
+    if kind == "sam" and arg:
+        return SamMasks(arg, device=device)
     raise ValueError(
-        f"unknown proposals {spec!r}; use disk:FOLDER (COCO RLE json or PNG masks per image) or mask2former:CHECKPOINT"
+        f"unknown proposals {spec!r}; use disk:FOLDER (COCO RLE json or PNG masks per image), "
+        "mask2former:CHECKPOINT or sam:CHECKPOINT"
     )
 
 
