@@ -266,7 +266,7 @@ def _cmd_ris(args) -> int:
             s = ris.evaluate(args.model, Path(args.refer), args.dataset, args.split, Path(args.images),
                              args.proposals, Path(args.out), args.mode, args.layer, args.normalise, args.limit,
                              args.device, args.split_by, Path(args.translations) if args.translations else None,
-                             args.language)  # fmt: skip
+                             args.language, args.v)  # fmt: skip
             print(f"{args.dataset} {args.split} ({s['n']} expressions, {args.mode}): mIoU {s['mIoU']:.4f}, "
                   f"oIoU {s['oIoU']:.4f}, Prec@0.5 {s['Prec@0.5']:.4f}")  # fmt: skip
         else:
@@ -442,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev_.add_argument("--split-by", help="unc, umd or google (default: unc; umd for refcocog)")
     ev_.add_argument("--images", required=True, help="COCO train2014 images folder")
     ev_.add_argument("--limit", type=int)
+    ev_.add_argument("--v", type=float, help="crop vs whole-image weight of the global score (0.95 RefCOCO/+, 0.85 g)")
     ev_.add_argument("--translations", help="CSV: sent_id and one column per language")
     ev_.add_argument("--language", help="a column of --translations to ground with, or centroid (all of them)")
     ev_.add_argument("--out", required=True)

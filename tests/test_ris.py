@@ -151,6 +151,7 @@ def test_ris_evaluate_and_show_end_to_end(kind, tmp_path, encoders):
     assert main(args) == 0
     summary = json.loads((tmp_path / "out" / "refcocog_val.json").read_text())
     assert summary["n"] == 3 and 0 <= summary["mIoU"] <= 1 and {"oIoU", "Prec@0.5", "Prec@0.9"} <= set(summary)
+    assert summary["v"] == 0.85  # RefCOCOg's weight by default
     rows = (tmp_path / "out" / "refcocog_val.jsonl").read_text().splitlines()
     ious = [json.loads(r)["I"] / json.loads(r)["U"] for r in rows]
     # every choice is one of the three proposals: IoU with the target (polygon 21 x 17 px) is 1, 0 or 357/3072

@@ -65,12 +65,15 @@ def ground_truth(expr: dict) -> np.ndarray:
 def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Path, proposals: str, out: Path,
              mode: str = "full", layer: int | None = None, normalise: str = "channel", limit: int | None = None,
              device: str = "cpu", split_by: str | None = None, translations: Path | None = None,
-             language: str | None = None) -> dict:  # fmt: skip
+             language: str | None = None, v: float | None = None) -> dict:  # fmt: skip
     """Score every expression of a split; ``out/<dataset>_<split>[_<language>].jsonl`` is written as it
     goes (a rerun skips what is there), then the ``.json`` summary with mIoU, oIoU and Prec@0.5:0.9.
 
     With ``translations`` (a CSV joined on ``sent_id``), ``language`` picks the column to ground with;
-    ``language="centroid"`` grounds with the mixed-language centroid of all columns."""
+    ``language="centroid"`` grounds with the mixed-language centroid of all columns. ``v`` weighs the
+    masked crop against the masked image in the global score (default as the reference: 0.95 for
+    RefCOCO and RefCOCO+, 0.85 for RefCOCOg)."""
+    v = v if v is not None else (0.85 if dataset == "refcocog" else 0.95)
     from PIL import Image
     from tqdm.auto import tqdm
 
@@ -115,7 +118,7 @@ def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Pat
             elif language:
                 text = texts[expr["sent_id"]][language]
                 feature = encoder.text_features([text])
-            choice = choose(encoder, image, text, proposer(image, expr["image"]), mode, layer, normalise,
+            choice = choose(encoder, image, text, proposer(image, expr["image"]), mode, layer, normalise, v=v,
                             feature=feature)  # fmt: skip
             truth = ground_truth(expr)
             row = {"id": expr["id"], "I": int((choice.mask & truth).sum()), "U": int((choice.mask | truth).sum()),
@@ -125,7 +128,7 @@ def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Pat
             done[row["id"]] = row
     rows = [done[e["id"]] for e in exprs]
     summary = {"dataset": dataset, "split": split, "language": language or "original", "mode": mode, "layer": layer,
-               "normalise": normalise,
+               "normalise": normalise, "v": v,
                "model": str(model), **summarise([r["I"] for r in rows], [r["U"] for r in rows])}  # fmt: skip
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
     table = (
