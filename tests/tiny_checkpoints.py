@@ -51,39 +51,6 @@ def _tokenizer(specials: dict[str, int], vocab_size: int, named: dict[str, str] 
     return tok
 
 
-def save_qwen2_5_vl(out: Path, lam: float | None = None, seed: int = 0) -> Path:
-    import torch
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
-
-    d = CONFIGS["qwen2_5_vl"]
-    specials = {"<|image_pad|>": 120, "<|video_pad|>": 121, "<|vision_start|>": 122, "<|vision_end|>": 123,
-                "<|im_start|>": 124, "<|im_end|>": 125}  # fmt: skip
-    tok = _tokenizer(specials, d["text_config"]["vocab_size"])
-    pixels = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 9}
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tok,
-        video_processor=Qwen2VLVideoProcessor(**pixels), chat_template=QWEN_TEMPLATE,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    config = Qwen2_5_VLConfig(**d)
-    config.text_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
-    if lam is not None:
-        config.global_context_broadcast_lambda = lam
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = 0
-    out = Path(out)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
-
-
 def _template(image: str) -> str:
     """A plain chat template whose image part renders as ``image``."""
     return (
@@ -111,8 +78,6 @@ def save_tiny(model_type: str, out: Path, lam: float | None = None, seed: int = 
     import torch
     import transformers as tf
 
-    if model_type == "qwen2_5_vl":
-        return save_qwen2_5_vl(out, lam, seed)
     d = CONFIGS[model_type]
     torch.manual_seed(seed)
     if model_type in ("llava", "llava_next"):
@@ -131,18 +96,26 @@ def save_tiny(model_type: str, out: Path, lam: float | None = None, seed: int = 
             num_additional_image_tokens=1, chat_template=_template("<image>\n"),
         )  # fmt: skip
         return _finish(model_cls(config_cls(**d)), processor, out, lam, 2)
-    if model_type == "qwen3_vl":
+    if model_type in ("qwen2_5_vl", "qwen3_vl"):
         specials = {"<|image_pad|>": 120, "<|video_pad|>": 121, "<|vision_start|>": 122, "<|vision_end|>": 123,
                     "<|im_start|>": 124, "<|im_end|>": 125}  # fmt: skip
         tok = _tokenizer(specials, d["text_config"]["vocab_size"])
-        pixels = {"patch_size": 16, "min_pixels": 32 * 32 * 4, "max_pixels": 32 * 32 * 9}
-        processor = tf.Qwen3VLProcessor(
-            image_processor=tf.Qwen2VLImageProcessor(**pixels), tokenizer=tok,
-            video_processor=tf.Qwen3VLVideoProcessor(**pixels), chat_template=QWEN_TEMPLATE,
+        if model_type == "qwen2_5_vl":  # 14 px patches
+            pixels = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 9}
+            classes = (tf.Qwen2_5_VLProcessor, tf.Qwen2VLVideoProcessor, tf.Qwen2_5_VLConfig,
+                       tf.Qwen2_5_VLForConditionalGeneration)  # fmt: skip
+        else:  # 16 px patches
+            pixels = {"patch_size": 16, "min_pixels": 32 * 32 * 4, "max_pixels": 32 * 32 * 9}
+            classes = (tf.Qwen3VLProcessor, tf.Qwen3VLVideoProcessor, tf.Qwen3VLConfig,
+                       tf.Qwen3VLForConditionalGeneration)  # fmt: skip
+        processor_cls, video_cls, config_cls, model_cls = classes
+        processor = processor_cls(
+            image_processor=tf.Qwen2VLImageProcessor(**pixels), tokenizer=tok, video_processor=video_cls(**pixels),
+            chat_template=QWEN_TEMPLATE,
         )  # fmt: skip
-        config = tf.Qwen3VLConfig(**d)
+        config = config_cls(**d)
         config.text_config.eos_token_id = 125
-        return _finish(tf.Qwen3VLForConditionalGeneration(config), processor, out, lam, 125)
+        return _finish(model_cls(config), processor, out, lam, 125)
     if model_type == "internvl":
         specials = {"<IMG_CONTEXT>": 120, "<img>": 121, "</img>": 122, "<image>": 123, "<video>": 124}
         named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",

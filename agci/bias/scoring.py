@@ -102,11 +102,19 @@ def chat_messages(prompt: str, answer: str | None = None) -> list[dict]:
 def encode(vlm: LoadedVLM, images: list, prompts: list[str]) -> dict:
     """Chat-templated, left-padded inputs for one question per image, ready for the model's device."""
     texts = [vlm.processor.apply_chat_template(chat_messages(p), add_generation_prompt=True) for p in prompts]
-    batch = dict(vlm.processor(images=images, text=texts, return_tensors="pt", padding=True))
-    if "token_type_ids" in batch and "token_type_ids" not in inspect.signature(vlm.model.forward).parameters:
-        batch.pop("token_type_ids")  # some tokenizers return them for models that refuse them in generate
-    dtype = next(vlm.model.parameters()).dtype
-    return {k: (v.to(vlm.device, dtype) if v.is_floating_point() else v.to(vlm.device)) for k, v in batch.items()}
+    return model_inputs(vlm.model, vlm.processor(images=images, text=texts, return_tensors="pt", padding=True))
+
+
+def model_inputs(model: torch.nn.Module, batch) -> dict:
+    """A processor's output ready for ``model``: on its device, floats in its dtype, and without the
+    ``token_type_ids`` that some tokenizers return for models whose forward (and generate) refuses them."""
+    batch = dict(batch)
+    if "token_type_ids" in batch and "token_type_ids" not in inspect.signature(model.forward).parameters:
+        batch.pop("token_type_ids")
+    param = next(model.parameters())
+    return {
+        k: v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device) for k, v in batch.items()
+    }
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
-from .plugin import MODEL_NAMES
+from .plugin import MODEL_NAMES, model_name_for
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,9 @@ class AGCIModel(lmms):
         check_model_type(config.model_type, where=f"{pretrained}: ")
         accepted = MODEL_NAMES[self.model_name]
         if config.model_type not in accepted:
-            serving = next(name for name, types in MODEL_NAMES.items() if config.model_type in types)
             raise ValueError(
                 f"{pretrained} is a {config.model_type} checkpoint; --model {self.model_name} serves "
-                f"{', '.join(accepted)}: use --model {serving}"
+                f"{', '.join(accepted)}: use --model {model_name_for(config.model_type)}"
             )
         lam = None if global_context_broadcast_lambda in (None, "", "None") else float(global_context_broadcast_lambda)
         if lam is not None:
@@ -163,14 +162,9 @@ class AGCIModel(lmms):
         kwargs = {"text": prompts, "return_tensors": "pt", "padding": True}
         if any(images):
             kwargs["images"] = images
-        batch = dict(self.processor(**kwargs))
-        if "token_type_ids" in batch:
-            import inspect
+        from ..bias.scoring import model_inputs
 
-            if "token_type_ids" not in inspect.signature(self._model.forward).parameters:
-                batch.pop("token_type_ids")
-        dtype = next(self._model.parameters()).dtype
-        return {k: v.to(self.device, dtype) if v.is_floating_point() else v.to(self.device) for k, v in batch.items()}
+        return model_inputs(self._model, self.processor(**kwargs))
 
     def _visuals(self, doc_to_visual, task: str, split: str, doc_id: int) -> list:
         visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []

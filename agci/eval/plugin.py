@@ -22,6 +22,11 @@ _CLASSES = {
 }
 
 
+def model_name_for(model_type: str) -> str | None:
+    """The agci lmms-eval model name that serves ``model_type`` (None when none does)."""
+    return next((name for name, types in MODEL_NAMES.items() if model_type in types), None)
+
+
 def manifests():
     from lmms_eval.models.registry_v2 import ModelManifest
 

@@ -130,12 +130,12 @@ def model_name_for(pretrained: str) -> str:
     """The agci lmms-eval model name for a checkpoint, from its config.json."""
     from transformers import AutoConfig
 
+    from ..patches.core import check_model_type
+    from .plugin import model_name_for as name_for_type
+
     model_type = AutoConfig.from_pretrained(pretrained).model_type
-    for name, types in MODEL_NAMES.items():
-        if model_type in types:
-            return name
-    supported = sorted(t for types in MODEL_NAMES.values() for t in types)
-    raise ValueError(f"{pretrained}: model type {model_type!r} is not supported; supported: {', '.join(supported)}")
+    check_model_type(model_type, where=f"{pretrained}: ")
+    return name_for_type(model_type)
 
 
 def lambda_label(lam: float) -> str:

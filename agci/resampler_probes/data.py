@@ -7,7 +7,6 @@ REFER layout: ``refs(umd).p`` (a pickled list of refs with ``image_id``, ``ann_i
 from __future__ import annotations
 
 import json
-import pickle
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,23 +40,14 @@ class RefExample:
 
 def load_refcocog(refs_path: Path, instances_path: Path, splits=("train", "val", "test")) -> list[RefExample]:
     """One example per referring sentence of the requested splits."""
-    with open(refs_path, "rb") as f:
-        refs = pickle.load(f)
-    coco = json.loads(Path(instances_path).read_text())
-    images = {im["id"]: im for im in coco["images"]}
-    anns = {a["id"]: a for a in coco["annotations"]}
-    cats = {c["id"]: c for c in coco["categories"]}
+    from ..refer import read_refer
+
     out = []
-    for ref in refs:
-        if ref["split"] not in splits:
-            continue
-        ann, image = anns[ref["ann_id"]], images[ref["image_id"]]
-        box = xywh_to_cxcywh(ann["bbox"], image["width"], image["height"])
-        cat = cats[ann["category_id"]]
-        for sent in ref["sentences"]:
-            text = sent.get("raw") or sent["sent"]
-            out.append(RefExample(f"{ref['ref_id']}_{sent['sent_id']}", image["file_name"], text.strip(), box,
-                                  cat["name"], cat.get("supercategory", ""), ref["split"]))  # fmt: skip
+    for r in read_refer(refs_path, instances_path, splits):
+        box = xywh_to_cxcywh(r.annotation["bbox"], r.image["width"], r.image["height"])
+        text = (r.sentence.get("raw") or r.sentence["sent"]).strip()
+        out.append(RefExample(r.id, r.image["file_name"], text, box, r.category["name"],
+                              r.category.get("supercategory", ""), r.ref["split"]))  # fmt: skip
     if not out:
         raise ValueError(f"{refs_path}: no referring expressions in splits {splits}")
     return out

@@ -48,10 +48,24 @@ class ResamplerAdapter:
     def resampler_parameters(self) -> list[torch.nn.Parameter]:
         raise NotImplementedError
 
-    def _image_embeds(self, images) -> torch.Tensor:
+    def _image_and_queries(self, images) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Frozen vision-encoder output, its attention mask, and the learned queries expanded to the batch."""
         pixels = self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
         with torch.no_grad():  # the vision encoder stays frozen in every setting of the study
-            return self.model.vision_model(pixel_values=pixels.to(self.device, self.model.dtype))[0]
+            image_embeds = self.model.vision_model(pixel_values=pixels.to(self.device, self.model.dtype))[0]
+        image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)
+        return image_embeds, image_mask, self.model.query_tokens.expand(image_embeds.shape[0], -1, -1)
+
+    def _text(self, tokenizer, texts, queries) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids of ``texts`` and the attention mask over queries followed by those tokens."""
+        tok = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True)
+        ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+        ones = torch.ones(queries.shape[:-1], dtype=mask.dtype, device=self.device)
+        return ids, torch.cat([ones, mask], 1)
+
+    @staticmethod
+    def _query_layers(out, n_queries: int) -> torch.Tensor:
+        return torch.stack([h[:, :n_queries] for h in out.hidden_states[1:]], 1)
 
 
 @register_adapter("blip-2")
@@ -62,22 +76,16 @@ class Blip2QFormer(ResamplerAdapter):
 
     def encode(self, images, texts=None) -> torch.Tensor:
         m = self.model
-        image_embeds = self._image_embeds(images)
-        image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)
-        queries = m.query_tokens.expand(image_embeds.shape[0], -1, -1)
-        n_q = queries.shape[1]
+        image_embeds, image_mask, queries = self._image_and_queries(images)
         if texts is None:
             out = m.qformer(query_embeds=queries, encoder_hidden_states=image_embeds,
                             encoder_attention_mask=image_mask, output_hidden_states=True)  # fmt: skip
         else:
-            tok = self.processor.tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True)
-            ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
-            embeds = m.embeddings(input_ids=ids, query_embeds=queries)
-            mask = torch.cat([torch.ones(queries.shape[:-1], dtype=mask.dtype, device=self.device), mask], 1)
-            out = m.qformer(query_embeds=embeds, query_length=n_q, attention_mask=mask,
-                            encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask,
-                            output_hidden_states=True)  # fmt: skip
-        return torch.stack([h[:, :n_q] for h in out.hidden_states[1:]], 1)
+            ids, mask = self._text(self.processor.tokenizer, texts, queries)
+            out = m.qformer(query_embeds=m.embeddings(input_ids=ids, query_embeds=queries),
+                            query_length=queries.shape[1], attention_mask=mask, encoder_hidden_states=image_embeds,
+                            encoder_attention_mask=image_mask, output_hidden_states=True)  # fmt: skip
+        return self._query_layers(out, queries.shape[1])
 
     def resampler_parameters(self):
         return [self.model.query_tokens, *self.model.qformer.parameters(), *self.model.embeddings.parameters()]
@@ -90,18 +98,12 @@ class InstructBlipQFormer(ResamplerAdapter):
     model_type = "instructblip"
 
     def encode(self, images, texts=None) -> torch.Tensor:
-        m = self.model
-        image_embeds = self._image_embeds(images)
-        image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=self.device)
-        queries = m.query_tokens.expand(image_embeds.shape[0], -1, -1)
-        n_q = queries.shape[1]
-        tok = self.processor.qformer_tokenizer(list(texts) if texts else [""] * len(images), return_tensors="pt",
-                                               padding=True, truncation=True)  # fmt: skip
-        ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
-        mask = torch.cat([torch.ones(queries.shape[:-1], dtype=mask.dtype, device=self.device), mask], 1)
-        out = m.qformer(input_ids=ids, attention_mask=mask, query_embeds=queries, encoder_hidden_states=image_embeds,
-                        encoder_attention_mask=image_mask, output_hidden_states=True)  # fmt: skip
-        return torch.stack([h[:, :n_q] for h in out.hidden_states[1:]], 1)
+        image_embeds, image_mask, queries = self._image_and_queries(images)
+        ids, mask = self._text(self.processor.qformer_tokenizer, texts or [""] * len(images), queries)
+        out = self.model.qformer(input_ids=ids, attention_mask=mask, query_embeds=queries,
+                                 encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask,
+                                 output_hidden_states=True)  # fmt: skip
+        return self._query_layers(out, queries.shape[1])
 
     def resampler_parameters(self):
         return [self.model.query_tokens, *self.model.qformer.parameters()]

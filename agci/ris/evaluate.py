@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +24,14 @@ def refer_expressions(root: Path, dataset: str, split: str, split_by: str | None
             raise FileNotFoundError(
                 f"{p} not found (REFER layout: ROOT/{dataset}/refs({split_by}).p and instances.json)"
             )
-    with open(refs_path, "rb") as f:
-        refs = pickle.load(f)
-    coco = json.loads(inst_path.read_text())
-    images = {im["id"]: im for im in coco["images"]}
-    anns = {a["id"]: a for a in coco["annotations"]}
-    out = []
-    for ref in refs:
-        if ref["split"] != split:
-            continue
-        image = images[ref["image_id"]]
-        for sent in ref["sentences"]:
-            out.append({"id": f"{ref['ref_id']}_{sent['sent_id']}", "sent_id": str(sent["sent_id"]),
-                        "text": sent.get("sent") or sent["raw"],
-                        "image": image["file_name"], "height": image["height"], "width": image["width"],
-                        "segmentation": anns[ref["ann_id"]]["segmentation"]})  # fmt: skip
+    from ..refer import read_refer
+
+    out = [
+        {"id": r.id, "sent_id": str(r.sentence["sent_id"]), "text": r.sentence.get("sent") or r.sentence["raw"],
+         "image": r.image["file_name"], "height": r.image["height"], "width": r.image["width"],
+         "segmentation": r.annotation["segmentation"]}
+        for r in read_refer(refs_path, inst_path, (split,))
+    ]  # fmt: skip
     if not out:
         raise ValueError(f"{refs_path}: no expressions in split {split!r}")
     return out
