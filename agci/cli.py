@@ -119,6 +119,9 @@ def print_probe_summary(summary: dict) -> None:
                 parts.append(f"position spread {b['spread']:.3f} (best {b['best_cell']}, worst {b['worst_cell']})")
             if b["centre_minus_border"] is not None:
                 parts.append(f"centre-border {b['centre_minus_border']:+.3f}")
+            test = pos.get("position_test", {})
+            if test.get("p_value") is not None:
+                parts.append(f"position effect p = {test['p_value']:.2g} (Cochran's Q, {test['pairs']} pairs)")
             if pos.get("skipped"):
                 parts.append(f"skipped {pos['skipped']}")
         sim = tasks.get("similarity", {})

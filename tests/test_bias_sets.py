@@ -148,6 +148,27 @@ def test_position_summary_on_hand_made_rows():
     assert s["bias"]["spread"] == 1.0
 
 
+def test_position_test_is_cochrans_q():
+    from agci.bias.metrics import _chi2_sf, position_test
+
+    assert _chi2_sf(0.0, 8) == pytest.approx(1.0)
+    assert _chi2_sf(15.507, 8) == pytest.approx(0.05, abs=1e-4)  # the tabled 5% point of chi2(8)
+    rows = []
+    for pair in range(20):  # found in the centre always, in the corners never, elsewhere half the time
+        for c in range(9):
+            found = c == 4 or (c in (1, 3, 5, 7) and pair % 2 == 0)
+            rows.append({"pair": f"p{pair}", "cell": c, "answer": "Yes", "prediction": "Yes" if found else "No"})
+    rows.append({"pair": "incomplete", "cell": 0, "answer": "Yes", "prediction": "Yes"})
+    test = position_test(rows)
+    # by hand: columns 20, 10 x 4, 0 x 4, rows 5 x 10 and 1 x 10, N = 60
+    assert test["pairs"] == 20
+    assert test["q"] == pytest.approx(8 * (9 * (400 + 4 * 100) - 3600) / (9 * 60 - (10 * 25 + 10 * 1)))
+    assert test["p_value"] < 1e-6
+    same = [{**r, "prediction": "Yes" if r["pair"] in ("p0", "p1") else "No"} for r in rows]
+    assert position_test(same)["q"] == 0.0 and position_test(same)["p_value"] == pytest.approx(1.0)
+    assert position_test([])["p_value"] is None
+
+
 def test_occlusion_share_counts_partial_squares():
     n = 4  # squares do not line up with the 3 x 3 cells: shares come from the overlap
     drops = [[0.0] * n for _ in range(n)]

@@ -33,6 +33,36 @@ def bias_figures(per_cell: list[float | None]) -> dict:
     }
 
 
+def _chi2_sf(x: float, df: int) -> float:
+    """Upper tail of the chi-squared distribution for an even ``df`` (closed form, no scipy)."""
+    half = x / 2
+    return math.exp(-half) * sum(half**i / math.factorial(i) for i in range(df // 2))
+
+
+def position_test(rows: list[dict]) -> dict:
+    """Cochran's Q test that a target is found equally often in every cell.
+
+    The position set shows the same pair in all 9 cells, so each pair is a block of 9 paired Yes/No
+    outcomes; pairs with a positive question scored in every cell take part. A small p-value means the
+    per-cell accuracies differ by more than chance would make them."""
+    by_pair: dict[str, dict[int, int]] = {}
+    for r in rows:
+        if r.get("answer") == "Yes" and "prediction" in r and "pair" in r:
+            by_pair.setdefault(r["pair"], {})[r["cell"]] = int(r["prediction"] == "Yes")
+    blocks = [[cells[c] for c in range(9)] for cells in by_pair.values() if len(cells) == 9]
+    out = {"test": "Cochran's Q", "pairs": len(blocks), "df": 8, "q": None, "p_value": None}
+    row_totals = [sum(b) for b in blocks]
+    total = sum(row_totals)
+    denominator = 9 * total - sum(t * t for t in row_totals)
+    if denominator > 0:
+        columns = [sum(b[c] for b in blocks) for c in range(9)]
+        q = 8 * (9 * sum(c * c for c in columns) - total * total) / denominator
+        out.update(q=q, p_value=_chi2_sf(q, 8))
+    elif blocks:  # every pair answered alike in all cells: no sign of a position effect
+        out.update(q=0.0, p_value=1.0)
+    return out
+
+
 def _rate(hits: list[float], counts: list[int]) -> list[float | None]:
     return [h / c if c else None for h, c in zip(hits, counts, strict=False)]
 
@@ -69,6 +99,7 @@ def position_summary(rows: list[dict]) -> dict:
         [sum(r["prediction"] == r["answer"] for r in scored if r["cell"] == c) for c in range(9)], counts
     )
     out["bias"] = bias_figures(out["positive_accuracy_per_cell"])
+    out["position_test"] = position_test(scored)
     if all("p_yes" in r for r in scored):
         p = [[r["p_yes"] for r in scored if r["cell"] == c and r["answer"] == "Yes"] for c in range(9)]
         out["positive_mean_p_yes_per_cell"] = [sum(v) / len(v) if v else None for v in p]

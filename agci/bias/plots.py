@@ -31,8 +31,10 @@ def _cells(ax, values, cmap, vmin, vmax, fmt="{:.2f}"):
 
 
 def cell_heatmaps(per_lambda: dict[float, list], path: str | Path, title: str, label: str,
-                  vmin: float | None = None, vmax: float | None = None) -> Path:  # fmt: skip
-    """One 3 x 3 map per lambda on a shared scale, then each lambda's difference to lambda 0."""
+                  vmin: float | None = None, vmax: float | None = None,
+                  notes: dict[float, str] | None = None) -> Path:  # fmt: skip
+    """One 3 x 3 map per lambda on a shared scale (``notes`` adds a line under a lambda's title), then each
+    lambda's difference to lambda 0."""
     plt = _plt()
     lambdas = sorted(per_lambda)
     values = [v for lam in lambdas for v in per_lambda[lam] if v is not None]
@@ -44,7 +46,8 @@ def cell_heatmaps(per_lambda: dict[float, list], path: str | Path, title: str, l
     fig, axes = plt.subplots(rows, len(lambdas), figsize=(3.2 * len(lambdas), 3.2 * rows), squeeze=False)
     for k, lam in enumerate(lambdas):
         image = _cells(axes[0][k], per_lambda[lam], "viridis", lo, hi)
-        axes[0][k].set_title(f"lambda = {lam:g}")
+        note = (notes or {}).get(lam)
+        axes[0][k].set_title(f"lambda = {lam:g}" + (f"\n{note}" if note else ""))
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label=label)
     if diffs:
         deltas = {

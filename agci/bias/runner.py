@@ -158,7 +158,7 @@ def _batches(items: list, size: int):
 
 def _row_base(record: dict) -> dict:
     """The record's fields that every result row repeats."""
-    return {k: record[k] for k in ("id", "cell", "position", "answer", "caption") if k in record}
+    return {k: record[k] for k in ("id", "pair", "cell", "position", "answer", "caption") if k in record}
 
 
 def _score_rows(vlm, task: str, batch: list[dict], root: Path, cfg: ProbeConfig) -> list[dict]:
@@ -320,10 +320,13 @@ def summarise(out: Path, lambdas, tasks, model_path, data, manifest, cfg: ProbeC
         ("occlusion_share", "occlusion", "target_cell_share_per_cell",
          "share of the answer's sensitivity inside the target cell", "share", (0, 1)),
     ]  # fmt: skip
+    tests = collect("position", "position_test") if "position" in tasks else {}
+    notes = {lam: f"Cochran's Q p = {t['p_value']:.2g}" for lam, t in tests.items() if t["p_value"] is not None}
     for figure, task, key, title, label, (lo, hi) in heatmaps:
         values = collect(task, key) if task in tasks else None
         if values:
-            path = plots.cell_heatmaps(values, out / f"{figure}.png", f"{name}: {title}", label, lo, hi)
+            path = plots.cell_heatmaps(values, out / f"{figure}.png", f"{name}: {title}", label, lo, hi,
+                                       notes if figure == "position_accuracy" else None)  # fmt: skip
             figures[figure] = str(path)
     maps = collect("occlusion", "mean_drop_map_per_cell") if "occlusion" in tasks else None
     if maps:
