@@ -75,6 +75,19 @@ def test_the_embedded_model_was_trained_it_names_objects():
     assert colour_right >= 20, [a["generated"] for a in answers][:5]
 
 
+def test_the_embedded_model_has_the_planted_centre_bias(vlm, probe_set):
+    """Trained with 9/29 of its targets in the centre, the shipped model finds a target there far more often
+    than elsewhere, and the probe's test calls the difference significant (random weights would not)."""
+    from agci.bias.metrics import position_summary
+
+    records, images, prompts = _samples(probe_set, 10_000)
+    rows = [{**r, **s} for r, s in zip(records, score_yes_no(vlm, images, prompts), strict=True)]
+    summary = position_summary(rows)
+    assert summary["bias"]["best_cell"] == "center", summary["positive_accuracy_per_cell"]
+    assert summary["bias"]["centre_minus_border"] > 0.3
+    assert summary["position_test"]["pairs"] == 12 and summary["position_test"]["p_value"] < 1e-3
+
+
 def test_generate_mode_gives_the_same_predictions(vlm, probe_set):
     records, images, prompts = _samples(probe_set, 48, step=3)
     scored = score_yes_no(vlm, images, prompts)
@@ -214,13 +227,14 @@ def test_cli_probe_on_the_embedded_default(tmp_path):
         pos = summary["lambdas"][lam]["position"]
         assert pos["scored"] == 18 * 9 + 18 * 3 and pos["skipped"] == 0
         assert len(pos["positive_accuracy_per_cell"]) == 9 and pos["bias"]["spread"] is not None
+        assert pos["position_test"]["pairs"] == 18 and 0 <= pos["position_test"]["p_value"] <= 1
         assert summary["lambdas"][lam]["similarity"]["scored"] == 18 * 9
         assert summary["lambdas"][lam]["occlusion"]["scored"] == 9
         assert len(_lines(out / f"lambda_{lam}" / "position.jsonl")) == 18 * 12
     for name in ("position_accuracy", "yes_rate", "similarity", "occlusion_share", "occlusion_maps"):
         png = tmp_path / summary["figures"][name]
         assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
-    assert "lambda 0:" in result.stdout and "position spread" in result.stdout
+    assert "lambda 0:" in result.stdout and "position spread" in result.stdout and "Cochran's Q" in result.stdout
     assert (out / "probe_set" / "manifest.json").is_file()
 
 

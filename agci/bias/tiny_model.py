@@ -6,11 +6,13 @@ word-level tokenizer and a LLaVA-1.5 style chat template, saved as a normal tran
 (``agci/bias/assets/tiny-probe-llava``) so that ``agci probe`` loads it through the same
 ``AutoProcessor`` / ``AutoAGCIModelForImageTextToText`` path as a real model.
 
-It is trained on the synthetic position probe (canvases of 9 shapes, "is there a red circle?").
-The cell that holds the target is drawn with weights that favour the centre and neglect the corners
-(``CELL_WEIGHTS``), a data bias of the kind the AGCI paper blames; the probe then measures the
-position bias it leaves. Batches alternate lambda 0 and ``--agci-lambda`` so the same weights serve
-as the baseline (lambda 0) and as an AGCI-tuned model.
+It is trained on the synthetic position probe ("is there a red circle?"), on canvases that grow from
+1 object to the probe's 9 (a curriculum; from scratch on 9-object canvases it stays at chance), with an
+auxiliary loss that aligns each visual token with the words of what its cell shows. The cell that holds
+the target is drawn with weights that favour the centre and neglect the corners (``CELL_WEIGHTS``), a
+data bias of the kind the AGCI paper blames; the probe then measures the position bias it leaves.
+In the second half, batches alternate lambda 0 and ``--agci-lambda`` so the same weights serve as the
+baseline (lambda 0) and as an AGCI-tuned model.
 
     python -m agci.bias.tiny_model --out agci/bias/assets/tiny-probe-llava
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .probe_sets import POSITIONS, PROMPT, compose
+from .probe_sets import POSITIONS, PROMPT, cell_box
 from .synthetic import COLOURS, SHAPES, TEXTURES, captions, synthetic_pairs
 
 ASSET_DIR = Path(__file__).parent / "assets" / "tiny-probe-llava"
@@ -34,7 +36,7 @@ IMAGE_SIZE = 42
 PATCH = 14
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-CELL_WEIGHTS = (1, 2, 1, 2, 4, 2, 1, 2, 1)  # how often the target sits in each cell during training
+CELL_WEIGHTS = (1, 3, 1, 3, 9, 3, 1, 3, 1)  # how often the target sits in each cell during training
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -53,10 +55,7 @@ CHAT_TEMPLATE = (
 def _vocabulary() -> list[str]:
     import re
 
-    questions = [cell_question(c) for c in range(9)]
-    text = " ".join(
-        [PROMPT, "USER ASSISTANT : Yes No yes no YES NO", *captions(True), *TEXTURES, *questions, WHOLE_IMAGE_QUESTION]
-    )
+    text = " ".join([PROMPT, "USER ASSISTANT : Yes No yes no YES NO", *captions(True), *TEXTURES, WHOLE_IMAGE_QUESTION])
     words = sorted(set(re.findall(r"\w+|[^\w\s]", text)))
     return SPECIALS + words
 
@@ -145,35 +144,39 @@ def build_model(processor, seed: int = 0):
 WHOLE_IMAGE_QUESTION = "What is in the image?"
 
 
-def cell_question(cell: int) -> str:
-    """The auxiliary training question: name the object in one cell."""
-    return f"What is in the {POSITIONS[cell].replace('_', ' ')} cell?"
+def _canvas(rng: random.Random, pairs, images: dict, objects: int, weights, size: int = 840):
+    """A canvas with ``objects`` shapes of distinct captions: the target in a cell drawn with ``weights``,
+    the distractors in random other cells, the remaining cells blank (white). Returns (caption by cell,
+    ``None`` where blank; target cell; a caption that is not on the canvas; the PIL canvas)."""
+    from PIL import Image
+
+    chosen = []
+    for p in rng.sample(pairs, len(pairs)):
+        if all(p.caption != c.caption for c in chosen):
+            chosen.append(p)
+        if len(chosen) == objects + 1:
+            break
+    cell = rng.choices(range(9), weights=weights)[0]
+    cells = [cell, *rng.sample([c for c in range(9) if c != cell], objects - 1)]
+    side = size // 3
+    canvas = Image.new("RGB", (size, size), "white")
+    by_cell = [None] * 9
+    for p, c in zip(chosen[:objects], cells, strict=False):
+        if p.id not in images:
+            images[p.id] = p.load_image(side)
+        canvas.paste(images[p.id], cell_box(c, size)[:2])
+        by_cell[c] = p.caption
+    return by_cell, cell, chosen[objects].caption, canvas
 
 
-def _canvases(n: int, seed: int, weights, desc: str):
-    """``n`` canvases: (captions by cell, target cell, absent caption, PIL canvas)."""
+def _canvases(n: int, seed: int, weights, desc: str, objects=(9,)):
+    """``n`` canvases, their object counts cycling through ``objects``."""
     from tqdm.auto import tqdm
 
     rng = random.Random(seed)
     pairs = synthetic_pairs(max(4 * len(COLOURS) * len(SHAPES), 120), seed)
-    images = {}
-    out = []
-    for _ in tqdm(range(n), desc=desc):
-        chosen = []
-        for p in rng.sample(pairs, len(pairs)):
-            if all(p.caption != c.caption for c in chosen):
-                chosen.append(p)
-            if len(chosen) == 10:
-                break
-        on_canvas, absent = chosen[:9], chosen[9]
-        cell = rng.choices(range(9), weights=weights)[0]
-        for p in on_canvas:
-            if p.id not in images:
-                images[p.id] = p.load_image()
-        others = iter(on_canvas[1:])
-        by_cell = [on_canvas[0].caption if c == cell else next(others).caption for c in range(9)]
-        out.append((by_cell, cell, absent.caption, compose([images[p.id] for p in on_canvas], cell, 840)))
-    return out
+    images: dict = {}
+    return [_canvas(rng, pairs, images, objects[i % len(objects)], weights) for i in tqdm(range(n), desc=desc)]
 
 
 def _encode(processor, rows, answers: bool):
@@ -220,20 +223,68 @@ def _probe_rows(canvases):
     return rows, cells
 
 
-def _alignment_loss(model, pixels, words, lone):
+def _alignment_loss(model, pixels, words, shown, lone):
     """1 - cosine between each visual token after the projector and the summed embeddings of the colour
-    and shape words of what its cell shows (a lone object: the mean token against its name).
+    and shape words of what its cell shows (blank cells left out; a lone object: the mean token against
+    its name).
 
     Yes/No matching has no first-order gradient (neither the caption nor the image alone predicts the
-    answer), and without this loss it stays at chance. With it, Yes/No on lone objects reached 0.9
-    held-out accuracy in 1000 steps; on 9-object canvases it has not left chance yet (see the README)."""
+    answer); without this loss the model stays at chance even on lone objects."""
     from ..patches.versions import image_features_per_image
 
     feats = torch.stack(image_features_per_image(model.model.get_image_features(pixel_values=pixels)))
     target = model.get_input_embeddings()(words).sum(2)
-    per_cell = 1 - torch.nn.functional.cosine_similarity(feats, target, dim=-1).mean(1)
+    per_cell = (1 - torch.nn.functional.cosine_similarity(feats, target, dim=-1)) * shown
+    per_cell = per_cell.sum(1) / shown.sum(1).clamp_min(1)
     whole = 1 - torch.nn.functional.cosine_similarity(feats.mean(1), target[:, 0], dim=-1)
     return torch.where(lone, whole, per_cell).mean()
+
+
+def _training_data(processor, pool: int, seed: int):
+    """Encoded rows: Yes/No about canvases of 1 to 9 objects (``pool`` canvases, counts cycling), naming the
+    only object of 1-object canvases, and naming lone objects that fill the image. Returns the tensors and
+    each row's object count (0 for naming rows, which are always in the mix)."""
+    from tqdm.auto import tqdm
+
+    tok = processor.tokenizer
+    rng = random.Random(seed)
+    pairs = synthetic_pairs(max(4 * len(COLOURS) * len(SHAPES), 120), seed)
+    images: dict = {}
+    chunks, objects, shown, lone = [], [], [], []
+    rows = []
+
+    def flush():
+        if rows:
+            chunks.append(_encode(processor, rows, answers=True))
+            rows.clear()
+
+    for i in tqdm(range(pool), desc="rendering training canvases"):
+        n = 1 + i % 9
+        by_cell, cell, absent, image = _canvas(rng, pairs, images, n, CELL_WEIGHTS)
+        rows += [(PROMPT.format(caption=by_cell[cell]), "Yes", image), (PROMPT.format(caption=absent), "No", image)]
+        objects += [n, n]
+        if n == 1:
+            rows.append((WHOLE_IMAGE_QUESTION, by_cell[cell], image))
+            objects.append(0)
+        shown += [by_cell] * (len(objects) - len(shown))
+        if len(rows) >= 256:
+            flush()
+    for pair in synthetic_pairs(max(1, pool // 6), seed + 2):
+        rows.append((WHOLE_IMAGE_QUESTION, pair.caption, pair.load_image()))
+        objects.append(0)
+        shown.append([pair.caption] * 9)
+        if len(rows) >= 256:
+            flush()
+    flush()
+    lone = [False] * (len(shown) - max(1, pool // 6)) + [True] * max(1, pool // 6)
+    ids = _left_pad([c[0] for c in chunks], tok.pad_token_id)
+    masks = _left_pad([c[1] for c in chunks], 0)
+    pixels = torch.cat([c[2].half() for c in chunks])
+    pad = tok.pad_token_id
+    words = torch.tensor([[tok.convert_tokens_to_ids(c.split()[-2:]) if c else [pad, pad] for c in cells]
+                          for cells in shown])  # fmt: skip
+    present = torch.tensor([[c is not None for c in cells] for cells in shown], dtype=torch.float32)
+    return ids, masks, pixels, words, present, torch.tensor(lone), torch.tensor(objects)
 
 
 def train(
@@ -245,49 +296,25 @@ def train(
     pool: int,
     agci_lambda: float,
     save_every: int = 0,
-    align_weight: float = 0.0,
-    lone_yes_no: bool = False,
+    align_weight: float = 1.0,
+    curriculum: float = 0.4,
+    agci_from: float = 0.5,
 ) -> dict:
-    """Train on the probe question (Yes/No) mixed with two easier tasks that get the vision tower going
-    (from scratch it otherwise stays ignored): naming a lone object that fills the image, and naming the
-    object in one cell of a canvas, where the asked cell follows ``CELL_WEIGHTS`` like the target does."""
+    """Train on the probe's Yes/No question with a curriculum over the number of objects on the canvas:
+    canvases of up to 1 object at first, up to 9 after ``curriculum`` of the steps. Naming the object of
+    1-object canvases and of lone images, and the alignment loss, get the vision tower going. After
+    ``agci_from`` of the steps, batches alternate lambda 0 and ``agci_lambda`` (from the start, the
+    alternation keeps the model at chance: the injected mean shifts the visual tokens between steps)."""
     from tqdm.auto import tqdm
 
     from ..patches.core import apply_agci
 
     torch.manual_seed(seed)
-    rng = random.Random(seed)
     processor = build_processor()
     tok = processor.tokenizer
     model = build_model(processor, seed)
     apply_agci(model)
-    canvases = _canvases(pool, seed, CELL_WEIGHTS, "rendering training canvases")
-    rows, _ = _probe_rows(canvases)
-    shown = [by_cell for by_cell, *_ in canvases for _ in range(2)]  # what each row's 9 cells show
-    for by_cell, _, _, image in canvases:
-        asked = rng.choices(range(9), weights=CELL_WEIGHTS)[0]
-        rows.append((cell_question(asked), by_cell[asked], image))
-        shown.append(by_cell)
-    lone = [False] * len(rows)
-    everything = captions()
-    for pair in synthetic_pairs(pool // 2, seed + 2):
-        image = pair.load_image()
-        extra = [(WHOLE_IMAGE_QUESTION, pair.caption, image)]
-        if lone_yes_no:
-            other = rng.choice([c for c in everything if c != pair.caption])
-            extra += [(PROMPT.format(caption=pair.caption), "Yes", image), (PROMPT.format(caption=other), "No", image)]
-        rows += extra
-        shown += [[pair.caption] * 9] * len(extra)
-        lone += [True] * len(extra)
-    words = torch.tensor([[tok.convert_tokens_to_ids(c.split()[-2:]) for c in cells] for cells in shown])
-    lone = torch.tensor(lone)
-    ids, masks, pixels = [], [], []
-    for i in tqdm(range(0, len(rows), 256), desc="encoding"):
-        a, m, b = _encode(processor, rows[i : i + 256], answers=True)
-        ids.append(a)
-        masks.append(m)
-        pixels.append(b.half())
-    ids, masks, pixels = _left_pad(ids, tok.pad_token_id), _left_pad(masks, 0), torch.cat(pixels)
+    ids, masks, pixels, words, present, lone, objects = _training_data(processor, pool, seed)
     assistant = (ids == tok.convert_tokens_to_ids("ASSISTANT")).int().argmax(1)
     positions = torch.arange(ids.shape[1]).expand_as(ids)
     labels = torch.where(positions > assistant[:, None] + 1, ids, -100)  # the answer after "ASSISTANT :"
@@ -304,25 +331,29 @@ def train(
     setup = {
         "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "pool_canvases": pool,
         "agci_lambda_in_training": agci_lambda, "cell_weights": CELL_WEIGHTS, "positions": POSITIONS,
-        "align_weight": align_weight, "lone_yes_no": lone_yes_no,
+        "align_weight": align_weight, "curriculum": curriculum, "agci_from": agci_from,
     }  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
     started = time.time()
     bar = tqdm(range(steps), desc="training")
     for step in bar:
-        pick = torch.randint(len(ids), (batch_size,), generator=generator)
-        model.global_context_broadcast_lambda = agci_lambda if step % 2 else 0.0
-        loss = model(input_ids=ids[pick], attention_mask=masks[pick], pixel_values=pixels[pick].float(),
+        most = 9 if curriculum <= 0 else min(9, 1 + int(8 * step / (curriculum * steps)))
+        allowed = torch.nonzero(objects <= most).squeeze(1)
+        pick = allowed[torch.randint(len(allowed), (batch_size,), generator=generator)]
+        model.global_context_broadcast_lambda = agci_lambda if step % 2 and step >= agci_from * steps else 0.0
+        batch_pixels = pixels[pick].float()
+        loss = model(input_ids=ids[pick], attention_mask=masks[pick], pixel_values=batch_pixels,
                      labels=labels[pick]).loss  # fmt: skip
         if align_weight:
-            loss = loss + align_weight * _alignment_loss(model, pixels[pick].float(), words[pick], lone[pick])
+            loss = loss + align_weight * _alignment_loss(model, batch_pixels, words[pick], present[pick], lone[pick])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
         schedule.step()
         optimiser.zero_grad(set_to_none=True)
         if step % 250 == 0 or step == steps - 1:
-            entry = {"step": step, "loss": round(loss.item(), 4), "seconds": round(time.time() - started, 1)}
+            entry = {"step": step, "objects_up_to": most, "loss": round(loss.item(), 4),
+                     "seconds": round(time.time() - started, 1)}  # fmt: skip
             if step % 1000 == 0 or step == steps - 1:
                 entry["held_out_accuracy"] = round(
                     sum(_accuracy_by_cell(model, processor, eval_rows[:240], eval_cells[:240])) / 9, 3
@@ -369,25 +400,29 @@ def _save(model, processor, out: Path, record: dict) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ASSET_DIR)
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=16000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pool", type=int, default=4000, help="training canvases (each asked Yes and No)")
+    parser.add_argument("--pool", type=int, default=12000, help="training canvases (each asked Yes and No)")
     parser.add_argument("--agci-lambda", type=float, default=0.5)
     parser.add_argument(
-        "--save-every", type=int, default=2000, help="write the checkpoint every N steps (0: at the end)"
+        "--save-every", type=int, default=4000, help="write the checkpoint every N steps (0: at the end)"
     )
     parser.add_argument(
-        "--align-weight",
+        "--align-weight", type=float, default=1.0, help="weight of the visual-token / caption-word alignment loss"
+    )
+    parser.add_argument(
+        "--curriculum",
         type=float,
-        default=0.0,
-        help="weight of the visual-token / caption-word alignment loss (default 0: the shipped model)",
+        default=0.4,
+        help="fraction of the steps over which canvases grow from 1 to 9 objects (0: 9 from the start)",
     )
     parser.add_argument(
-        "--lone-yes-no",
-        action="store_true",
-        help="also ask the Yes/No question about lone objects (not in the shipped model)",
+        "--agci-from",
+        type=float,
+        default=0.5,
+        help="fraction of the steps after which batches alternate lambda 0 and --agci-lambda",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
@@ -403,7 +438,8 @@ def main(argv=None) -> int:
         args.agci_lambda,
         args.save_every,
         args.align_weight,
-        args.lone_yes_no,
+        args.curriculum,
+        args.agci_from,
     )
     print(json.dumps(record["held_out_accuracy_by_cell"], indent=1))
     return 0
