@@ -63,18 +63,22 @@ def cell_box(cell: int, canvas: int) -> tuple[int, int, int, int]:
     return col * side, row * side, (col + 1) * side, (row + 1) * side
 
 
-def compose(images, target_cell: int, canvas: int):
-    """``images[0]`` (the target) at ``target_cell``, ``images[1:]`` in the other cells in order."""
+def grid_canvas(by_cell, canvas: int):
+    """A white ``canvas`` x ``canvas`` image with ``by_cell[c]`` pasted into cell ``c`` (``None``: left blank)."""
     from PIL import Image
 
     side = canvas // 3
     out = Image.new("RGB", (canvas, canvas), "white")
-    others = iter(images[1:])
-    for cell in range(9):
-        image = images[0] if cell == target_cell else next(others, None)
+    for cell, image in enumerate(by_cell):
         if image is not None:
             out.paste(image.resize((side, side), Image.BICUBIC), cell_box(cell, canvas)[:2])
     return out
+
+
+def compose(images, target_cell: int, canvas: int):
+    """``images[0]`` (the target) at ``target_cell``, ``images[1:]`` in the other cells in order."""
+    others = iter(images[1:])
+    return grid_canvas([images[0] if c == target_cell else next(others, None) for c in range(9)], canvas)
 
 
 def _same_content(a: Pair, b: Pair) -> bool:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .probe_sets import POSITIONS, PROMPT, cell_box
+from .probe_sets import POSITIONS, PROMPT, grid_canvas
 from .synthetic import COLOURS, SHAPES, TEXTURES, captions, synthetic_pairs
 
 ASSET_DIR = Path(__file__).parent / "assets" / "tiny-probe-llava"
@@ -148,8 +148,6 @@ def _canvas(rng: random.Random, pairs, images: dict, objects: int, weights, size
     """A canvas with ``objects`` shapes of distinct captions: the target in a cell drawn with ``weights``,
     the distractors in random other cells, the remaining cells blank (white). Returns (caption by cell,
     ``None`` where blank; target cell; a caption that is not on the canvas; the PIL canvas)."""
-    from PIL import Image
-
     chosen = []
     for p in rng.sample(pairs, len(pairs)):
         if all(p.caption != c.caption for c in chosen):
@@ -158,15 +156,17 @@ def _canvas(rng: random.Random, pairs, images: dict, objects: int, weights, size
             break
     cell = rng.choices(range(9), weights=weights)[0]
     cells = [cell, *rng.sample([c for c in range(9) if c != cell], objects - 1)]
-    side = size // 3
-    canvas = Image.new("RGB", (size, size), "white")
-    by_cell = [None] * 9
+    by_cell, pictures = [None] * 9, [None] * 9
     for p, c in zip(chosen[:objects], cells, strict=False):
         if p.id not in images:
-            images[p.id] = p.load_image(side)
-        canvas.paste(images[p.id], cell_box(c, size)[:2])
-        by_cell[c] = p.caption
-    return by_cell, cell, chosen[objects].caption, canvas
+            images[p.id] = p.load_image(size // 3)
+        by_cell[c], pictures[c] = p.caption, images[p.id]
+    return by_cell, cell, chosen[objects].caption, grid_canvas(pictures, size)
+
+
+def _object_pairs(seed: int):
+    """The synthetic objects canvases are drawn from: every caption several times, in a seeded order."""
+    return synthetic_pairs(max(4 * len(COLOURS) * len(SHAPES), 120), seed)
 
 
 def _canvases(n: int, seed: int, weights, desc: str, objects=(9,)):
@@ -174,7 +174,7 @@ def _canvases(n: int, seed: int, weights, desc: str, objects=(9,)):
     from tqdm.auto import tqdm
 
     rng = random.Random(seed)
-    pairs = synthetic_pairs(max(4 * len(COLOURS) * len(SHAPES), 120), seed)
+    pairs = _object_pairs(seed)
     images: dict = {}
     return [_canvas(rng, pairs, images, objects[i % len(objects)], weights) for i in tqdm(range(n), desc=desc)]
 
@@ -248,35 +248,30 @@ def _training_data(processor, pool: int, seed: int):
 
     tok = processor.tokenizer
     rng = random.Random(seed)
-    pairs = synthetic_pairs(max(4 * len(COLOURS) * len(SHAPES), 120), seed)
+    pairs = _object_pairs(seed)
     images: dict = {}
-    chunks, objects, shown, lone = [], [], [], []
-    rows = []
+    chunks, rows, objects, shown, lone = [], [], [], [], []
 
-    def flush():
-        if rows:
+    def add(row, n: int, cells, alone: bool = False):
+        rows.append(row)
+        objects.append(n)
+        shown.append(cells)
+        lone.append(alone)
+        if len(rows) == 256:
             chunks.append(_encode(processor, rows, answers=True))
             rows.clear()
 
     for i in tqdm(range(pool), desc="rendering training canvases"):
         n = 1 + i % 9
         by_cell, cell, absent, image = _canvas(rng, pairs, images, n, CELL_WEIGHTS)
-        rows += [(PROMPT.format(caption=by_cell[cell]), "Yes", image), (PROMPT.format(caption=absent), "No", image)]
-        objects += [n, n]
+        add((PROMPT.format(caption=by_cell[cell]), "Yes", image), n, by_cell)
+        add((PROMPT.format(caption=absent), "No", image), n, by_cell)
         if n == 1:
-            rows.append((WHOLE_IMAGE_QUESTION, by_cell[cell], image))
-            objects.append(0)
-        shown += [by_cell] * (len(objects) - len(shown))
-        if len(rows) >= 256:
-            flush()
+            add((WHOLE_IMAGE_QUESTION, by_cell[cell], image), 0, by_cell)
     for pair in synthetic_pairs(max(1, pool // 6), seed + 2):
-        rows.append((WHOLE_IMAGE_QUESTION, pair.caption, pair.load_image()))
-        objects.append(0)
-        shown.append([pair.caption] * 9)
-        if len(rows) >= 256:
-            flush()
-    flush()
-    lone = [False] * (len(shown) - max(1, pool // 6)) + [True] * max(1, pool // 6)
+        add((WHOLE_IMAGE_QUESTION, pair.caption, pair.load_image()), 0, [pair.caption] * 9, alone=True)
+    if rows:
+        chunks.append(_encode(processor, rows, answers=True))
     ids = _left_pad([c[0] for c in chunks], tok.pad_token_id)
     masks = _left_pad([c[1] for c in chunks], 0)
     pixels = torch.cat([c[2].half() for c in chunks])
