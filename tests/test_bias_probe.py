@@ -16,10 +16,14 @@ from agci.bias.probe_sets import PROMPT, SetOptions, build, read_records
 from agci.bias.runner import ProbeConfig, run_probe
 from agci.bias.scoring import (
     answer_logprob,
+    chat_messages,
     generate_answers,
     load_vlm,
+    masked_copies,
+    masked_tensors,
     occlusion_map,
     occlusion_map_by_generation,
+    occlusion_maps,
     parse_answer,
     score_yes_no,
     similarity,
@@ -137,6 +141,57 @@ def test_batched_occlusion_equals_a_generate_per_mask(vlm, probe_set):
         occlusion_map(vlm, image, prompts[0], answer, mask=50)
 
 
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl", "gemma3n", "internvl", "llava", "llava_next"])
+def test_masked_tensors_reach_the_model_as_the_reference_pil_copies_do(tmp_path, model_type):
+    """agci masks uint8 tensors instead of PIL images; every family's processor must see no difference."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_checkpoints import save_tiny
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(save_tiny(model_type, tmp_path / model_type))
+    image = _samples_from_noise(112, 84)
+    fast, slow = list(masked_tensors(image, 28)), list(masked_copies(image, 28))
+    assert len(fast) == len(slow) == 12
+    assert all(f.dtype == torch.uint8 and f.shape == (3, 84, 112) for f in fast)
+    chosen = [0, 5, 11]
+    text = [processor.apply_chat_template(chat_messages("Is it red?"), add_generation_prompt=True)] * len(chosen)
+    a = processor(images=[fast[i] for i in chosen], text=text, return_tensors="pt", padding=True)
+    b = processor(images=[slow[i] for i in chosen], text=text, return_tensors="pt", padding=True)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    unmasked = processor(images=[image] * len(chosen), text=text, return_tensors="pt", padding=True)
+    assert not torch.equal(a["pixel_values"], unmasked["pixel_values"])  # the masks are there
+
+
+def _samples_from_noise(width: int, height: int):
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_occlusion_maps_of_a_sweep_equal_one_lambda_at_a_time(vlm, probe_set):
+    _, images, prompts = _samples(probe_set, 1)
+    image = images[0].resize((168, 168))
+    answers = {}
+    for lam in (0.0, 1.0):
+        vlm.model.global_context_broadcast_lambda = lam
+        answers[lam] = generate_answers(vlm, [image], prompts, max_new_tokens=8)[0]["answer_ids"]
+    alone = {}
+    for lam, ids in answers.items():
+        vlm.model.global_context_broadcast_lambda = lam
+        alone[lam] = occlusion_map(vlm, image, prompts[0], ids, mask=56, batch_size=4)
+    vlm.model.global_context_broadcast_lambda = 0.25
+    try:
+        swept = occlusion_maps(vlm, image, prompts[0], answers, mask=56, batch_size=4)
+        assert vlm.model.global_context_broadcast_lambda == 0.25  # left as it was
+    finally:
+        vlm.model.global_context_broadcast_lambda = 0.0
+    assert not torch.allclose(alone[0.0][1], alone[1.0][1])
+    for lam in answers:
+        assert swept[lam][0] == pytest.approx(alone[lam][0], abs=1e-6)
+        torch.testing.assert_close(swept[lam][1], alone[lam][1])
+
+
 def test_similarity_pooling_and_lambda(vlm, probe_set):
     from PIL import Image
 
@@ -173,6 +228,33 @@ def test_an_interrupted_run_resumes_without_rescoring(tmp_path, probe_set):
     assert _lines(results)[:11] == lines[:11]  # what was scored is kept as it was
     assert sorted(r["id"] for r in rows) == sorted(json.loads(x)["id"] for x in lines)
     assert again["lambdas"]["0.5"]["position"]["accuracy"] == first["lambdas"]["0.5"]["position"]["accuracy"]
+
+
+def test_a_sweep_encodes_each_batch_once_and_scores_like_single_lambda_runs(tmp_path, probe_set, monkeypatch):
+    import agci.bias.scoring as scoring
+
+    calls = []
+    real_encode = scoring.encode
+    monkeypatch.setattr(scoring, "encode", lambda vlm, images, prompts: calls.append(len(images)) or
+                        real_encode(vlm, images, prompts))  # fmt: skip
+    options = dict(data=str(probe_set), tasks=("position", "occlusion"), limit=12, batch_size=8,
+                   occlusion_samples=1, mask=168, progress=False)  # fmt: skip
+    run_probe(ProbeConfig(out=str(tmp_path / "sweep"), lambdas=[0.0, 1.0], **options))
+    # position: 12 images in batches of 8; occlusion: the image (to generate, then as the map's base), then its
+    # 25 masked copies in batches of 8; never again for the second lambda
+    assert calls == [8, 4, 1, 1, 8, 8, 8, 1]
+    for lam in ("0", "1"):
+        run_probe(ProbeConfig(out=str(tmp_path / lam), lambdas=[float(lam)], **options))
+        for task in ("position", "occlusion"):
+            swept = [json.loads(x) for x in _lines(tmp_path / "sweep" / f"lambda_{lam}" / f"{task}.jsonl")]
+            alone = [json.loads(x) for x in _lines(tmp_path / lam / f"lambda_{lam}" / f"{task}.jsonl")]
+            assert [r["id"] for r in swept] == [r["id"] for r in alone]
+            for a, b in zip(swept, alone, strict=True):
+                if task == "position":
+                    assert a["prediction"] == b["prediction"] and a["p_yes"] == pytest.approx(b["p_yes"], abs=1e-5)
+                else:
+                    assert a["answer_ids"] == b["answer_ids"]
+                    torch.testing.assert_close(torch.tensor(a["drops"]), torch.tensor(b["drops"]), atol=2e-5, rtol=0)
 
 
 def test_bad_records_are_skipped_and_counted(tmp_path, probe_set):

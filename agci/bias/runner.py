@@ -1,7 +1,8 @@
 """``agci probe``: score a VLM on the position, similarity and occlusion probes for a sweep of lambdas.
 
 Results are written as they are computed, one JSONL per task and lambda under ``OUT/lambda_<value>/``;
-a rerun skips every sample already there, so an interrupted run loses nothing. Under
+a rerun skips every sample already there, so an interrupted run loses nothing. Each batch of images is
+read and put through the processor once, then scored at every lambda of the sweep. Under
 ``accelerate launch`` (or ``torchrun``) each process scores its share of the samples into its own file and the main
 process writes ``summary.json`` and the heatmaps once all are done.
 """
@@ -161,8 +162,9 @@ def _row_base(record: dict) -> dict:
     return {k: record[k] for k in ("id", "pair", "cell", "position", "answer", "caption") if k in record}
 
 
-def _score_rows(vlm, task: str, batch: list[dict], root: Path, cfg: ProbeConfig) -> list[dict]:
-    from .scoring import generate_answers, score_yes_no, similarity
+def _score_rows(vlm, task: str, batch: list[dict], root: Path, cfg: ProbeConfig, lambdas: list[float]) -> dict:
+    """Rows for ``batch`` at each lambda; the images are read and encoded once for all of them."""
+    from .scoring import SIMILARITY_PROMPT, encode, generate_from_inputs, similarity_from_inputs, yes_no_from_inputs
 
     rows, images, kept = [], [], []
     for record in batch:
@@ -178,36 +180,89 @@ def _score_rows(vlm, task: str, batch: list[dict], root: Path, cfg: ProbeConfig)
     for r in rows:
         log.warning("skipping %s: %s", r["id"], r["skipped"])
     if not kept:
-        return rows
+        return {lam: rows for lam in lambdas}
     if task == "position":
-        prompts = [PROMPT.format(caption=r["caption"]) for r in kept]
-        if cfg.generate:
-            scored = generate_answers(vlm, images, prompts, cfg.max_new_tokens)
+        inputs = encode(vlm, images, [PROMPT.format(caption=r["caption"]) for r in kept])
+    else:
+        inputs = encode(vlm, images, [SIMILARITY_PROMPT] * len(images))
+    out = {}
+    for lam in lambdas:
+        vlm.model.global_context_broadcast_lambda = lam
+        if task == "similarity":
+            values = similarity_from_inputs(vlm, inputs, [r["caption"] for r in kept], cfg.pooling)
+            scored = [{"similarity": round(v, 6)} for v in values]
+        elif cfg.generate:
+            scored = generate_from_inputs(vlm, inputs, cfg.max_new_tokens)
             for s in scored:
                 s.pop("answer_ids")
         else:
-            scored = score_yes_no(vlm, images, prompts)
-        return rows + [{**r, **s} for r, s in zip(kept, scored, strict=False)]
-    values = similarity(vlm, images, [r["caption"] for r in kept], cfg.pooling)
-    return rows + [{**r, "similarity": round(v, 6)} for r, v in zip(kept, values, strict=False)]
+            scored = yes_no_from_inputs(vlm, inputs)
+        out[lam] = rows + [{**r, **s} for r, s in zip(kept, scored, strict=True)]
+    return out
 
 
-def _occlusion_row(vlm, record: dict, root: Path, cfg: ProbeConfig) -> dict:
-    from .scoring import generate_answers, occlusion_map
+def _occlusion_rows(vlm, task: str, batch: list[dict], root: Path, cfg: ProbeConfig, lambdas: list[float]) -> dict:
+    """The occlusion map of one record at each lambda, for the answer the model generates at that lambda;
+    the masked copies are encoded once for all lambdas."""
+    from .scoring import encode, generate_from_inputs, occlusion_maps
 
+    (record,) = batch
     base = _row_base(record)
     try:
         image = _load_image(record, root)
     except Exception as exc:
-        return {**base, "skipped": f"unreadable image: {exc}"}
+        return {lam: [{**base, "skipped": f"unreadable image: {exc}"}] for lam in lambdas}
     prompt = PROMPT.format(caption=record["caption"])
-    answer = generate_answers(vlm, [image], [prompt], cfg.max_new_tokens)[0]
-    if not answer["answer_ids"]:
-        return {**base, "skipped": "the model generated an empty answer"}
-    logp, drops = occlusion_map(vlm, image, prompt, answer["answer_ids"], cfg.mask, cfg.batch_size)
-    rounded = [[round(v, 5) for v in row] for row in drops.tolist()]
-    return {**base, "generated": answer["generated"], "answer_ids": answer["answer_ids"],
-            "base_logprob": round(logp, 5), "drops": rounded}  # fmt: skip
+    inputs = encode(vlm, [image], [prompt])
+    answers, out = {}, {}
+    for lam in lambdas:
+        vlm.model.global_context_broadcast_lambda = lam
+        answers[lam] = generate_from_inputs(vlm, inputs, cfg.max_new_tokens)[0]
+        if not answers[lam]["answer_ids"]:
+            out[lam] = [{**base, "skipped": "the model generated an empty answer"}]
+            del answers[lam]
+    ids = {lam: a["answer_ids"] for lam, a in answers.items()}
+    maps = occlusion_maps(vlm, image, prompt, ids, cfg.mask, cfg.batch_size) if ids else {}
+    for lam, (logp, drops) in maps.items():
+        rounded = [[round(v, 5) for v in row] for row in drops.tolist()]
+        out[lam] = [{**base, "generated": answers[lam]["generated"], "answer_ids": ids[lam],
+                     "base_logprob": round(logp, 5), "drops": rounded}]  # fmt: skip
+    return out
+
+
+def _score_task(vlm, task: str, records: list[dict], lambdas: list[float], out: Path, root: Path,
+                cfg: ProbeConfig, procs: _Processes) -> None:  # fmt: skip
+    """Write every lambda's missing rows of ``task``: batches are read and encoded once, then scored at each
+    lambda that still lacks one of their samples."""
+    from tqdm.auto import tqdm
+
+    done = {}
+    for lam in lambdas:
+        _lambda_dir(out, lam).mkdir(exist_ok=True)
+        done[lam] = _done(_lambda_dir(out, lam), task)[0]
+    todo = [r for r in procs.share(records) if any(r["id"] not in done[lam] for lam in lambdas)]
+    if not todo:
+        return
+    sinks = {}
+    for lam in lambdas:
+        path = _lambda_dir(out, lam) / f"{task}{procs.suffix()}.jsonl"
+        _drop_partial_line(path)
+        sinks[lam] = path.open("a")
+    desc = f"{task} lambda={','.join(f'{lam:g}' for lam in lambdas)}"
+    desc += f" [rank {procs.rank}]" if procs.world > 1 else ""
+    scorer, size = (_occlusion_rows, 1) if task == "occlusion" else (_score_rows, cfg.batch_size)
+    try:
+        with tqdm(total=len(todo), desc=desc, disable=not cfg.progress) as bar:
+            for batch in _batches(todo, size):
+                missing = {lam: {r["id"] for r in batch} - done[lam] for lam in lambdas}
+                missing = {lam: ids for lam, ids in missing.items() if ids}
+                for lam, rows in scorer(vlm, task, batch, root, cfg, list(missing)).items():
+                    sinks[lam].writelines(json.dumps(row) + "\n" for row in rows if row["id"] in missing[lam])
+                    sinks[lam].flush()
+                bar.update(len(batch))
+    finally:
+        for sink in sinks.values():
+            sink.close()
 
 
 def _occlusion_records(records: list[dict], n: int) -> list[dict]:
@@ -222,8 +277,6 @@ def _occlusion_records(records: list[dict], n: int) -> list[dict]:
 
 def run_probe(cfg: ProbeConfig) -> dict | None:
     """Score, summarise and plot; returns the summary on the main process (None on the others)."""
-    from tqdm.auto import tqdm
-
     from ..configs import LAMBDA_KEY
     from .scoring import load_vlm
 
@@ -252,31 +305,8 @@ def run_probe(cfg: ProbeConfig) -> dict | None:
     if not tasks:
         raise ValueError(f"{data} holds no probe records for the tasks {cfg.tasks}")
     started = time.time()
-    for lam in lambdas:
-        vlm.model.global_context_broadcast_lambda = lam
-        folder = _lambda_dir(out, lam)
-        folder.mkdir(exist_ok=True)
-        for task, records in tasks.items():
-            done, _ = _done(folder, task)
-            todo = [r for r in procs.share(records) if r["id"] not in done]
-            if not todo:
-                continue
-            sink_path = folder / f"{task}{procs.suffix()}.jsonl"
-            _drop_partial_line(sink_path)
-            with sink_path.open("a") as sink:
-                desc = f"{task} lambda={lam:g}" + (f" [rank {procs.rank}]" if procs.world > 1 else "")
-                if task == "occlusion":
-                    for record in tqdm(todo, desc=desc, disable=not cfg.progress):
-                        sink.write(json.dumps(_occlusion_row(vlm, record, root, cfg)) + "\n")
-                        sink.flush()
-                    continue
-                bar = tqdm(total=len(todo), desc=desc, disable=not cfg.progress)
-                for batch in _batches(todo, cfg.batch_size):
-                    for row in _score_rows(vlm, task, batch, root, cfg):
-                        sink.write(json.dumps(row) + "\n")
-                    sink.flush()
-                    bar.update(len(batch))
-                bar.close()
+    for task, records in tasks.items():
+        _score_task(vlm, task, records, lambdas, out, root, cfg, procs)
     procs.wait()
     if not procs.main:
         return None

@@ -117,14 +117,19 @@ def model_inputs(model: torch.nn.Module, batch) -> dict:
     }
 
 
-@torch.no_grad()
 def score_yes_no(vlm: LoadedVLM, images: list, prompts: list[str]) -> list[dict]:
     """One forward per batch; the next-token distribution decides Yes or No.
 
     ``prediction`` compares the best Yes token with the best No token, so it equals what greedy decoding
     answers whenever that answer is a Yes or No token. ``p_yes`` is P(Yes) / (P(Yes) + P(No)), summed
     over case and space variants; ``yes_no_mass`` is how much probability the two answers hold."""
-    logits = vlm.model(**encode(vlm, images, prompts)).logits[:, -1].float()
+    return yes_no_from_inputs(vlm, encode(vlm, images, prompts))
+
+
+@torch.no_grad()
+def yes_no_from_inputs(vlm: LoadedVLM, inputs: dict) -> list[dict]:
+    """:func:`score_yes_no` on inputs already encoded (reused across a lambda sweep)."""
+    logits = vlm.model(**inputs).logits[:, -1].float()
     logp = logits.log_softmax(-1)
     yes, no = torch.tensor(vlm.yes_ids, device=logits.device), torch.tensor(vlm.no_ids, device=logits.device)
     best_yes, best_no = logits[:, yes].max(1).values, logits[:, no].max(1).values
@@ -144,10 +149,14 @@ def parse_answer(text: str) -> str:
     return {"yes": "Yes", "no": "No"}.get(head, "Unknown")
 
 
-@torch.no_grad()
 def generate_answers(vlm: LoadedVLM, images: list, prompts: list[str], max_new_tokens: int = 128) -> list[dict]:
     """The reference's way: greedy generation, then parsing."""
-    inputs = encode(vlm, images, prompts)
+    return generate_from_inputs(vlm, encode(vlm, images, prompts), max_new_tokens)
+
+
+@torch.no_grad()
+def generate_from_inputs(vlm: LoadedVLM, inputs: dict, max_new_tokens: int = 128) -> list[dict]:
+    """:func:`generate_answers` on inputs already encoded."""
     out = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=vlm.tokenizer.pad_token_id)  # fmt: skip
     new = out[:, inputs["input_ids"].shape[1] :]
@@ -169,34 +178,49 @@ def _trim(ids: torch.Tensor, vlm: LoadedVLM) -> list[int]:
 
 
 def masked_copies(image, mask: int, colour=(255, 255, 255)):
-    """Every copy of ``image`` with one ``mask`` x ``mask`` square painted over, row by row."""
-    import numpy as np
+    """Every copy of ``image`` with one ``mask`` x ``mask`` square painted over, row by row (PIL images,
+    as the reference makes them)."""
     from PIL import Image
+
+    for copy in masked_tensors(image, mask, colour):
+        yield Image.fromarray(copy.permute(1, 2, 0).numpy())
+
+
+def masked_tensors(image, mask: int, colour=(255, 255, 255)):
+    """:func:`masked_copies` as uint8 (3, H, W) tensors, which every supported processor turns into the
+    same pixel values as the PIL images, without the PIL round trips."""
+    import numpy as np
 
     w, h = image.size
     if w % mask or h % mask:
         raise ValueError(f"mask size {mask} must divide the image size {w}x{h}")
-    pixels = np.asarray(image.convert("RGB"))
-    fill = np.array(colour, dtype=pixels.dtype)
+    pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+    fill = torch.tensor(colour, dtype=pixels.dtype).view(3, 1, 1)
     for top in range(0, h, mask):
         for left in range(0, w, mask):
-            copy = pixels.copy()
-            copy[top : top + mask, left : left + mask] = fill
-            yield Image.fromarray(copy)
+            copy = pixels.clone()
+            copy[:, top : top + mask, left : left + mask] = fill
+            yield copy
 
 
 @torch.no_grad()
 def answer_logprob(vlm: LoadedVLM, images: list, prompt: str, answer_ids: list[int]) -> torch.Tensor:
     """Teacher-forced log-probability of ``answer_ids`` after the prompt, for each image."""
-    inputs = encode(vlm, images, [prompt] * len(images))
+    return answer_logprob_from_inputs(vlm, encode(vlm, images, [prompt] * len(images)), answer_ids)
+
+
+@torch.no_grad()
+def answer_logprob_from_inputs(vlm: LoadedVLM, inputs: dict, answer_ids: list[int]) -> torch.Tensor:
+    """:func:`answer_logprob` on inputs already encoded (left unchanged, so they can be reused)."""
     n = len(answer_ids)
-    answer = torch.tensor(answer_ids, device=vlm.device).expand(len(images), n)
+    rows = inputs["input_ids"].shape[0]
+    answer = torch.tensor(answer_ids, device=vlm.device).expand(rows, n)
+    inputs = dict(inputs)
     inputs["input_ids"] = torch.cat([inputs["input_ids"], answer], 1)
     inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(answer)], 1)
-    if "mm_token_type_ids" in inputs:
-        inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(answer)], 1)
-    if "token_type_ids" in inputs:
-        inputs["token_type_ids"] = torch.cat([inputs["token_type_ids"], torch.zeros_like(answer)], 1)
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        if key in inputs:
+            inputs[key] = torch.cat([inputs[key], torch.zeros_like(answer)], 1)
     logits = vlm.model(**inputs).logits[:, -n - 1 : -1].float()
     return logits.log_softmax(-1).gather(-1, answer.unsqueeze(-1)).squeeze(-1).sum(-1)
 
@@ -207,18 +231,44 @@ def occlusion_map(vlm: LoadedVLM, image, prompt: str, answer_ids: list[int], mas
 
     Returns the unmasked log-probability and a (H/mask, W/mask) map of drops (positive: the square
     mattered for the answer)."""
-    base = answer_logprob(vlm, [image], prompt, answer_ids)[0].item()
-    drops = []
-    batch = []
-    for copy in masked_copies(image, mask):
-        batch.append(copy)
-        if len(batch) == batch_size:
-            drops.append(base - answer_logprob(vlm, batch, prompt, answer_ids).cpu())
-            batch = []
-    if batch:
-        drops.append(base - answer_logprob(vlm, batch, prompt, answer_ids).cpu())
+    lam = vlm.model.global_context_broadcast_lambda
+    return occlusion_maps(vlm, image, prompt, {lam: answer_ids}, mask, batch_size)[lam]
+
+
+def occlusion_maps(vlm: LoadedVLM, image, prompt: str, answers: dict[float, list[int]], mask: int = 42,
+                   batch_size: int = 32) -> dict[float, tuple[float, torch.Tensor]]:  # fmt: skip
+    """:func:`occlusion_map` for several lambdas, each with the answer the model gave at that lambda;
+    every batch of masked copies goes through the processor once for all of them."""
+    model = vlm.model
+    before = model.global_context_broadcast_lambda
+
+    def score(inputs) -> dict[float, torch.Tensor]:
+        out = {}
+        for lam, ids in answers.items():
+            model.global_context_broadcast_lambda = lam
+            out[lam] = answer_logprob_from_inputs(vlm, inputs, ids).cpu()
+        return out
+
     w, h = image.size
-    return base, torch.cat(drops).view(h // mask, w // mask)
+    drops: dict[float, list] = {lam: [] for lam in answers}
+    batch: list = []
+
+    def flush():
+        for lam, logp in score(encode(vlm, batch, [prompt] * len(batch))).items():
+            drops[lam].append(base[lam] - logp)
+        batch.clear()
+
+    try:
+        base = {lam: v[0].item() for lam, v in score(encode(vlm, [image], [prompt])).items()}
+        for copy in masked_tensors(image, mask):
+            batch.append(copy)
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+    finally:
+        model.global_context_broadcast_lambda = before
+    return {lam: (base[lam], torch.cat(drops[lam]).view(h // mask, w // mask)) for lam in answers}
 
 
 def occlusion_map_by_generation(vlm: LoadedVLM, image, prompt: str, mask: int = 42, max_new_tokens: int = 128):
@@ -250,17 +300,30 @@ def _feature_kwargs(vlm: LoadedVLM, inputs: dict) -> dict:
     return {k: inputs[k] for k in keys if k in inputs and (k in params or (accepts_any and k == "pixel_values"))}
 
 
-@torch.no_grad()
+SIMILARITY_PROMPT = "Describe the image."
+
+
 def similarity(vlm: LoadedVLM, images: list, captions: list[str], pooling: str = "max") -> list[float]:
     """Cosine between pooled image features (in the language model's embedding space, after the
     projector and AGCI) and the pooled input embeddings of the caption's tokens."""
-    from ..patches.versions import image_features_per_image
+    _check_pooling(pooling)
+    return similarity_from_inputs(vlm, encode(vlm, images, [SIMILARITY_PROMPT] * len(images)), captions, pooling)
 
+
+def _check_pooling(pooling: str) -> None:
     if pooling not in ("max", "mean"):
         raise ValueError(f"pooling must be 'max' or 'mean', got {pooling!r}")
-    inputs = encode(vlm, images, ["Describe the image."] * len(images))
+
+
+@torch.no_grad()
+def similarity_from_inputs(vlm: LoadedVLM, inputs: dict, captions: list[str], pooling: str = "max") -> list[float]:
+    """:func:`similarity` on inputs encoded with :data:`SIMILARITY_PROMPT`."""
+    from ..patches.versions import image_features_per_image
+
+    _check_pooling(pooling)
+    n_images = len(captions)
     features = image_features_per_image(vlm.model.get_image_features(**_feature_kwargs(vlm, inputs)))
-    per_image = _group_tiles(vlm, inputs, features, len(images))
+    per_image = _group_tiles(vlm, inputs, features, n_images)
     embed = vlm.model.get_input_embeddings()
     out = []
     for feats, caption in zip(per_image, captions, strict=False):
