@@ -141,7 +141,28 @@ def test_batched_occlusion_equals_a_generate_per_mask(vlm, probe_set):
         occlusion_map(vlm, image, prompts[0], answer, mask=50)
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl", "gemma3n", "internvl", "llava", "llava_next"])
+FAMILIES = ["qwen2_5_vl", "qwen3_vl", "gemma3n", "internvl", "llava", "llava_next"]
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_every_family_scores_batches_like_single_samples(tmp_path, model_type):
+    """The probe scorers on each family's tiny checkpoint (its own processor and chat template): a batch of
+    images of different sizes scores as each image alone, and the similarity probe runs."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_checkpoints import save_tiny
+
+    vlm = load_vlm(save_tiny(model_type, tmp_path / model_type, lam=0.5))
+    images = [_samples_from_noise(w, h, seed) for seed, (w, h) in enumerate([(112, 84), (84, 112), (140, 140)])]
+    prompts = ["Is there a red dog?", "Is there a cat?", "Is there a blue car?"]
+    batched = score_yes_no(vlm, images, prompts)
+    for image, prompt, together in zip(images, prompts, batched, strict=True):
+        alone = score_yes_no(vlm, [image], [prompt])[0]
+        assert alone["p_yes"] == pytest.approx(together["p_yes"], abs=1e-4), model_type
+    values = similarity(vlm, images, ["red dog", "cat", "blue car"])
+    assert len(values) == 3 and all(-1 <= v <= 1 for v in values)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
 def test_masked_tensors_reach_the_model_as_the_reference_pil_copies_do(tmp_path, model_type):
     """agci masks uint8 tensors instead of PIL images; every family's processor must see no difference."""
     sys.path.insert(0, str(Path(__file__).parent))
@@ -155,18 +176,18 @@ def test_masked_tensors_reach_the_model_as_the_reference_pil_copies_do(tmp_path,
     assert all(f.dtype == torch.uint8 and f.shape == (3, 84, 112) for f in fast)
     chosen = [0, 5, 11]
     text = [processor.apply_chat_template(chat_messages("Is it red?"), add_generation_prompt=True)] * len(chosen)
-    a = processor(images=[fast[i] for i in chosen], text=text, return_tensors="pt", padding=True)
-    b = processor(images=[slow[i] for i in chosen], text=text, return_tensors="pt", padding=True)
+    a = processor(images=[[fast[i]] for i in chosen], text=text, return_tensors="pt", padding=True)
+    b = processor(images=[[slow[i]] for i in chosen], text=text, return_tensors="pt", padding=True)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    unmasked = processor(images=[image] * len(chosen), text=text, return_tensors="pt", padding=True)
+    unmasked = processor(images=[[image]] * len(chosen), text=text, return_tensors="pt", padding=True)
     assert not torch.equal(a["pixel_values"], unmasked["pixel_values"])  # the masks are there
 
 
-def _samples_from_noise(width: int, height: int):
+def _samples_from_noise(width: int, height: int, seed: int = 0):
     import numpy as np
     from PIL import Image
 
-    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 def test_occlusion_maps_of_a_sweep_equal_one_lambda_at_a_time(vlm, probe_set):

@@ -24,9 +24,10 @@ QWEN_TEMPLATE = (
 )
 
 
-def _tokenizer(specials: dict[str, int], vocab_size: int, named: dict[str, str] | None = None):
+def _tokenizer(specials: dict[str, int], vocab_size: int, named: dict[str, str] | None = None, cls=None):
     """A word-level tokenizer over WORDS with ``specials`` at fixed ids; ``named`` gives special tokens
-    the attribute names a processor reads (``image_token`` -> ``tokenizer.image_token(_id)``)."""
+    the attribute names a processor reads (``image_token`` -> ``tokenizer.image_token(_id)``); ``cls``, a
+    fast tokenizer class for processors that check the class (Qwen's on transformers 4.x)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -43,7 +44,7 @@ def _tokenizer(specials: dict[str, int], vocab_size: int, named: dict[str, str] 
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     core.decoder = decoders.WordPiece(prefix="##")
-    tok = PreTrainedTokenizerFast(
+    tok = (cls or PreTrainedTokenizerFast)(
         tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
         padding_side="left", extra_special_tokens=named or {},
     )  # fmt: skip
@@ -99,7 +100,9 @@ def save_tiny(model_type: str, out: Path, lam: float | None = None, seed: int = 
     if model_type in ("qwen2_5_vl", "qwen3_vl"):
         specials = {"<|image_pad|>": 120, "<|video_pad|>": 121, "<|vision_start|>": 122, "<|vision_end|>": 123,
                     "<|im_start|>": 124, "<|im_end|>": 125}  # fmt: skip
-        tok = _tokenizer(specials, d["text_config"]["vocab_size"])
+        # transformers 4.x's Qwen processors accept only Qwen2TokenizerFast; 5.x's accept any fast tokenizer
+        qwen_cls = getattr(tf, "Qwen2TokenizerFast", None) if tf.__version__.startswith("4.") else None
+        tok = _tokenizer(specials, d["text_config"]["vocab_size"], cls=qwen_cls)
         if model_type == "qwen2_5_vl":  # 14 px patches
             pixels = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 9}
             classes = (tf.Qwen2_5_VLProcessor, tf.Qwen2VLVideoProcessor, tf.Qwen2_5_VLConfig,

@@ -102,7 +102,9 @@ def chat_messages(prompt: str, answer: str | None = None) -> list[dict]:
 def encode(vlm: LoadedVLM, images: list, prompts: list[str]) -> dict:
     """Chat-templated, left-padded inputs for one question per image, ready for the model's device."""
     texts = [vlm.processor.apply_chat_template(chat_messages(p), add_generation_prompt=True) for p in prompts]
-    return model_inputs(vlm.model, vlm.processor(images=images, text=texts, return_tensors="pt", padding=True))
+    # one list per prompt: Gemma3n's processor (transformers <= 5.6) refuses a flat list for a batch
+    nested = [[image] for image in images]
+    return model_inputs(vlm.model, vlm.processor(images=nested, text=texts, return_tensors="pt", padding=True))
 
 
 def model_inputs(model: torch.nn.Module, batch) -> dict:
