@@ -1,15 +1,19 @@
 """Probe scoring: the reference's way against agci's, on the same model and samples, in one run.
 
-- Position probe: batch 1, ``generate`` up to 128 new tokens, parse Yes/No (the reference), against one
-  batched forward reading the next-token Yes/No scores (agci). Predictions must be identical wherever
-  the generated answer is Yes or No.
-- Occlusion maps: a ``generate`` for every masked copy (the reference), against teacher-forced scoring of
-  the original answer for all masked copies in batches (agci). Maps must agree.
+- Position probe: for each lambda, batch 1, ``generate`` up to 128 new tokens, parse Yes/No (the
+  reference), against agci's batches, each put through the processor once and then scored by one
+  forward per lambda reading the next-token Yes/No scores. Predictions must be identical wherever the
+  generated answer is Yes or No.
+- Occlusion maps: for each lambda, a ``generate`` for the image and for every masked copy (the
+  reference), against agci's teacher-forced scoring of each lambda's answer for all masked copies in
+  batches, each batch encoded once for all lambdas. Maps must agree.
 
-Images are decoded once, before timing; both ways pay the processor. Writes JSON, Markdown and a PNG to
-``benchmarks/results/``. Default: the embedded tiny probe VLM on CPU; ``--model`` for a real one.
+The lambdas default to ``agci probe``'s sweep (0 and 0.5). Images are decoded once, before timing; both
+ways pay the processor, whose share of each way's time is reported, with the speedup of everything else.
+Writes JSON, Markdown and a PNG to ``benchmarks/results/``: ratios only on a CPU, absolute seconds as
+well on a GPU. Default: the embedded tiny probe VLM; ``--model`` for a real one.
 
-    python benchmarks/bench_probe.py [--model PATH] [--samples 96] [--occlusion-samples 2]
+    python benchmarks/bench_probe.py [--model PATH] [--samples 96] [--occlusion-samples 2] [--lambdas 0,0.5]
 """
 
 from __future__ import annotations
@@ -27,19 +31,105 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agci.bias import scoring  # noqa: E402
 from agci.bias.probe_sets import PROMPT, SetOptions, build, read_records  # noqa: E402
-from agci.bias.scoring import (  # noqa: E402
-    generate_answers,
-    load_vlm,
-    occlusion_map,
-    occlusion_map_by_generation,
-    score_yes_no,
-)
 
 
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+class Clock:
+    """Wall time of a block, and how much of it ``scoring.encode`` (processor and transfer) took."""
+
+    def __init__(self, device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.seconds = self.processor_seconds = 0.0
+
+    def __enter__(self):
+        real = self.real = scoring.encode
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                self.processor_seconds += time.perf_counter() - start
+
+        scoring.encode = timed
+        self._sync()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self._sync()
+        self.seconds += time.perf_counter() - self.start
+        scoring.encode = self.real
+
+    def _sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+def compare(reference: Clock, agci: Clock, absolute: bool) -> dict:
+    """Speedups overall and without the processor; each way's processor share; seconds only on a GPU."""
+    rest = (reference.seconds - reference.processor_seconds) / max(1e-9, agci.seconds - agci.processor_seconds)
+    out = {
+        "speedup": round(reference.seconds / agci.seconds, 2),
+        "speedup_without_processor": round(rest, 2),
+        "processor_share": {"reference": round(reference.processor_seconds / reference.seconds, 3),
+                            "agci": round(agci.processor_seconds / agci.seconds, 3)},
+    }  # fmt: skip
+    if absolute:
+        out["seconds"] = {"reference": round(reference.seconds, 4), "agci": round(agci.seconds, 4)}
+    return out
+
+
+def set_lambda(vlm, lam: float) -> None:
+    vlm.model.global_context_broadcast_lambda = lam
+
+
+def position(vlm, images, prompts, lambdas, args, absolute: bool) -> dict:
+    device = vlm.device
+    reference = {}
+    with Clock(device) as ref_clock:
+        for lam in lambdas:
+            set_lambda(vlm, lam)
+            reference[lam] = [
+                scoring.generate_answers(vlm, [im], [p], args.max_new_tokens)[0]
+                for im, p in zip(images, prompts, strict=True)
+            ]
+    fast: dict = {lam: [] for lam in lambdas}
+    with Clock(device) as agci_clock:
+        for i in range(0, len(images), args.batch_size):
+            inputs = scoring.encode(vlm, images[i : i + args.batch_size], prompts[i : i + args.batch_size])
+            for lam in lambdas:
+                set_lambda(vlm, lam)
+                fast[lam] += scoring.yes_no_from_inputs(vlm, inputs)
+    agreement = {}
+    for lam in lambdas:
+        answered = [(r, f) for r, f in zip(reference[lam], fast[lam], strict=True) if r["prediction"] != "Unknown"]
+        agreement[f"{lam:g}"] = {
+            "answered_yes_or_no_by_generation": len(answered),
+            "identical_predictions": sum(r["prediction"] == f["prediction"] for r, f in answered),
+            "mean_generated_tokens": round(sum(len(r["answer_ids"]) for r in reference[lam]) / len(images), 2),
+        }
+    return {"samples": len(images), **compare(ref_clock, agci_clock, absolute), "per_lambda": agreement}
+
+
+def occlusion(vlm, image, prompt, sample_id, lambdas, args, absolute: bool) -> dict:
+    device = vlm.device
+    slow = {}
+    with Clock(device) as ref_clock:
+        for lam in lambdas:
+            set_lambda(vlm, lam)
+            slow[lam] = scoring.occlusion_map_by_generation(vlm, image, prompt, args.mask, args.max_new_tokens)[1]
+    with Clock(device) as agci_clock:
+        inputs = scoring.encode(vlm, [image], [prompt])
+        answers = {}
+        for lam in lambdas:
+            set_lambda(vlm, lam)
+            answers[lam] = scoring.generate_from_inputs(vlm, inputs, args.max_new_tokens)[0]["answer_ids"]
+        fast = scoring.occlusion_maps(vlm, image, prompt, answers, args.mask, args.batch_size)
+    difference = max(float((slow[lam] - fast[lam][1].to(slow[lam].dtype)).abs().max()) for lam in lambdas)
+    return {"sample": sample_id, "masks": slow[lambdas[0]].numel(), **compare(ref_clock, agci_clock, absolute),
+            "max_abs_map_difference": difference}  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -51,17 +141,19 @@ def main(argv=None) -> int:
     parser.add_argument("--occlusion-samples", type=int, default=2)
     parser.add_argument("--mask", type=int, default=42)
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--lambdas", default="0,0.5", help="comma-separated sweep (default: agci probe's)")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--tag", default=None, help="file name tag (default: cpu or the GPU's name)")
     args = parser.parse_args(argv)
+    lambdas = [float(x) for x in args.lambdas.split(",")]
 
     from agci.bias.runner import embedded_model
 
     model = args.model or str(embedded_model())
-    vlm = load_vlm(model, args.dtype, args.device)
-    device = str(vlm.device)
+    vlm = scoring.load_vlm(model, args.dtype, args.device)
+    on_gpu = vlm.device.type == "cuda"
     data = Path(args.data) if args.data else Path(tempfile.gettempdir()) / "agci-bench-probe-set"
     if not args.data:
         build(data, SetOptions(source="synthetic:24", seed=11), progress=False)
@@ -72,93 +164,66 @@ def main(argv=None) -> int:
     prompts = [PROMPT.format(caption=r["caption"]) for r in records]
 
     # warm-up both paths
-    generate_answers(vlm, images[:1], prompts[:1], args.max_new_tokens)
-    score_yes_no(vlm, images[:2], prompts[:2])
+    scoring.generate_answers(vlm, images[:1], prompts[:1], args.max_new_tokens)
+    scoring.score_yes_no(vlm, images[:2], prompts[:2])
 
-    _sync(device)
-    t = time.perf_counter()
-    reference = [
-        generate_answers(vlm, [im], [p], args.max_new_tokens)[0] for im, p in zip(images, prompts, strict=False)
-    ]
-    _sync(device)
-    t_reference = time.perf_counter() - t
-    t = time.perf_counter()
-    fast = []
-    for i in range(0, len(images), args.batch_size):
-        fast += score_yes_no(vlm, images[i : i + args.batch_size], prompts[i : i + args.batch_size])
-    _sync(device)
-    t_fast = time.perf_counter() - t
-    answered = [(r, f) for r, f in zip(reference, fast, strict=False) if r["prediction"] != "Unknown"]
-    position = {
-        "samples": len(records),
-        "reference_seconds": round(t_reference, 4),
-        "agci_seconds": round(t_fast, 4),
-        "speedup": round(t_reference / t_fast, 2),
-        "answered_yes_or_no_by_generation": len(answered),
-        "identical_predictions": sum(r["prediction"] == f["prediction"] for r, f in answered),
-        "mean_generated_tokens": round(sum(len(r["answer_ids"]) for r in reference) / len(reference), 2),
-    }
-
-    occlusion = []
+    result_position = position(vlm, images, prompts, lambdas, args, on_gpu)
     positives = [i for i, r in enumerate(records) if r["answer"] == "Yes"][: args.occlusion_samples]
-    for i in positives:
-        answer = generate_answers(vlm, [images[i]], [prompts[i]], args.max_new_tokens)[0]["answer_ids"]
-        _sync(device)
-        t = time.perf_counter()
-        _, slow_map = occlusion_map_by_generation(vlm, images[i], prompts[i], args.mask, args.max_new_tokens)
-        _sync(device)
-        t_slow = time.perf_counter() - t
-        t = time.perf_counter()
-        _, fast_map = occlusion_map(vlm, images[i], prompts[i], answer, args.mask, args.batch_size)
-        _sync(device)
-        t_fast_map = time.perf_counter() - t
-        occlusion.append({
-            "sample": records[i]["id"], "masks": slow_map.numel(), "reference_seconds": round(t_slow, 3),
-            "agci_seconds": round(t_fast_map, 3), "speedup": round(t_slow / t_fast_map, 2),
-            "max_abs_map_difference": float((slow_map - fast_map.to(slow_map.dtype)).abs().max()),
-        })  # fmt: skip
+    result_occlusion = [occlusion(vlm, images[i], prompts[i], records[i]["id"], lambdas, args, on_gpu)
+                        for i in positives]  # fmt: skip
 
     import transformers
 
     name = (
         torch.cuda.get_device_name()
-        if torch.device(device).type == "cuda"
+        if on_gpu
         else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     )
-    occ_ref = sum(o["reference_seconds"] for o in occlusion)
-    occ_fast = sum(o["agci_seconds"] for o in occlusion)
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
     versions["python"] = platform.python_version()
     result = {
         "model": model, "device": name, "dtype": str(next(vlm.model.parameters()).dtype),
         "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "mask": args.mask,
-        "position": position, "occlusion": occlusion,
-        "occlusion_speedup": round(occ_ref / max(1e-9, occ_fast), 2), "versions": versions,
+        "lambdas": lambdas, "position": result_position, "occlusion": result_occlusion, "versions": versions,
     }  # fmt: skip
-    tag = args.tag or ("cpu" if torch.device(device).type == "cpu" else name.replace(" ", "_").lower())
+    tag = args.tag or ("cpu" if not on_gpu else name.replace(" ", "_").lower())
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"probe_{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
-    md = [
-        f"# Probe scoring: reference way vs agci ({name})",
-        "",
-        f"model: `{Path(model).name}`, dtype {result['dtype']}, batch {args.batch_size}, torch {torch.__version__}, "
-        f"transformers {transformers.__version__}",
-        "",
-        "| probe | reference (s) | agci (s) | speedup | agreement |",
-        "|---|---:|---:|---:|---|",
-        f"| position, {position['samples']} samples | {position['reference_seconds']} | {position['agci_seconds']} | "
-        f"{position['speedup']}x | {position['identical_predictions']}/{position['answered_yes_or_no_by_generation']} "
-        "identical predictions |",
-    ]
-    for o in occlusion:
-        timing = f"{o['reference_seconds']} | {o['agci_seconds']} | {o['speedup']}x"
-        md.append(
-            f"| occlusion, {o['masks']} masks | {timing} | max map difference {o['max_abs_map_difference']:.2e} |"
-        )
+    md = _markdown(result, model, on_gpu)
     (args.out / f"probe_{tag}.md").write_text("\n".join(md) + "\n")
     _plot(result, args.out / f"probe_{tag}.png")
     print("\n".join(md))
     return 0
+
+
+def _markdown(result: dict, model: str, absolute: bool) -> list[str]:
+    sweep = ", ".join(f"{lam:g}" for lam in result["lambdas"])
+    versions = result["versions"]
+    md = [
+        f"# Probe scoring: reference way vs agci ({result['device']})",
+        "",
+        f"model: `{Path(model).name}`, dtype {result['dtype']}, batch {result['batch_size']}, lambdas {sweep}, "
+        f"torch {versions['torch']}, transformers {versions['transformers']}",
+        "",
+        "| probe | "
+        + ("reference (s) | agci (s) | " if absolute else "")
+        + "speedup | speedup without the processor | processor share (reference / agci) | agreement |",
+        "|---|" + ("---:|---:|" if absolute else "") + "---:|---:|---:|---|",
+    ]
+
+    def row(label: str, r: dict, agreement: str) -> str:
+        seconds = f"{r['seconds']['reference']} | {r['seconds']['agci']} | " if absolute else ""
+        share = r["processor_share"]
+        return (f"| {label} | {seconds}{r['speedup']}x | {r['speedup_without_processor']}x | "
+                f"{share['reference']:.0%} / {share['agci']:.0%} | {agreement} |")  # fmt: skip
+
+    pos = result["position"]
+    same = sum(v["identical_predictions"] for v in pos["per_lambda"].values())
+    answered = sum(v["answered_yes_or_no_by_generation"] for v in pos["per_lambda"].values())
+    md.append(row(f"position, {pos['samples']} samples", pos, f"{same}/{answered} identical predictions"))
+    for o in result["occlusion"]:
+        md.append(row(f"occlusion, {o['masks']} masks", o, f"max map difference {o['max_abs_map_difference']:.2e}"))
+    return md
 
 
 def _plot(result: dict, path: Path) -> None:
@@ -167,15 +232,23 @@ def _plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [result["position"]] + result["occlusion"]
     labels = ["position probe"] + [f"occlusion map {i + 1}" for i in range(len(result["occlusion"]))]
-    speedups = [result["position"]["speedup"]] + [o["speedup"] for o in result["occlusion"]]
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.barh(labels, speedups, color="tab:blue")
+    fig, ax = plt.subplots(figsize=(7, 3))
+    y = range(len(rows))
+    ax.barh([i + 0.2 for i in y], [r["speedup"] for r in rows], 0.4, color="tab:blue", label="end to end")
+    ax.barh([i - 0.2 for i in y], [r["speedup_without_processor"] for r in rows], 0.4, color="tab:orange",
+            label="without the processor's time")  # fmt: skip
+    for i, r in enumerate(rows):
+        ax.text(r["speedup"], i + 0.2, f" {r['speedup']:.1f}x", va="center", fontsize=8)
+        ax.text(r["speedup_without_processor"], i - 0.2, f" {r['speedup_without_processor']:.1f}x", va="center",
+                fontsize=8)  # fmt: skip
+    ax.set_yticks(list(y), labels)
     ax.axvline(1, color="grey", lw=1)
-    for y, v in enumerate(speedups):
-        ax.text(v, y, f" {v:.1f}x", va="center")
     ax.set_xlabel("speedup over the reference's way (same run)")
-    ax.set_title(f"{Path(result['model']).name} on {result['device']}", fontsize=9)
+    sweep = ", ".join(f"{lam:g}" for lam in result["lambdas"])
+    ax.set_title(f"{Path(result['model']).name} on {result['device']}, lambdas {sweep}", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 

@@ -16,5 +16,6 @@ timeout "${1:-240}" python3 -m pytest -q -p no:cacheprovider -rs tests/test_op_r
 [ "${PROFILE:-1}" = 1 ] && python3 benchmarks/profile_op.py 2>&1 | tee "$out/profile.txt"
 python3 benchmarks/bench_op.py --budget-s "${2:-300}" --out "$out" 2>&1 | grep -v "^|" | tail -20
 python3 benchmarks/bench_e2e.py --layers 4 --tokens 4096 --dtype bf16 --out "$out" 2>&1 | tail -20
-python3 benchmarks/bench_probe.py --out "$out" 2>&1 | tail -8
+python3 benchmarks/bench_probe.py --out "$out" 2>&1 | tail -6
+python3 benchmarks/bench_probe.py --lambdas 0 --tag "$(python3 -c 'import torch; print(torch.cuda.get_device_name().replace(" ", "_").lower())')_one_lambda" --out "$out" 2>&1 | tail -6
 python3 benchmarks/bench_resampler_cache.py --items 1024 --out "$out" 2>&1 | tail -6

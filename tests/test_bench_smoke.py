@@ -31,11 +31,17 @@ def test_bench_probe_runs_and_both_ways_agree(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads((tmp_path / "probe_smoke.json").read_text())
+    assert result["lambdas"] == [0.0, 0.5]
     pos = result["position"]
-    assert pos["identical_predictions"] == pos["answered_yes_or_no_by_generation"] >= 6
+    for lam in ("0", "0.5"):
+        agreement = pos["per_lambda"][lam]
+        assert agreement["identical_predictions"] == agreement["answered_yes_or_no_by_generation"] >= 6
     assert result["occlusion"][0]["masks"] == 9 and result["occlusion"][0]["max_abs_map_difference"] < 1e-3
-    assert pos["reference_seconds"] > 0 and pos["agci_seconds"] > 0
-    assert (tmp_path / "probe_smoke.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "probe_smoke.md").exists()
+    for r in (pos, result["occlusion"][0]):
+        assert r["speedup"] > 0 and r["speedup_without_processor"] > 0 and "seconds" not in r  # ratios on a CPU
+        assert all(0 < share < 1 for share in r["processor_share"].values())
+    assert (tmp_path / "probe_smoke.png").read_bytes()[:4] == b"\x89PNG"
+    assert "speedup without the processor" in (tmp_path / "probe_smoke.md").read_text()
 
 
 def test_bench_resampler_cache_runs_and_caching_wins(tmp_path):

@@ -131,7 +131,7 @@ def score_yes_no(vlm: LoadedVLM, images: list, prompts: list[str]) -> list[dict]
 @torch.no_grad()
 def yes_no_from_inputs(vlm: LoadedVLM, inputs: dict) -> list[dict]:
     """:func:`score_yes_no` on inputs already encoded (reused across a lambda sweep)."""
-    logits = vlm.model(**inputs).logits[:, -1].float()
+    logits = vlm.model(**inputs, logits_to_keep=1).logits[:, -1].float()  # no logits for the prompt
     logp = logits.log_softmax(-1)
     yes, no = torch.tensor(vlm.yes_ids, device=logits.device), torch.tensor(vlm.no_ids, device=logits.device)
     best_yes, best_no = logits[:, yes].max(1).values, logits[:, no].max(1).values
@@ -223,7 +223,7 @@ def answer_logprob_from_inputs(vlm: LoadedVLM, inputs: dict, answer_ids: list[in
     for key in ("mm_token_type_ids", "token_type_ids"):
         if key in inputs:
             inputs[key] = torch.cat([inputs[key], torch.zeros_like(answer)], 1)
-    logits = vlm.model(**inputs).logits[:, -n - 1 : -1].float()
+    logits = vlm.model(**inputs, logits_to_keep=n + 1).logits[:, -n - 1 : -1].float()
     return logits.log_softmax(-1).gather(-1, answer.unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
