@@ -163,6 +163,25 @@ def test_every_family_scores_batches_like_single_samples(tmp_path, model_type):
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
+def test_agci_probe_runs_on_every_family(tmp_path, probe_set, model_type):
+    """The whole probe (position, similarity, occlusion; a lambda sweep) on each family's tiny checkpoint."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_checkpoints import save_tiny
+
+    model = save_tiny(model_type, tmp_path / model_type, lam=0.25)
+    summary = run_probe(ProbeConfig(model=str(model), data=str(probe_set), out=str(tmp_path / "out"), limit=12,
+                                    batch_size=5, occlusion_samples=1, mask=420, max_new_tokens=3,
+                                    progress=False))  # fmt: skip
+    assert set(summary["lambdas"]) == {"0", "0.25"}  # 0 and the checkpoint's own value
+    for lam in ("0", "0.25"):
+        tasks = summary["lambdas"][lam]
+        assert tasks["position"]["scored"] == 12 and tasks["similarity"]["scored"] == 12, tasks
+        assert tasks["occlusion"]["scored"] == 1, tasks["occlusion"]
+    rows = [json.loads(x) for x in _lines(tmp_path / "out" / "lambda_0.25" / "occlusion.jsonl")]
+    assert len(rows[0]["answer_ids"]) == 3 and len(rows[0]["drops"]) == 2 == len(rows[0]["drops"][0])
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
 def test_masked_tensors_reach_the_model_as_the_reference_pil_copies_do(tmp_path, model_type):
     """agci masks uint8 tensors instead of PIL images; every family's processor must see no difference."""
     sys.path.insert(0, str(Path(__file__).parent))
