@@ -297,6 +297,21 @@ def test_a_sweep_encodes_each_batch_once_and_scores_like_single_lambda_runs(tmp_
                     torch.testing.assert_close(torch.tensor(a["drops"]), torch.tensor(b["drops"]), atol=2e-5, rtol=0)
 
 
+def test_generate_mode_of_a_sweep_agrees_with_the_default_scoring(tmp_path, probe_set):
+    options = dict(data=str(probe_set), tasks=("position",), limit=24, batch_size=8, lambdas=[0.0, 0.5],
+                   max_new_tokens=4, progress=False)  # fmt: skip
+    summary = run_probe(ProbeConfig(out=str(tmp_path / "generate"), generate=True, **options))
+    run_probe(ProbeConfig(out=str(tmp_path / "scores"), **options))
+    assert summary["scoring"] == "generate-and-parse"
+    for lam in ("0", "0.5"):
+        generated = [json.loads(x) for x in _lines(tmp_path / "generate" / f"lambda_{lam}" / "position.jsonl")]
+        scored = {r["id"]: r for r in map(json.loads, _lines(tmp_path / "scores" / f"lambda_{lam}" / "position.jsonl"))}
+        assert len(generated) == 24 and all("generated" in r and "answer_ids" not in r for r in generated)
+        answered = [r for r in generated if r["prediction"] != "Unknown"]
+        assert len(answered) >= 20
+        assert all(r["prediction"] == scored[r["id"]]["prediction"] for r in answered)
+
+
 def test_bad_records_are_skipped_and_counted(tmp_path, probe_set):
     records = read_records(probe_set / "position.jsonl")[:6]
     records[1]["image"] = "images/does_not_exist.jpg"
