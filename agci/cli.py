@@ -92,9 +92,9 @@ def _cmd_probe(args) -> int:
         cfg = ProbeConfig(
             model=args.model, data=args.data, source=args.source, out=args.out, lambdas=args.lambdas,
             tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()), batch_size=args.batch_size,
-            generate=args.generate, max_new_tokens=args.max_new_tokens, occlusion_samples=args.occlusion_samples,
-            mask=args.mask, pooling=args.pooling, limit=args.limit, image_root=args.image_root, dtype=args.dtype,
-            device=args.device, attn=args.attn, seed=args.seed,
+            prefetch=args.prefetch, generate=args.generate, max_new_tokens=args.max_new_tokens,
+            occlusion_samples=args.occlusion_samples, mask=args.mask, pooling=args.pooling, limit=args.limit,
+            image_root=args.image_root, dtype=args.dtype, device=args.device, attn=args.attn, seed=args.seed,
         )  # fmt: skip
         summary = run_probe(cfg)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
@@ -316,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     probe.add_argument("--tasks", default="position,similarity,occlusion")
     probe.add_argument("--batch-size", type=int, default=16)
+    probe.add_argument("--prefetch", type=int, default=1,
+                       help="batches read and put through the processor ahead, on a thread, while the model runs "
+                            "(0: none)")  # fmt: skip
     probe.add_argument("--generate", action="store_true", help="score by generating and parsing, as the reference")
     probe.add_argument("--max-new-tokens", type=int, default=128)
     probe.add_argument("--occlusion-samples", type=int, default=9, help="positive samples mapped (spread over cells)")

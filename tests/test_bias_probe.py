@@ -25,6 +25,7 @@ from agci.bias.scoring import (
     occlusion_map_by_generation,
     occlusion_maps,
     parse_answer,
+    prefetched,
     score_yes_no,
     similarity,
 )
@@ -310,6 +311,41 @@ def test_generate_mode_of_a_sweep_agrees_with_the_default_scoring(tmp_path, prob
         answered = [r for r in generated if r["prediction"] != "Unknown"]
         assert len(answered) >= 20
         assert all(r["prediction"] == scored[r["id"]]["prediction"] for r in answered)
+
+
+def test_prefetched_prepares_the_next_item_while_the_caller_works_keeps_order_and_raises():
+    import threading
+
+    started = [threading.Event() for _ in range(4)]
+
+    def prepare(i):
+        started[i].set()
+        if i == 3:
+            raise ValueError("item 3 is bad")
+        return i * 10
+
+    items = prefetched(prepare, range(4), ahead=1)
+    assert next(items) == 0
+    assert started[1].wait(10)  # being prepared while the caller holds item 0
+    assert [next(items), next(items)] == [10, 20]
+    with pytest.raises(ValueError, match="item 3"):
+        next(items)
+    started = [threading.Event() for _ in range(4)]
+    items = prefetched(prepare, range(3), ahead=0)
+    assert next(items) == 0 and not started[1].is_set()  # no prefetching: nothing ahead
+    assert list(items) == [10, 20]
+
+
+def test_prefetching_does_not_change_the_results(tmp_path, probe_set):
+    options = dict(data=str(probe_set), tasks=("position", "similarity", "occlusion"), limit=10, batch_size=4,
+                   lambdas=[0.5], occlusion_samples=1, mask=280, progress=False)  # fmt: skip
+    for prefetch in (0, 2):
+        run_probe(ProbeConfig(out=str(tmp_path / str(prefetch)), prefetch=prefetch, **options))
+    for task in ("position", "similarity", "occlusion"):
+        rows = [_lines(tmp_path / str(n) / "lambda_0.5" / f"{task}.jsonl") for n in (0, 2)]
+        assert rows[0] == rows[1] and len(rows[0]) == (1 if task == "occlusion" else 10)
+    with pytest.raises(ValueError, match="prefetch must be >= 0"):
+        ProbeConfig(prefetch=-1)
 
 
 def test_bad_records_are_skipped_and_counted(tmp_path, probe_set):

@@ -33,6 +33,7 @@ class ProbeConfig:
     lambdas: list[float] | None = None  # None: 0 and the checkpoint's value (0.5 when it has none)
     tasks: tuple[str, ...] = TASKS
     batch_size: int = 16
+    prefetch: int = 1  # batches read and encoded ahead on a worker thread while the model runs; 0: none
     generate: bool = False
     max_new_tokens: int = 128
     occlusion_samples: int = 9
@@ -52,6 +53,8 @@ class ProbeConfig:
             raise ValueError(f"unknown probe task(s) {unknown}; choose from {', '.join(TASKS)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0 (0: no prefetching), got {self.prefetch}")
 
 
 class _Processes:
@@ -152,19 +155,14 @@ def _records(data: Path, task: str) -> list[dict] | None:
     return read_records(path) if path.is_file() else None
 
 
-def _batches(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def _row_base(record: dict) -> dict:
     """The record's fields that every result row repeats."""
     return {k: record[k] for k in ("id", "pair", "cell", "position", "answer", "caption") if k in record}
 
 
-def _score_rows(vlm, task: str, batch: list[dict], root: Path, cfg: ProbeConfig, lambdas: list[float]) -> dict:
-    """Rows for ``batch`` at each lambda; the images are read and encoded once for all of them."""
-    from .scoring import SIMILARITY_PROMPT, encode, generate_from_inputs, similarity_from_inputs, yes_no_from_inputs
+def _prepare_rows(vlm, task: str, batch: list[dict], root: Path) -> tuple[list[dict], list[dict], dict | None]:
+    """Rows skipped with their reason, the rows kept, and the kept images and prompts encoded."""
+    from .scoring import SIMILARITY_PROMPT, encode
 
     rows, images, kept = [], [], []
     for record in batch:
@@ -180,11 +178,19 @@ def _score_rows(vlm, task: str, batch: list[dict], root: Path, cfg: ProbeConfig,
     for r in rows:
         log.warning("skipping %s: %s", r["id"], r["skipped"])
     if not kept:
-        return {lam: rows for lam in lambdas}
+        return rows, kept, None
     if task == "position":
-        inputs = encode(vlm, images, [PROMPT.format(caption=r["caption"]) for r in kept])
-    else:
-        inputs = encode(vlm, images, [SIMILARITY_PROMPT] * len(images))
+        return rows, kept, encode(vlm, images, [PROMPT.format(caption=r["caption"]) for r in kept])
+    return rows, kept, encode(vlm, images, [SIMILARITY_PROMPT] * len(images))
+
+
+def _score_rows(vlm, task: str, prepared: tuple, cfg: ProbeConfig, lambdas: list[float]) -> dict:
+    """Rows of one prepared batch at each lambda."""
+    from .scoring import generate_from_inputs, similarity_from_inputs, yes_no_from_inputs
+
+    rows, kept, inputs = prepared
+    if inputs is None:
+        return {lam: rows for lam in lambdas}
     out = {}
     for lam in lambdas:
         vlm.model.global_context_broadcast_lambda = lam
@@ -201,12 +207,11 @@ def _score_rows(vlm, task: str, batch: list[dict], root: Path, cfg: ProbeConfig,
     return out
 
 
-def _occlusion_rows(vlm, task: str, batch: list[dict], root: Path, cfg: ProbeConfig, lambdas: list[float]) -> dict:
+def _occlusion_rows(vlm, record: dict, root: Path, cfg: ProbeConfig, lambdas: list[float]) -> dict:
     """The occlusion map of one record at each lambda, for the answer the model generates at that lambda;
     the masked copies are encoded once for all lambdas."""
     from .scoring import encode, generate_from_inputs, occlusion_maps
 
-    (record,) = batch
     base = _row_base(record)
     try:
         image = _load_image(record, root)
@@ -222,7 +227,7 @@ def _occlusion_rows(vlm, task: str, batch: list[dict], root: Path, cfg: ProbeCon
             out[lam] = [{**base, "skipped": "the model generated an empty answer"}]
             del answers[lam]
     ids = {lam: a["answer_ids"] for lam, a in answers.items()}
-    maps = occlusion_maps(vlm, image, prompt, ids, cfg.mask, cfg.batch_size) if ids else {}
+    maps = occlusion_maps(vlm, image, prompt, ids, cfg.mask, cfg.batch_size, cfg.prefetch) if ids else {}
     for lam, (logp, drops) in maps.items():
         rounded = [[round(v, 5) for v in row] for row in drops.tolist()]
         out[lam] = [{**base, "generated": answers[lam]["generated"], "answer_ids": ids[lam],
@@ -235,6 +240,8 @@ def _score_task(vlm, task: str, records: list[dict], lambdas: list[float], out: 
     """Write every lambda's missing rows of ``task``: batches are read and encoded once, then scored at each
     lambda that still lacks one of their samples."""
     from tqdm.auto import tqdm
+
+    from .scoring import chunks, prefetched
 
     done = {}
     for lam in lambdas:
@@ -250,13 +257,21 @@ def _score_task(vlm, task: str, records: list[dict], lambdas: list[float], out: 
         sinks[lam] = path.open("a")
     desc = f"{task} lambda={','.join(f'{lam:g}' for lam in lambdas)}"
     desc += f" [rank {procs.rank}]" if procs.world > 1 else ""
-    scorer, size = (_occlusion_rows, 1) if task == "occlusion" else (_score_rows, cfg.batch_size)
+    if task == "occlusion":  # one record at a time; its masked copies are batched and prefetched inside
+        work = (([r], None) for r in todo)
+    else:  # the next batch is read and encoded while this one is scored
+        prepare = lambda b: (b, _prepare_rows(vlm, task, b, root))  # noqa: E731
+        work = prefetched(prepare, chunks(todo, cfg.batch_size), cfg.prefetch)
     try:
         with tqdm(total=len(todo), desc=desc, disable=not cfg.progress) as bar:
-            for batch in _batches(todo, size):
+            for batch, prepared in work:
                 missing = {lam: {r["id"] for r in batch} - done[lam] for lam in lambdas}
                 missing = {lam: ids for lam, ids in missing.items() if ids}
-                for lam, rows in scorer(vlm, task, batch, root, cfg, list(missing)).items():
+                if task == "occlusion":
+                    scored = _occlusion_rows(vlm, batch[0], root, cfg, list(missing))
+                else:
+                    scored = _score_rows(vlm, task, prepared, cfg, list(missing))
+                for lam, rows in scored.items():
                     sinks[lam].writelines(json.dumps(row) + "\n" for row in rows if row["id"] in missing[lam])
                     sinks[lam].flush()
                 bar.update(len(batch))

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import inspect
 import logging
-from dataclasses import dataclass
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +29,9 @@ class LoadedVLM:
     name: str
     yes_ids: list[int]
     no_ids: list[int]
+    # held around every use of the processor's tokenizer, which may not be used from two threads at once
+    # (a fast tokenizer raises "Already borrowed"); :func:`prefetched` encodes on a worker thread
+    tokenizer_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -101,10 +107,52 @@ def chat_messages(prompt: str, answer: str | None = None) -> list[dict]:
 
 def encode(vlm: LoadedVLM, images: list, prompts: list[str]) -> dict:
     """Chat-templated, left-padded inputs for one question per image, ready for the model's device."""
-    texts = [vlm.processor.apply_chat_template(chat_messages(p), add_generation_prompt=True) for p in prompts]
     # one list per prompt: Gemma3n's processor (transformers <= 5.6) refuses a flat list for a batch
     nested = [[image] for image in images]
-    return model_inputs(vlm.model, vlm.processor(images=nested, text=texts, return_tensors="pt", padding=True))
+    with vlm.tokenizer_lock:
+        texts = [vlm.processor.apply_chat_template(chat_messages(p), add_generation_prompt=True) for p in prompts]
+        batch = vlm.processor(images=nested, text=texts, return_tensors="pt", padding=True)
+    return model_inputs(vlm.model, batch)
+
+
+_END = object()
+
+
+def prefetched(prepare: Callable, items: Iterable, ahead: int = 1) -> Iterator:
+    """``prepare(item)`` for each item, in order, with up to ``ahead`` more items being prepared on a worker
+    thread while the caller works on the current one: image decoding and the processor's resizing then
+    overlap the model's forward (both release the GIL). ``ahead=0``: no thread, one item after the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if ahead <= 0:
+        yield from map(prepare, items)
+        return
+    items = iter(items)
+    with ThreadPoolExecutor(1, thread_name_prefix="agci-prefetch") as pool:
+        pending = deque()
+        for _ in range(ahead + 1):
+            item = next(items, _END)
+            if item is _END:
+                break
+            pending.append(pool.submit(prepare, item))
+        while pending:
+            result = pending.popleft().result()
+            item = next(items, _END)
+            if item is not _END:
+                pending.append(pool.submit(prepare, item))
+            yield result
+
+
+def chunks(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of ``size`` consecutive items (the last one shorter)."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def model_inputs(model: torch.nn.Module, batch) -> dict:
@@ -162,7 +210,8 @@ def generate_from_inputs(vlm: LoadedVLM, inputs: dict, max_new_tokens: int = 128
     out = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=vlm.tokenizer.pad_token_id)  # fmt: skip
     new = out[:, inputs["input_ids"].shape[1] :]
-    texts = vlm.tokenizer.batch_decode(new, skip_special_tokens=True)
+    with vlm.tokenizer_lock:
+        texts = vlm.tokenizer.batch_decode(new, skip_special_tokens=True)
     return [
         {"prediction": parse_answer(t), "generated": t, "answer_ids": _trim(ids, vlm)}
         for t, ids in zip(texts, new, strict=False)
@@ -228,19 +277,20 @@ def answer_logprob_from_inputs(vlm: LoadedVLM, inputs: dict, answer_ids: list[in
 
 
 def occlusion_map(vlm: LoadedVLM, image, prompt: str, answer_ids: list[int], mask: int = 42,
-                  batch_size: int = 32) -> tuple[float, torch.Tensor]:  # fmt: skip
+                  batch_size: int = 32, prefetch: int = 1) -> tuple[float, torch.Tensor]:  # fmt: skip
     """How much the log-probability of the model's own answer drops when each square is masked.
 
     Returns the unmasked log-probability and a (H/mask, W/mask) map of drops (positive: the square
     mattered for the answer)."""
     lam = vlm.model.global_context_broadcast_lambda
-    return occlusion_maps(vlm, image, prompt, {lam: answer_ids}, mask, batch_size)[lam]
+    return occlusion_maps(vlm, image, prompt, {lam: answer_ids}, mask, batch_size, prefetch)[lam]
 
 
 def occlusion_maps(vlm: LoadedVLM, image, prompt: str, answers: dict[float, list[int]], mask: int = 42,
-                   batch_size: int = 32) -> dict[float, tuple[float, torch.Tensor]]:  # fmt: skip
+                   batch_size: int = 32, prefetch: int = 1) -> dict[float, tuple[float, torch.Tensor]]:  # fmt: skip
     """:func:`occlusion_map` for several lambdas, each with the answer the model gave at that lambda;
-    every batch of masked copies goes through the processor once for all of them."""
+    every batch of masked copies goes through the processor once for all of them, ``prefetch`` batches
+    ahead on a worker thread (0: none)."""
     model = vlm.model
     before = model.global_context_broadcast_lambda
 
@@ -253,21 +303,12 @@ def occlusion_maps(vlm: LoadedVLM, image, prompt: str, answers: dict[float, list
 
     w, h = image.size
     drops: dict[float, list] = {lam: [] for lam in answers}
-    batch: list = []
-
-    def flush():
-        for lam, logp in score(encode(vlm, batch, [prompt] * len(batch))).items():
-            drops[lam].append(base[lam] - logp)
-        batch.clear()
-
     try:
         base = {lam: v[0].item() for lam, v in score(encode(vlm, [image], [prompt])).items()}
-        for copy in masked_tensors(image, mask):
-            batch.append(copy)
-            if len(batch) == batch_size:
-                flush()
-        if batch:
-            flush()
+        batches = chunks(masked_tensors(image, mask), batch_size)
+        for inputs in prefetched(lambda batch: encode(vlm, batch, [prompt] * len(batch)), batches, prefetch):
+            for lam, logp in score(inputs).items():
+                drops[lam].append(base[lam] - logp)
     finally:
         model.global_context_broadcast_lambda = before
     return {lam: (base[lam], torch.cat(drops[lam]).view(h // mask, w // mask)) for lam in answers}
@@ -329,7 +370,8 @@ def similarity_from_inputs(vlm: LoadedVLM, inputs: dict, captions: list[str], po
     embed = vlm.model.get_input_embeddings()
     out = []
     for feats, caption in zip(per_image, captions, strict=False):
-        ids = torch.tensor(vlm.tokenizer.encode(caption, add_special_tokens=False), device=vlm.device)
+        with vlm.tokenizer_lock:
+            ids = torch.tensor(vlm.tokenizer.encode(caption, add_special_tokens=False), device=vlm.device)
         text = embed(ids).float()
         feats = feats.reshape(-1, feats.shape[-1]).float()
         pool = (lambda t: t.max(0).values) if pooling == "max" else (lambda t: t.mean(0))
