@@ -207,21 +207,22 @@ def generate_answers(vlm: LoadedVLM, images: list, prompts: list[str], max_new_t
 @torch.no_grad()
 def generate_from_inputs(vlm: LoadedVLM, inputs: dict, max_new_tokens: int = 128) -> list[dict]:
     """:func:`generate_answers` on inputs already encoded."""
-    out = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=vlm.tokenizer.pad_token_id)  # fmt: skip
+    with vlm.tokenizer_lock:
+        pad, eos = vlm.tokenizer.pad_token_id, vlm.tokenizer.eos_token_id
+    out = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
     new = out[:, inputs["input_ids"].shape[1] :]
     with vlm.tokenizer_lock:
         texts = vlm.tokenizer.batch_decode(new, skip_special_tokens=True)
     return [
-        {"prediction": parse_answer(t), "generated": t, "answer_ids": _trim(ids, vlm)}
+        {"prediction": parse_answer(t), "generated": t, "answer_ids": _until(ids.tolist(), {pad, eos})}
         for t, ids in zip(texts, new, strict=False)
     ]
 
 
-def _trim(ids: torch.Tensor, vlm: LoadedVLM) -> list[int]:
-    stop = {vlm.tokenizer.pad_token_id, vlm.tokenizer.eos_token_id}
+def _until(ids: list[int], stop: set) -> list[int]:
+    """``ids`` up to the first stop token."""
     out = []
-    for i in ids.tolist():
+    for i in ids:
         if i in stop:
             break
         out.append(i)
