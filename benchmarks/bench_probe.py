@@ -143,7 +143,7 @@ def occlusion(vlm, image, prompt, sample_id, lambdas, args, absolute: bool) -> d
         for lam in lambdas:
             set_lambda(vlm, lam)
             answers[lam] = scoring.generate_from_inputs(vlm, inputs, args.max_new_tokens)[0]["answer_ids"]
-        return scoring.occlusion_maps(vlm, image, prompt, answers, args.mask, args.batch_size, prefetch)
+        return scoring.occlusion_maps(vlm, image, prompt, answers, args.mask, args.batch_size, prefetch, inputs)
 
     with Clock(device) as sequential_clock:
         agci_way(0)

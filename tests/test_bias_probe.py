@@ -281,9 +281,9 @@ def test_a_sweep_encodes_each_batch_once_and_scores_like_single_lambda_runs(tmp_
     options = dict(data=str(probe_set), tasks=("position", "occlusion"), limit=12, batch_size=8,
                    occlusion_samples=1, mask=168, progress=False)  # fmt: skip
     run_probe(ProbeConfig(out=str(tmp_path / "sweep"), lambdas=[0.0, 1.0], **options))
-    # position: 12 images in batches of 8; occlusion: the image (to generate, then as the map's base), then its
+    # position: 12 images in batches of 8; occlusion: the image (to generate, and as the map's base), then its
     # 25 masked copies in batches of 8; never again for the second lambda
-    assert calls == [8, 4, 1, 1, 8, 8, 8, 1]
+    assert calls == [8, 4, 1, 8, 8, 8, 1]
     for lam in ("0", "1"):
         run_probe(ProbeConfig(out=str(tmp_path / lam), lambdas=[float(lam)], **options))
         for task in ("position", "occlusion"):

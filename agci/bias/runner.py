@@ -227,7 +227,7 @@ def _occlusion_rows(vlm, record: dict, root: Path, cfg: ProbeConfig, lambdas: li
             out[lam] = [{**base, "skipped": "the model generated an empty answer"}]
             del answers[lam]
     ids = {lam: a["answer_ids"] for lam, a in answers.items()}
-    maps = occlusion_maps(vlm, image, prompt, ids, cfg.mask, cfg.batch_size, cfg.prefetch) if ids else {}
+    maps = occlusion_maps(vlm, image, prompt, ids, cfg.mask, cfg.batch_size, cfg.prefetch, inputs) if ids else {}
     for lam, (logp, drops) in maps.items():
         rounded = [[round(v, 5) for v in row] for row in drops.tolist()]
         out[lam] = [{**base, "generated": answers[lam]["generated"], "answer_ids": ids[lam],
@@ -258,20 +258,22 @@ def _score_task(vlm, task: str, records: list[dict], lambdas: list[float], out: 
     desc = f"{task} lambda={','.join(f'{lam:g}' for lam in lambdas)}"
     desc += f" [rank {procs.rank}]" if procs.world > 1 else ""
     if task == "occlusion":  # one record at a time; its masked copies are batched and prefetched inside
-        work = (([r], None) for r in todo)
+        work = (([r], r) for r in todo)
+
+        def score(record, lams):
+            return _occlusion_rows(vlm, record, root, cfg, lams)
     else:  # the next batch is read and encoded while this one is scored
-        prepare = lambda b: (b, _prepare_rows(vlm, task, b, root))  # noqa: E731
-        work = prefetched(prepare, chunks(todo, cfg.batch_size), cfg.prefetch)
+        work = prefetched(lambda b: (b, _prepare_rows(vlm, task, b, root)), chunks(todo, cfg.batch_size), cfg.prefetch)
+
+        def score(prepared, lams):
+            return _score_rows(vlm, task, prepared, cfg, lams)
+
     try:
         with tqdm(total=len(todo), desc=desc, disable=not cfg.progress) as bar:
             for batch, prepared in work:
                 missing = {lam: {r["id"] for r in batch} - done[lam] for lam in lambdas}
                 missing = {lam: ids for lam, ids in missing.items() if ids}
-                if task == "occlusion":
-                    scored = _occlusion_rows(vlm, batch[0], root, cfg, list(missing))
-                else:
-                    scored = _score_rows(vlm, task, prepared, cfg, list(missing))
-                for lam, rows in scored.items():
+                for lam, rows in score(prepared, list(missing)).items():
                     sinks[lam].writelines(json.dumps(row) + "\n" for row in rows if row["id"] in missing[lam])
                     sinks[lam].flush()
                 bar.update(len(batch))

@@ -288,27 +288,29 @@ def occlusion_map(vlm: LoadedVLM, image, prompt: str, answer_ids: list[int], mas
 
 
 def occlusion_maps(vlm: LoadedVLM, image, prompt: str, answers: dict[float, list[int]], mask: int = 42,
-                   batch_size: int = 32, prefetch: int = 1) -> dict[float, tuple[float, torch.Tensor]]:  # fmt: skip
+                   batch_size: int = 32, prefetch: int = 1,
+                   inputs: dict | None = None) -> dict[float, tuple[float, torch.Tensor]]:  # fmt: skip
     """:func:`occlusion_map` for several lambdas, each with the answer the model gave at that lambda;
     every batch of masked copies goes through the processor once for all of them, ``prefetch`` batches
-    ahead on a worker thread (0: none)."""
+    ahead on a worker thread (0: none). ``inputs``: the unmasked image and prompt already encoded."""
     model = vlm.model
     before = model.global_context_broadcast_lambda
 
-    def score(inputs) -> dict[float, torch.Tensor]:
+    def score(encoded) -> dict[float, torch.Tensor]:
         out = {}
         for lam, ids in answers.items():
             model.global_context_broadcast_lambda = lam
-            out[lam] = answer_logprob_from_inputs(vlm, inputs, ids).cpu()
+            out[lam] = answer_logprob_from_inputs(vlm, encoded, ids).cpu()
         return out
 
     w, h = image.size
     drops: dict[float, list] = {lam: [] for lam in answers}
     try:
-        base = {lam: v[0].item() for lam, v in score(encode(vlm, [image], [prompt])).items()}
+        unmasked = inputs if inputs is not None else encode(vlm, [image], [prompt])
+        base = {lam: v[0].item() for lam, v in score(unmasked).items()}
         batches = chunks(masked_tensors(image, mask), batch_size)
-        for inputs in prefetched(lambda batch: encode(vlm, batch, [prompt] * len(batch)), batches, prefetch):
-            for lam, logp in score(inputs).items():
+        for encoded in prefetched(lambda batch: encode(vlm, batch, [prompt] * len(batch)), batches, prefetch):
+            for lam, logp in score(encoded).items():
                 drops[lam].append(base[lam] - logp)
     finally:
         model.global_context_broadcast_lambda = before
