@@ -8,7 +8,8 @@ from conftest import per_image_formula
 from vlm_cases import build
 
 import agci
-from agci.patches import core, versions
+from agci import compat
+from agci.patches import core
 
 FAMILIES = list(agci.SUPPORTED_MODEL_TYPES)
 
@@ -46,7 +47,7 @@ def _unpatched_features(model, inputs):
     original = getattr(original, "__agci_original__", original)
     kwargs = {k: v for k, v in inputs.items() if k in ("image_sizes", "image_grid_thw")}
     with torch.no_grad():
-        return versions.image_features_per_image(original(inner, inputs["pixel_values"], **kwargs))
+        return compat.image_features_per_image(original(inner, inputs["pixel_values"], **kwargs))
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -226,14 +227,14 @@ def test_qwen3_vl_videos_are_left_alone():
     inner = _inner(case.model)
     video = case.samples[1]
     with torch.no_grad():
-        stock = versions.image_features_per_image(
+        stock = compat.image_features_per_image(
             inner.get_video_features(video["pixel_values"], video["image_grid_thw"])
         )
         agci.patch()
-        after = versions.image_features_per_image(
+        after = compat.image_features_per_image(
             inner.get_video_features(video["pixel_values"], video["image_grid_thw"])
         )
-        images = versions.image_features_per_image(
+        images = compat.image_features_per_image(
             inner.get_image_features(video["pixel_values"], video["image_grid_thw"])
         )
     assert all(torch.equal(a, b) for a, b in zip(after, stock, strict=True))
@@ -306,7 +307,7 @@ def test_apply_agci_through_distributed_data_parallel(tmp_path):
 
 
 def test_an_unsupported_transformers_version_is_named(monkeypatch):
-    monkeypatch.setattr(versions, "transformers_version", lambda: (4, 50))
+    monkeypatch.setattr(compat, "transformers_version", lambda: (4, 50))
     with pytest.raises(RuntimeError, match=r"transformers >=4.57,<6"):
         agci.patch("llava")
 
@@ -328,11 +329,11 @@ def test_videos_get_one_context_each_only_when_asked(model_type):
     pixels = torch.cat([s["pixel_values"] for s in case.samples])
     grid = torch.cat([s["image_grid_thw"] for s in case.samples])  # two "videos" of one frame each
     with torch.no_grad():
-        stock = versions.image_features_per_image(inner.get_video_features(pixels, grid))
+        stock = compat.image_features_per_image(inner.get_video_features(pixels, grid))
         agci.patch()
-        untouched = versions.image_features_per_image(inner.get_video_features(pixels, grid))
+        untouched = compat.image_features_per_image(inner.get_video_features(pixels, grid))
         case.model.config.global_context_broadcast_videos = True
-        injected = versions.image_features_per_image(inner.get_video_features(pixels, grid))
+        injected = compat.image_features_per_image(inner.get_video_features(pixels, grid))
     assert all(torch.equal(a, b) for a, b in zip(untouched, stock, strict=True))
     expected = per_image_formula(torch.cat(stock), 0.6, [v.shape[0] for v in stock])
     torch.testing.assert_close(torch.cat(injected).double(), expected, rtol=1e-5, atol=1e-5)
@@ -343,7 +344,7 @@ def test_videos_get_one_context_each_only_when_asked(model_type):
 
 @pytest.mark.parametrize("model_type", ["llava", "qwen2_5_vl"])
 def test_return_dict_false_keeps_the_tuple_and_injects_its_features(model_type):
-    if not versions.returns_output_dataclass():
+    if not compat.returns_output_dataclass():
         pytest.skip("transformers 4.57's get_image_features takes no return_dict (it returns the features)")
     case = build(model_type, global_context_broadcast_lambda=0.5)
     inner = _inner(case.model)
@@ -370,3 +371,47 @@ def test_apply_agci_after_accelerate_prepare():
     agci.apply_agci(prepared)
     with torch.no_grad():
         torch.testing.assert_close(prepared(**inputs).logits, expected)
+
+
+def test_using_lambda_on_a_patched_model_inside_a_wrapper_and_restores_it():
+    case = build("llava")
+    inputs = case.batch()
+    agci.apply_agci(case.model, global_context_broadcast_lambda=0.25)
+    wrapper = torch.nn.Sequential(case.model)
+    wrapper.config = case.model.config  # as PEFT and accelerate wrappers forward it
+    with torch.no_grad():
+        before = case.model(**inputs).logits
+        with agci.using_lambda(wrapper, 1.0):
+            assert case.model.global_context_broadcast_lambda == 1.0
+            swept = case.model(**inputs).logits
+        case.model.global_context_broadcast_lambda = 1.0
+        direct = case.model(**inputs).logits
+        case.model.global_context_broadcast_lambda = 0.25
+        assert torch.equal(case.model(**inputs).logits, before)
+    assert torch.equal(swept, direct) and not torch.equal(swept, before)
+
+
+def test_revert_agci_of_the_last_patched_instance_removes_the_class_property():
+    import gc
+
+    gc.collect()  # patched models of earlier tests are gone, and with them their class's property
+    first, second = build("llava"), build("llava")
+    outer = type(first.model)
+    assert not hasattr(outer, agci.LAMBDA_KEY)
+    agci.apply_agci(first.model, 0.5)
+    agci.apply_agci(second.model, 0.5)
+    agci.revert_agci(first.model)
+    assert second.model.global_context_broadcast_lambda == 0.5  # still patched: the property stays
+    agci.revert_agci(second.model)
+    assert agci.LAMBDA_KEY not in outer.__dict__
+    assert second.model.config.global_context_broadcast_lambda == 0.5  # the config keeps its value
+    agci.apply_agci(first.model)
+    with agci.patch("llava"):  # a class patch over an instance patch, undone: the instance's property is back
+        pass
+    assert first.model.global_context_broadcast_lambda == 0.5
+    agci.revert_agci(first.model)
+    assert agci.LAMBDA_KEY not in outer.__dict__
+    agci.apply_agci(second.model)
+    del second
+    gc.collect()
+    assert agci.LAMBDA_KEY not in outer.__dict__

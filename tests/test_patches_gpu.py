@@ -6,7 +6,8 @@ from conftest import per_image_formula, relative_error
 from vlm_cases import build
 
 import agci
-from agci.patches import core, versions
+from agci import compat
+from agci.patches import core
 
 pytestmark = [
     pytest.mark.gpu,
@@ -24,7 +25,7 @@ def test_patched_model_on_cuda_uses_triton_and_matches_the_formula(model_type, m
     original = type(inner).get_image_features
     kwargs = {k: v for k, v in inputs.items() if k in ("image_sizes", "image_grid_thw")}
     with torch.no_grad():
-        stock = case.per_image(versions.image_features_per_image(original(inner, inputs["pixel_values"], **kwargs)))
+        stock = case.per_image(compat.image_features_per_image(original(inner, inputs["pixel_values"], **kwargs)))
     chosen = []
     real = agci.kernels.resolve_impl
     monkeypatch.setattr(agci.kernels, "resolve_impl", lambda impl, x: chosen.append(real(impl, x)) or chosen[-1])

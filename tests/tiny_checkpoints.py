@@ -8,6 +8,8 @@ from pathlib import Path
 
 from vlm_cases import CONFIGS
 
+from agci import compat
+
 WORDS = (
     "a an the is are there in on of to and what which who where how many image picture colour color "
     "left right top bottom center sign written say answer question option letter choice given directly "
@@ -100,8 +102,7 @@ def save_tiny(model_type: str, out: Path, lam: float | None = None, seed: int = 
     if model_type in ("qwen2_5_vl", "qwen3_vl"):
         specials = {"<|image_pad|>": 120, "<|video_pad|>": 121, "<|vision_start|>": 122, "<|vision_end|>": 123,
                     "<|im_start|>": 124, "<|im_end|>": 125}  # fmt: skip
-        # transformers 4.x's Qwen processors accept only Qwen2TokenizerFast; 5.x's accept any fast tokenizer
-        qwen_cls = getattr(tf, "Qwen2TokenizerFast", None) if tf.__version__.startswith("4.") else None
+        qwen_cls = tf.Qwen2TokenizerFast if compat.qwen_processors_need_qwen2_tokenizer() else None
         tok = _tokenizer(specials, d["text_config"]["vocab_size"], cls=qwen_cls)
         if model_type == "qwen2_5_vl":  # 14 px patches
             pixels = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 9}

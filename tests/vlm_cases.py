@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from agci import compat
+
 CONFIGS = json.loads((Path(__file__).parent / "fixtures" / "tiny_configs.json").read_text())
 PAD = 0
 
@@ -59,7 +61,6 @@ def build(model_type: str, seed: int = 0, **config_overrides) -> Case:
 
     torch.manual_seed(seed)
     d = dict(CONFIGS[model_type], **config_overrides)
-    v5 = int(transformers.__version__.split(".")[0]) >= 5
     tiles = None
     if model_type == "llava":
         model = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(**d))
@@ -90,7 +91,7 @@ def build(model_type: str, seed: int = 0, **config_overrides) -> Case:
                 "pixel_values": torch.randn(4 * w, patch_dim),
                 "image_grid_thw": torch.tensor([[1, 4, w]]),
             }
-            if model_type == "qwen3_vl" and v5:
+            if model_type == "qwen3_vl" and compat.qwen3_vl_takes_mm_token_type_ids():
                 s["mm_token_type_ids"] = (s["input_ids"] == 120).int()
             samples.append(s)
         token = 120

@@ -1,12 +1,23 @@
-"""The config key that turns AGCI on, and the validation of its value."""
+"""The config keys that control AGCI, how their values are read and checked, and how lambda is set
+on a model for a while and written as text.
+
+Every key name lives here; nothing else in agci spells one out. No torch or transformers import.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+from collections.abc import Iterator
 
 LAMBDA_KEY = "global_context_broadcast_lambda"
 DEFAULT_LAMBDA = 0.0
+# "image" (default): one mean per image. "batch": the reference code's mean over every image of a call.
+SCOPE_KEY = "global_context_broadcast_scope"
+SCOPES = ("image", "batch")
+# true: videos get AGCI too, one context per video (default: left alone, as in the reference)
+VIDEOS_KEY = "global_context_broadcast_videos"
 
 
 def validate_lambda(value: object, *, name: str = LAMBDA_KEY) -> float:
@@ -26,3 +37,77 @@ def validate_lambda(value: object, *, name: str = LAMBDA_KEY) -> float:
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}. Use 0 to turn AGCI off.")
     return value
+
+
+def parse_lambdas(text: str) -> list[float]:
+    """``"0,0.5,1"`` -> ``[0.0, 0.5, 1.0]``, each value checked; ValueError names the bad one."""
+    values = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        try:
+            number = float(part)
+        except ValueError:
+            raise ValueError(f"{part!r} is not a number") from None
+        values.append(validate_lambda(number))
+    return values
+
+
+def format_lambda(lam: float) -> str:
+    """Lambda as text that reads back as the same float (``float(format_lambda(x)) == x``): ``repr`` without
+    a trailing ``.0``, so 0.5 -> "0.5", 1.0 -> "1", 0.1234567 -> "0.1234567" (``{:g}`` would give
+    "0.123457"). Used in folder names, summary keys and arguments passed to other processes."""
+    text = repr(float(lam))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def read_lambda(config) -> float:
+    """The checked lambda of a model config (0 when the key is absent or null)."""
+    return validate_lambda(getattr(config, LAMBDA_KEY, DEFAULT_LAMBDA) or DEFAULT_LAMBDA)
+
+
+def read_scope(config) -> str:
+    scope = getattr(config, SCOPE_KEY, "image") or "image"
+    if scope not in SCOPES:
+        raise ValueError(f"{SCOPE_KEY} must be one of {SCOPES}, got {scope!r}")
+    return scope
+
+
+def read_videos(config) -> bool:
+    value = getattr(config, VIDEOS_KEY, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{VIDEOS_KEY} must be true or false, got {value!r}")
+    return value
+
+
+def write_lambda(config, value: object) -> float:
+    """Check ``value`` and store it in ``config``; returns it as a float."""
+    value = validate_lambda(value)
+    setattr(config, LAMBDA_KEY, value)
+    return value
+
+
+@contextlib.contextmanager
+def using_lambda(model, lam: float) -> Iterator[float]:
+    """Run the block with ``model``'s lambda set to ``lam``, then put the previous value back (also when the
+    block raises; a key that was absent is removed again).
+
+    ``model`` is a VLM (patched or not, also inside PEFT or other wrappers that forward ``.config``) or its
+    config. The patched model reads lambda from its config at every call, so one model serves a sweep::
+
+        for lam in (0.0, 0.5):
+            with agci.using_lambda(model, lam):
+                logits = model(**inputs).logits
+    """
+    config = getattr(model, "config", model)
+    had_key = LAMBDA_KEY in vars(config)
+    previous = getattr(config, LAMBDA_KEY, None)
+    value = write_lambda(config, lam)
+    try:
+        yield value
+    finally:
+        if had_key:
+            setattr(config, LAMBDA_KEY, previous)
+        else:
+            with contextlib.suppress(AttributeError):
+                delattr(config, LAMBDA_KEY)

@@ -1,1 +1,2 @@
-"""Model patches (per family) and the transformers-version facts they rely on (``versions``)."""
+"""Model patches: the family table (``families``), the wrapping of ``get_image_features`` (``core``) and
+``AutoAGCIModelForImageTextToText`` (``auto``)."""

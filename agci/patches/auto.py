@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from ..configs import LAMBDA_KEY, validate_lambda
-from .core import apply_agci, check_model_type, read_lambda, read_scope
+from ..configs import read_lambda, read_scope, write_lambda
+from .core import apply_agci, check_model_type
 
 
 def _checked_config(config, global_context_broadcast_lambda):
     check_model_type(config.model_type)
     if global_context_broadcast_lambda is not None:
-        setattr(config, LAMBDA_KEY, validate_lambda(global_context_broadcast_lambda))
+        write_lambda(config, global_context_broadcast_lambda)
     read_lambda(config)
     read_scope(config)
     return config

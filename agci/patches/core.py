@@ -14,37 +14,15 @@ import importlib
 import threading
 import types
 import warnings
+import weakref
 
 import torch
 
-from ..configs import LAMBDA_KEY, validate_lambda
-from . import versions
+from .. import compat
+from ..configs import LAMBDA_KEY, read_lambda, read_scope, read_videos, write_lambda
 from .families import FAMILIES, SUPPORTED_MODEL_TYPES, Family
 
-SCOPE_KEY = "global_context_broadcast_scope"
-SCOPES = ("image", "batch")
-VIDEOS_KEY = "global_context_broadcast_videos"  # true: videos get AGCI too, one context per video
-
-
 _VIDEO = threading.local()  # set while get_video_features runs, so that its call into get_image_features is skipped
-
-
-def read_lambda(config) -> float:
-    return validate_lambda(getattr(config, LAMBDA_KEY, 0.0) or 0.0)
-
-
-def read_videos(config) -> bool:
-    value = getattr(config, VIDEOS_KEY, False)
-    if not isinstance(value, bool):
-        raise ValueError(f"{VIDEOS_KEY} must be true or false, got {value!r}")
-    return value
-
-
-def read_scope(config) -> str:
-    scope = getattr(config, SCOPE_KEY, "image") or "image"
-    if scope not in SCOPES:
-        raise ValueError(f"{SCOPE_KEY} must be one of {SCOPES}, got {scope!r}")
-    return scope
 
 
 def inject(features, lam: float, scope: str = "image", tiles: list[int] | None = None):
@@ -142,7 +120,7 @@ def _wrap_image_features(original, family: Family):
         if lam == 0.0:
             return original(self, *args, **kwargs)
         scope = read_scope(self.config)
-        wants_tuple = kwargs.get("return_dict") is False and versions.returns_output_dataclass()
+        wants_tuple = kwargs.get("return_dict") is False and compat.returns_output_dataclass()
         if wants_tuple:
             kwargs["return_dict"] = True
         output = original(self, *args, **kwargs)
@@ -155,7 +133,7 @@ def _wrap_image_features(original, family: Family):
                 tiles = tiles_per_image(ids, token, features.shape[1], features.shape[0])
             return inject(features, lam, scope, tiles)
 
-        output = versions.map_image_features(output, apply)
+        output = compat.map_image_features(output, apply)
         return output.to_tuple() if wants_tuple else output
 
     get_image_features.__agci_original__ = original
@@ -178,7 +156,7 @@ def _wrap_video_features(original):
         if lam == 0.0 or not read_videos(self.config):
             return output
         scope = read_scope(self.config)
-        return versions.map_image_features(output, lambda f: inject(f, lam, scope))
+        return compat.map_image_features(output, lambda f: inject(f, lam, scope))
 
     get_video_features.__agci_original__ = original
     return get_video_features
@@ -207,7 +185,7 @@ def _lambda_property() -> _LambdaProperty:
         return read_lambda(self.config)
 
     def fset(self, value):
-        self.config.global_context_broadcast_lambda = validate_lambda(value)
+        write_lambda(self.config, value)
 
     return _LambdaProperty(fget, fset, doc=_LambdaProperty.__doc__)
 
@@ -222,7 +200,7 @@ def check_model_type(model_type: str | None, where: str = "") -> None:
 
 def family_classes(model_type: str) -> tuple[type, type]:
     check_model_type(model_type)
-    versions.check_transformers_supported()
+    compat.check_transformers_supported()
     family = FAMILIES[model_type]
     module = importlib.import_module(family.module)
     return getattr(module, family.inner_class), getattr(module, family.outer_class)
@@ -294,8 +272,7 @@ def patch(model_types=None) -> PatchHandle:
             cls = inner if where == "inner" else outer
             handle._set(cls, name, wrap(getattr(cls, name)))
         handle._set(inner, "__init__", _wrap_init(inner.__init__))
-        if not _is_wrapped(outer, LAMBDA_KEY):
-            handle._set(outer, LAMBDA_KEY, _lambda_property())
+        handle._set(outer, LAMBDA_KEY, _lambda_property())  # undo() puts back an apply_agci property
     _HANDLES.add(handle)
     return handle
 
@@ -326,10 +303,12 @@ def apply_agci(model: torch.nn.Module, global_context_broadcast_lambda: float | 
     """Patch one model instance (also inside PEFT, DDP or accelerate wrappers) and optionally set lambda.
 
     The inner model's ``get_image_features`` is wrapped on the instance; other instances are untouched.
-    Returns ``model``."""
+    ``model.global_context_broadcast_lambda`` is a property, which Python looks up on the class: the outer
+    class carries it (a plain proxy to each instance's config) while any of its instances is patched; it
+    goes when the last one is reverted (:func:`revert_agci`) or garbage-collected. Returns ``model``."""
     inner, model_type = _inner_model(model)
     if global_context_broadcast_lambda is not None:
-        inner.config.global_context_broadcast_lambda = validate_lambda(global_context_broadcast_lambda)
+        write_lambda(inner.config, global_context_broadcast_lambda)
     read_lambda(inner.config)
     if _is_wrapped(type(inner), "get_image_features") or "get_image_features" in inner.__dict__:
         return model  # patched already, by class or earlier on this instance
@@ -339,15 +318,43 @@ def apply_agci(model: torch.nn.Module, global_context_broadcast_lambda: float | 
         target = inner if where == "inner" else outer_instance
         if target is not None:
             target.__dict__[name] = types.MethodType(wrap(getattr(type(target), name)), target)
-    if not _is_wrapped(outer, LAMBDA_KEY):
-        setattr(outer, LAMBDA_KEY, _lambda_property())  # a plain proxy to each instance's config
+    if outer_instance is not None:
+        _track_instance(outer, outer_instance)
     return model
 
 
+# outer class -> (the lambda property apply_agci put on it, {id of a patched instance: its finalizer})
+_INSTANCE_PROPERTIES: dict[type, tuple[_LambdaProperty, dict[int, weakref.finalize]]] = {}
+
+
+def _track_instance(outer: type, instance) -> None:
+    if not _is_wrapped(outer, LAMBDA_KEY):  # a class-level patch() brings its own property
+        _INSTANCE_PROPERTIES[outer] = (_lambda_property(), {})
+        setattr(outer, LAMBDA_KEY, _INSTANCE_PROPERTIES[outer][0])
+    entry = _INSTANCE_PROPERTIES.get(outer)
+    if entry is not None and id(instance) not in entry[1]:
+        entry[1][id(instance)] = weakref.finalize(instance, _untrack_instance, outer, id(instance))
+
+
+def _untrack_instance(outer: type, key: int) -> None:
+    """An instance was reverted or collected; the last one takes the class's lambda property with it."""
+    entry = _INSTANCE_PROPERTIES.get(outer)
+    if entry is None or key not in entry[1]:
+        return
+    prop, live = entry
+    live.pop(key).detach()
+    if not live:
+        del _INSTANCE_PROPERTIES[outer]
+        if outer.__dict__.get(LAMBDA_KEY) is prop:  # not replaced by a class-level patch()
+            delattr(outer, LAMBDA_KEY)
+
+
 def revert_agci(model: torch.nn.Module) -> torch.nn.Module:
-    """Remove the instance-level patch of ``apply_agci`` (the config value is kept)."""
+    """Remove the instance-level patch of ``apply_agci`` (the config value is kept), and the outer class's
+    lambda property once no instance of it is patched."""
     for module in model.modules():
         for name in ("get_image_features", "get_video_features", "forward", "generate"):
             if hasattr(module.__dict__.get(name), "__agci_original__"):  # bound methods show their function's
                 del module.__dict__[name]
+        _untrack_instance(type(module), id(module))
     return model

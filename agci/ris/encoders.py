@@ -69,7 +69,7 @@ class Encoder:
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """L2-normalised text embeddings."""
-        from ..patches.versions import embedding_of
+        from ..compat import embedding_of
 
         padding = "max_length" if self.family in ("siglip", "siglip2") else True  # SigLIP was trained padded
         tok = self.processor.tokenizer(list(texts), padding=padding, truncation=True, return_tensors="pt")
@@ -81,7 +81,7 @@ class Encoder:
     @torch.no_grad()
     def image_features(self, images) -> torch.Tensor:
         """L2-normalised global image embeddings."""
-        from ..patches.versions import embedding_of
+        from ..compat import embedding_of
 
         return torch.nn.functional.normalize(
             embedding_of(self.model.get_image_features(**self.pixel_inputs(images))), dim=-1

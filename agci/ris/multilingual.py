@@ -60,7 +60,7 @@ def agreement_by_layer(encoder: Encoder, texts_by_language: dict[str, list[str]]
 def centroid_features(encoder: Encoder, texts_by_language: dict[str, list[str]], layer: int | None = None):
     """L2-normalised text features of the mixed-language centroid, and the layer used (1-based; by default
     the one where the languages agree most)."""
-    from ..patches.versions import layer_output
+    from ..compat import layer_output
 
     _check(encoder)
     if len(texts_by_language) < 2:

@@ -1,4 +1,8 @@
-"""Every fact about transformers versions that agci relies on lives here."""
+"""Every fact about transformers versions that agci relies on lives here.
+
+agci supports transformers 4.57.x and 5.x (``SUPPORTED_TRANSFORMERS``); older versions are refused,
+so nothing here branches for them.
+"""
 
 from __future__ import annotations
 
@@ -28,9 +32,20 @@ def check_transformers_supported() -> None:
         )
 
 
-def dtype_kwarg() -> str:
-    """``from_pretrained``'s dtype argument: ``dtype`` since 4.56, ``torch_dtype`` before."""
-    return "dtype" if transformers_version() >= (4, 56) else "torch_dtype"
+def returns_output_dataclass() -> bool:
+    """5.x: ``get_image_features`` returns an output dataclass whose ``pooler_output`` holds the features;
+    4.57 returns them directly (Qwen3-VL: a 2-tuple ``(per_image, deepstack)``)."""
+    return transformers_version()[0] >= 5
+
+
+def qwen_processors_need_qwen2_tokenizer() -> bool:
+    """4.57's Qwen-VL processors accept only ``Qwen2TokenizerFast``; 5.x's take any fast tokenizer."""
+    return transformers_version()[0] < 5
+
+
+def qwen3_vl_takes_mm_token_type_ids() -> bool:
+    """5.x's Qwen3-VL forward reads ``mm_token_type_ids`` (1 at image tokens), which its processor returns."""
+    return transformers_version()[0] >= 5
 
 
 def embedding_of(output) -> torch.Tensor:
@@ -44,12 +59,6 @@ def layer_output(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def returns_output_dataclass() -> bool:
-    """5.x: ``get_image_features`` returns an output dataclass whose ``pooler_output`` holds the features;
-    4.57 returns them directly (Qwen3-VL: a 2-tuple ``(per_image, deepstack)``)."""
-    return transformers_version()[0] >= 5
-
-
 def image_features_per_image(output) -> list[torch.Tensor]:
     """The per-image ``[n_i, D]`` tensors from ``get_image_features``, whatever the version returned."""
     features = _features_of(output)
@@ -58,36 +67,36 @@ def image_features_per_image(output) -> list[torch.Tensor]:
     return list(features)
 
 
-def _features_of(output):
-    if hasattr(output, "pooler_output"):
-        return output.pooler_output
-    if (
-        isinstance(output, tuple)
-        and len(output) == 2
-        and isinstance(output[1], list | tuple)
-        and _is_features(output[0])
-    ):
-        return output[0]  # 4.57 Qwen3-VL: (per-image features, deepstack features)
-    return output
-
-
-def _is_features(value) -> bool:
-    return isinstance(value, torch.Tensor) or (
-        isinstance(value, list | tuple) and all(isinstance(t, torch.Tensor) for t in value)
-    )
-
-
 def map_image_features(output, fn: Callable[[Any], Any]):
     """Return ``output`` with its per-image features replaced by ``fn(features)``; the structure is kept
     (dataclass, 4.57 Qwen3-VL pair, list, tuple or stacked tensor). Deepstack features are left alone."""
     if hasattr(output, "pooler_output"):
         output.pooler_output = fn(output.pooler_output)
         return output
-    if (
+    if _is_qwen3_vl_pair(output):
+        return (fn(output[0]), output[1])
+    return fn(output)
+
+
+def _features_of(output):
+    if hasattr(output, "pooler_output"):
+        return output.pooler_output
+    if _is_qwen3_vl_pair(output):
+        return output[0]
+    return output
+
+
+def _is_qwen3_vl_pair(output) -> bool:
+    """4.57 Qwen3-VL returns ``(per-image features, deepstack features)`` from ``get_image_features``."""
+    return (
         isinstance(output, tuple)
         and len(output) == 2
         and isinstance(output[1], list | tuple)
         and _is_features(output[0])
-    ):
-        return (fn(output[0]), output[1])
-    return fn(output)
+    )
+
+
+def _is_features(value) -> bool:
+    return isinstance(value, torch.Tensor) or (
+        isinstance(value, list | tuple) and all(isinstance(t, torch.Tensor) for t in value)
+    )
