@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     from agci.bias.runner import embedded_model
 
     model = args.model or str(embedded_model())
-    vlm = scoring.load_vlm(model, args.dtype, args.device)
+    vlm = scoring.load_probe_vlm(model, args.dtype, args.device)
     on_gpu = vlm.device.type == "cuda"
     data = Path(args.data) if args.data else Path(tempfile.gettempdir()) / "agci-bench-probe-set"
     if not args.data:

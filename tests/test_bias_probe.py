@@ -16,9 +16,8 @@ from agci.bias.probe_sets import PROMPT, SetOptions, build, read_records
 from agci.bias.runner import ProbeConfig, run_probe
 from agci.bias.scoring import (
     answer_logprob,
-    chat_messages,
     generate_answers,
-    load_vlm,
+    load_probe_vlm,
     masked_copies,
     masked_tensors,
     occlusion_map,
@@ -30,11 +29,12 @@ from agci.bias.scoring import (
     similarity,
 )
 from agci.bias.tiny_model import ASSET_DIR
+from agci.vlm import chat_messages
 
 
 @pytest.fixture(scope="module")
 def vlm():
-    return load_vlm(ASSET_DIR)
+    return load_probe_vlm(ASSET_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_the_embedded_model_was_trained_it_names_objects():
     from agci.bias.synthetic import synthetic_pairs
     from agci.bias.tiny_model import WHOLE_IMAGE_QUESTION
 
-    vlm = load_vlm(ASSET_DIR)
+    vlm = load_probe_vlm(ASSET_DIR)
     pairs = synthetic_pairs(30, seed=99)
     answers = generate_answers(vlm, [p.load_image() for p in pairs], [WHOLE_IMAGE_QUESTION] * 30, max_new_tokens=6)
     colour_right = sum(p.caption.split()[1] in a["generated"].split() for p, a in zip(pairs, answers, strict=True))
@@ -152,7 +152,7 @@ def test_every_family_scores_batches_like_single_samples(tmp_path, model_type):
     sys.path.insert(0, str(Path(__file__).parent))
     from tiny_checkpoints import save_tiny
 
-    vlm = load_vlm(save_tiny(model_type, tmp_path / model_type, lam=0.5))
+    vlm = load_probe_vlm(save_tiny(model_type, tmp_path / model_type, lam=0.5))
     images = [_samples_from_noise(w, h, seed) for seed, (w, h) in enumerate([(112, 84), (84, 112), (140, 140)])]
     prompts = ["Is there a red dog?", "Is there a cat?", "Is there a blue car?"]
     batched = score_yes_no(vlm, images, prompts)
@@ -370,7 +370,7 @@ def test_unsupported_model_and_missing_chat_template_are_refused_before_loading(
         tmp_path / "bert"
     )
     with pytest.raises(ValueError, match="not supported; supported: .*llava"):
-        load_vlm(tmp_path / "bert")
+        load_probe_vlm(tmp_path / "bert")
     copy = tmp_path / "no-template"
     shutil.copytree(ASSET_DIR, copy)
     for f in copy.glob("chat_template*"):
@@ -381,7 +381,7 @@ def test_unsupported_model_and_missing_chat_template_are_refused_before_loading(
             cfg.pop("chat_template", None)
             (copy / name).write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="no chat template"):
-        load_vlm(copy)
+        load_probe_vlm(copy)
 
 
 def _agci(*args, cwd, env=None):
@@ -438,3 +438,17 @@ def test_distributed_launch_shards_the_samples(tmp_path, probe_set):
     assert len(ids) == 20 and len(set(ids)) == 20
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["lambdas"]["0"]["position"]["scored"] == 20
+
+
+def test_a_lambda_is_written_exactly_into_folder_names_and_the_summary(tmp_path, probe_set, monkeypatch):
+    from agci.patches import core
+
+    seen = []
+    real_inject = core.inject
+    monkeypatch.setattr(core, "inject", lambda features, lam, *a, **k: seen.append(lam) or real_inject(
+        features, lam, *a, **k))  # fmt: skip
+    summary = run_probe(ProbeConfig(data=str(probe_set), out=str(tmp_path / "out"), lambdas=[0.1234567],
+                                    tasks=("position",), limit=4, batch_size=4, progress=False))  # fmt: skip
+    assert list(summary["lambdas"]) == ["0.1234567"]  # {:g} would have written 0.123457
+    assert len(_lines(tmp_path / "out" / "lambda_0.1234567" / "position.jsonl")) == 4
+    assert set(seen) == {0.1234567}

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import inspect
 import logging
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
+
+from ..configs import read_lambda, using_lambda
+from ..vlm import LoadedVLM, chat_messages, load_vlm, processor_inputs
 
 log = logging.getLogger(__name__)
 
@@ -23,23 +25,11 @@ ANSWER_WORDS = {"Yes": ("Yes", "yes", "YES"), "No": ("No", "no", "NO")}
 
 
 @dataclass
-class LoadedVLM:
-    model: torch.nn.Module
-    processor: object
-    name: str
-    yes_ids: list[int]
-    no_ids: list[int]
-    # held around every use of the processor's tokenizer, which may not be used from two threads at once
-    # (a fast tokenizer raises "Already borrowed"); :func:`prefetched` encodes on a worker thread
-    tokenizer_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+class ProbeVLM(LoadedVLM):
+    """A loaded VLM with the token ids of its Yes and No answers."""
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def tokenizer(self):
-        return getattr(self.processor, "tokenizer", self.processor)
+    yes_ids: list[int] = field(default_factory=list)
+    no_ids: list[int] = field(default_factory=list)
 
 
 def answer_token_ids(tokenizer) -> tuple[list[int], list[int]]:
@@ -61,58 +51,20 @@ def answer_token_ids(tokenizer) -> tuple[list[int], list[int]]:
     return found["Yes"], found["No"]
 
 
-def load_vlm(model: str | Path, dtype: str = "auto", device: str | None = None, attn: str | None = None,
-             device_map: str | None = None) -> LoadedVLM:  # fmt: skip
-    """Model (AGCI patched) and processor from a local folder or hub id; refuses unsupported models and
-    processors without a chat template before loading weights."""
-    from transformers import AutoConfig, AutoProcessor
-
-    from ..patches.auto import AutoAGCIModelForImageTextToText
-    from ..patches.core import check_model_type
-    from ..patches.versions import dtype_kwarg
-
-    config = AutoConfig.from_pretrained(model)
-    check_model_type(config.model_type, where=f"{model}: ")
-    processor = AutoProcessor.from_pretrained(model)
-    if getattr(processor, "chat_template", None) is None:
-        raise ValueError(
-            f"{model}: the processor has no chat template, so prompts cannot be built the way the model was "
-            "trained; add chat_template.jinja (or chat_template in processor_config.json) to the checkpoint"
-        )
-    tokenizer = getattr(processor, "tokenizer", processor)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    kwargs: dict = {}
-    if dtype != "auto":
-        kwargs[dtype_kwarg()] = getattr(torch, dtype)
-    if attn:
-        kwargs["attn_implementation"] = attn
-    if device_map:
-        kwargs["device_map"] = device_map
-    vlm = AutoAGCIModelForImageTextToText.from_pretrained(model, config=config, **kwargs).eval()
-    if device and not device_map:
-        vlm.to(device)
-    yes, no = answer_token_ids(tokenizer)
-    return LoadedVLM(vlm, processor, str(model), yes, no)
-
-
-def chat_messages(prompt: str, answer: str | None = None) -> list[dict]:
-    """One image then the prompt from the user, and the assistant's answer when given."""
-    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
-    if answer is None:
-        return [user]
-    return [user, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+def load_probe_vlm(model: str | Path, dtype: str = "auto", device: str | None = None, attn: str | None = None,
+                   device_map: str | None = None) -> ProbeVLM:  # fmt: skip
+    """:func:`agci.vlm.load_vlm` (refuses unsupported models and processors without a chat template before
+    loading weights), with the Yes/No token ids of the tokenizer."""
+    loaded = load_vlm(model, dtype=dtype, device=device, attn=attn, device_map=device_map)
+    yes, no = answer_token_ids(loaded.tokenizer)
+    return ProbeVLM(**{f.name: getattr(loaded, f.name) for f in fields(loaded)}, yes_ids=yes, no_ids=no)
 
 
 def encode(vlm: LoadedVLM, images: list, prompts: list[str]) -> dict:
     """Chat-templated, left-padded inputs for one question per image, ready for the model's device."""
-    # one list per prompt: Gemma3n's processor (transformers <= 5.6) refuses a flat list for a batch
-    nested = [[image] for image in images]
     with vlm.tokenizer_lock:
         texts = [vlm.processor.apply_chat_template(chat_messages(p), add_generation_prompt=True) for p in prompts]
-        batch = vlm.processor(images=nested, text=texts, return_tensors="pt", padding=True)
-    return model_inputs(vlm.model, batch)
+        return processor_inputs(vlm, texts, [[image] for image in images])
 
 
 _END = object()
@@ -155,19 +107,7 @@ def chunks(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def model_inputs(model: torch.nn.Module, batch) -> dict:
-    """A processor's output ready for ``model``: on its device, floats in its dtype, and without the
-    ``token_type_ids`` that some tokenizers return for models whose forward (and generate) refuses them."""
-    batch = dict(batch)
-    if "token_type_ids" in batch and "token_type_ids" not in inspect.signature(model.forward).parameters:
-        batch.pop("token_type_ids")
-    param = next(model.parameters())
-    return {
-        k: v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device) for k, v in batch.items()
-    }
-
-
-def score_yes_no(vlm: LoadedVLM, images: list, prompts: list[str]) -> list[dict]:
+def score_yes_no(vlm: ProbeVLM, images: list, prompts: list[str]) -> list[dict]:
     """One forward per batch; the next-token distribution decides Yes or No.
 
     ``prediction`` compares the best Yes token with the best No token, so it equals what greedy decoding
@@ -177,7 +117,7 @@ def score_yes_no(vlm: LoadedVLM, images: list, prompts: list[str]) -> list[dict]
 
 
 @torch.no_grad()
-def yes_no_from_inputs(vlm: LoadedVLM, inputs: dict) -> list[dict]:
+def yes_no_from_inputs(vlm: ProbeVLM, inputs: dict) -> list[dict]:
     """:func:`score_yes_no` on inputs already encoded (reused across a lambda sweep)."""
     logits = vlm.model(**inputs, logits_to_keep=1).logits[:, -1].float()  # no logits for the prompt
     logp = logits.log_softmax(-1)
@@ -283,7 +223,7 @@ def occlusion_map(vlm: LoadedVLM, image, prompt: str, answer_ids: list[int], mas
 
     Returns the unmasked log-probability and a (H/mask, W/mask) map of drops (positive: the square
     mattered for the answer)."""
-    lam = vlm.model.global_context_broadcast_lambda
+    lam = read_lambda(vlm.model.config)
     return occlusion_maps(vlm, image, prompt, {lam: answer_ids}, mask, batch_size, prefetch)[lam]
 
 
@@ -293,27 +233,22 @@ def occlusion_maps(vlm: LoadedVLM, image, prompt: str, answers: dict[float, list
     """:func:`occlusion_map` for several lambdas, each with the answer the model gave at that lambda;
     every batch of masked copies goes through the processor once for all of them, ``prefetch`` batches
     ahead on a worker thread (0: none). ``inputs``: the unmasked image and prompt already encoded."""
-    model = vlm.model
-    before = model.global_context_broadcast_lambda
 
     def score(encoded) -> dict[float, torch.Tensor]:
         out = {}
         for lam, ids in answers.items():
-            model.global_context_broadcast_lambda = lam
-            out[lam] = answer_logprob_from_inputs(vlm, encoded, ids).cpu()
+            with using_lambda(vlm.model, lam):
+                out[lam] = answer_logprob_from_inputs(vlm, encoded, ids).cpu()
         return out
 
     w, h = image.size
     drops: dict[float, list] = {lam: [] for lam in answers}
-    try:
-        unmasked = inputs if inputs is not None else encode(vlm, [image], [prompt])
-        base = {lam: v[0].item() for lam, v in score(unmasked).items()}
-        batches = chunks(masked_tensors(image, mask), batch_size)
-        for encoded in prefetched(lambda batch: encode(vlm, batch, [prompt] * len(batch)), batches, prefetch):
-            for lam, logp in score(encoded).items():
-                drops[lam].append(base[lam] - logp)
-    finally:
-        model.global_context_broadcast_lambda = before
+    unmasked = inputs if inputs is not None else encode(vlm, [image], [prompt])
+    base = {lam: v[0].item() for lam, v in score(unmasked).items()}
+    batches = chunks(masked_tensors(image, mask), batch_size)
+    for encoded in prefetched(lambda batch: encode(vlm, batch, [prompt] * len(batch)), batches, prefetch):
+        for lam, logp in score(encoded).items():
+            drops[lam].append(base[lam] - logp)
     return {lam: (base[lam], torch.cat(drops[lam]).view(h // mask, w // mask)) for lam in answers}
 
 
@@ -364,7 +299,7 @@ def _check_pooling(pooling: str) -> None:
 @torch.no_grad()
 def similarity_from_inputs(vlm: LoadedVLM, inputs: dict, captions: list[str], pooling: str = "max") -> list[float]:
     """:func:`similarity` on inputs encoded with :data:`SIMILARITY_PROMPT`."""
-    from ..patches.versions import image_features_per_image
+    from ..compat import image_features_per_image
 
     _check_pooling(pooling)
     n_images = len(captions)
@@ -383,12 +318,17 @@ def similarity_from_inputs(vlm: LoadedVLM, inputs: dict, captions: list[str], po
 
 
 def _group_tiles(vlm, inputs, features, n_images) -> list[torch.Tensor]:
-    """InternVL returns features per tile; join each image's tiles (counted from the image tokens)."""
+    """Tiled families (InternVL) return features per tile; join each image's tiles (counted from the runs of
+    the family's image token)."""
     if len(features) == n_images:
         return list(features)
     from ..patches.core import tiles_per_image
+    from ..patches.families import FAMILIES
 
-    token_id = vlm.model.config.image_token_id
+    family = FAMILIES[vlm.model.config.model_type]
+    if family.tile_token_attr is None:
+        raise ValueError(f"{family.model_type}: got {len(features)} feature sets for {n_images} images")
+    token_id = getattr(vlm.model.config, family.tile_token_attr)
     counts = tiles_per_image(inputs["input_ids"], token_id, features[0].shape[0], len(features))
     out, i = [], 0
     for t in counts:

@@ -11,6 +11,7 @@ AGCI is per image, so a sample's answer does not depend on what it is batched wi
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 
@@ -20,6 +21,7 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
+from ..vlm import chat_messages, processor_inputs
 from .plugin import MODEL_NAMES, model_name_for
 
 log = logging.getLogger(__name__)
@@ -62,23 +64,18 @@ class AGCIModel(lmms):
     ) -> None:
         super().__init__()
         if unknown:
-            raise TypeError(
-                f"{self.model_name}: unknown model_args {sorted(unknown)}; accepted: pretrained, "
-                "global_context_broadcast_lambda, dtype, device, device_map, attn_implementation, batch_size, "
-                "max_pixels, min_pixels, max_new_tokens, system_prompt, trust_remote_code, use_cache"
-            )
+            params = inspect.signature(AGCIModel.__init__).parameters
+            accepted = ", ".join(p for p in params if p not in ("self", "unknown"))
+            raise TypeError(f"{self.model_name}: unknown model_args {sorted(unknown)}; accepted: {accepted}")
         if not str(batch_size).isdigit() or int(batch_size) < 1:
             raise ValueError(f"{self.model_name}: batch_size must be a whole number >= 1, got {batch_size!r}")
         from accelerate import Accelerator
-        from transformers import AutoConfig, AutoProcessor
 
-        from ..configs import validate_lambda
-        from ..patches.auto import AutoAGCIModelForImageTextToText
-        from ..patches.core import check_model_type
+        from ..configs import LAMBDA_KEY, validate_lambda
+        from ..vlm import load_config, load_vlm
 
         trust = _flag(trust_remote_code)
-        config = AutoConfig.from_pretrained(pretrained, trust_remote_code=trust)
-        check_model_type(config.model_type, where=f"{pretrained}: ")
+        config = load_config(pretrained, trust)
         accepted = MODEL_NAMES[self.model_name]
         if config.model_type not in accepted:
             raise ValueError(
@@ -94,38 +91,24 @@ class AGCIModel(lmms):
         self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
         if device is None:
             device = f"cuda:{accelerator.local_process_index}" if torch.cuda.is_available() else "cpu"
-        kwargs: dict = {"trust_remote_code": trust}
-        if dtype != "auto":
-            from ..patches.versions import dtype_kwarg
-
-            kwargs[dtype_kwarg()] = getattr(torch, dtype)
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        if device_map:
-            if self._world_size > 1:
-                raise ValueError("device_map splits one model over devices; do not combine it with several processes")
-            kwargs["device_map"] = device_map
-        self._model = AutoAGCIModelForImageTextToText.from_pretrained(
-            pretrained, config=config, global_context_broadcast_lambda=lam, **kwargs
-        ).eval()
-        if not device_map:
-            self._model.to(device)
+        if device_map and self._world_size > 1:
+            raise ValueError("device_map splits one model over devices; do not combine it with several processes")
         processor_kwargs = {k: int(v) for k, v in (("max_pixels", max_pixels), ("min_pixels", min_pixels)) if v}
-        self.processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=trust, **processor_kwargs)
-        if getattr(self.processor, "chat_template", None) is None:
-            raise ValueError(f"{pretrained}: the processor has no chat template; add chat_template.jinja to it")
-        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.vlm = load_vlm(
+            pretrained, global_context_broadcast_lambda=lam, dtype=dtype, device=device, device_map=device_map or None,
+            attn=attn_implementation, trust_remote_code=trust, processor_kwargs=processor_kwargs, config=config,
+        )  # fmt: skip
+        self._model = self.vlm.model
+        self.processor = self.vlm.processor
+        self.tokenizer = self.vlm.tokenizer
         self.pretrained = pretrained
         self.batch_size_per_gpu = int(batch_size)
         self.default_max_new_tokens = int(max_new_tokens)
         self.system_prompt = self._resolve_system_prompt(system_prompt) if system_prompt else None
         self.use_cache = _flag(use_cache)
         log.info(
-            "%s: %s (%s) with global_context_broadcast_lambda=%s",
-            self.model_name, pretrained, config.model_type, self._model.global_context_broadcast_lambda,
+            "%s: %s (%s) with %s=%s",
+            self.model_name, pretrained, config.model_type, LAMBDA_KEY, self._model.global_context_broadcast_lambda,
         )  # fmt: skip
 
     @property
@@ -145,26 +128,16 @@ class AGCIModel(lmms):
         return self._model.global_context_broadcast_lambda
 
     # -- inputs ---------------------------------------------------------------------------------
-    def _messages(self, images: list, text: str) -> list[dict]:
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
-        messages = [{"role": "user", "content": content}]
-        if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
-        return messages
-
     def _inputs(self, images: list[list], texts: list[str], continuations: list[str] | None = None) -> dict:
         prompts = [
-            self.processor.apply_chat_template(self._messages(imgs, t), add_generation_prompt=True)
+            self.processor.apply_chat_template(
+                chat_messages(t, n_images=len(imgs), system_prompt=self.system_prompt), add_generation_prompt=True
+            )
             for imgs, t in zip(images, texts, strict=True)
         ]
         if continuations is not None:
             prompts = [p + c for p, c in zip(prompts, continuations, strict=True)]
-        kwargs = {"text": prompts, "return_tensors": "pt", "padding": True}
-        if any(images):
-            kwargs["images"] = images
-        from ..bias.scoring import model_inputs
-
-        return model_inputs(self._model, self.processor(**kwargs))
+        return processor_inputs(self.vlm, prompts, images)
 
     def _visuals(self, doc_to_visual, task: str, split: str, doc_id: int) -> list:
         visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
