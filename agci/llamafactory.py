@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .configs import LAMBDA_KEY
+from .configs import LAMBDA_KEY, format_lambda, read_lambda
 
 # LLaMA-Factory 0.9.5 template names per model type; the first is what the recipes use.
 TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -112,7 +112,7 @@ def check_recipe(path: Path) -> dict:
         raise ValueError(f"{path}: model_name_or_path is missing")
     config = AutoConfig.from_pretrained(model, trust_remote_code=bool(recipe.get("trust_remote_code", False)))
     check_model_type(config.model_type, where=f"{path}: {model}: ")
-    lam = float(getattr(config, LAMBDA_KEY, 0.0) or 0.0)
+    lam = read_lambda(config)
     if lam <= 0:  # training would run without AGCI, and an export would not carry it
         raise ValueError(
             f"{path}: {model} has no {LAMBDA_KEY} > 0 in config.json, so AGCI would be off; "
@@ -134,6 +134,49 @@ def run(action: str, recipe: Path, extra: list[str] | None = None, env: dict | N
     if cli is None:
         raise FileNotFoundError("llamafactory-cli is not installed: pip install 'agci[train]'")
     env = dict(os.environ if env is None else env, AGCI_AUTOPATCH="1")
-    print(f"agci: {action} {found['model']} ({found['model_type']}, {LAMBDA_KEY}={found['lambda']:g}) "
+    print(f"agci: {action} {found['model']} ({found['model_type']}, {LAMBDA_KEY}={format_lambda(found['lambda'])}) "
           "with AGCI_AUTOPATCH=1", flush=True)  # fmt: skip
     return subprocess.run([cli, action, str(recipe), *(extra or [])], env=env).returncode
+
+
+def add_parser(subparsers) -> None:
+    """``agci llamafactory data|train|export``."""
+    import argparse
+
+    lf = subparsers.add_parser(
+        "llamafactory",
+        help="LLaMA-Factory with AGCI: convert LLaVA-v1.5 data, train and export with AGCI in every process",
+        description="train/export check the recipe (supported model, lambda in config.json, template) and run "
+        "llamafactory-cli with AGCI_AUTOPATCH=1, so that processes LLaMA-Factory re-launches keep AGCI.",
+    )
+    lf_sub = lf.add_subparsers(dest="action", required=True)
+    data = lf_sub.add_parser("data", help="LLaVA-v1.5 instruction JSON -> LLaMA-Factory format, seeded sample")
+    data.add_argument("source", help="e.g. llava_v1_5_mix665k.json")
+    data.add_argument("--out", default="data", help="dataset_dir for LLaMA-Factory (default: data)")
+    data.add_argument("-n", type=int, default=10000, help="conversations to sample (default: 10000, as the paper)")
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--name", default="llava_v1_5_agci_10k", help="dataset name in dataset_info.json")
+    data.add_argument("--with-text-only", action="store_true", help="keep conversations without an image")
+    for action in ("train", "export"):
+        cmd = lf_sub.add_parser(action, help=f"llamafactory-cli {action} RECIPE with AGCI_AUTOPATCH=1")
+        cmd.add_argument("recipe", help="LLaMA-Factory YAML (integrations/llamafactory/recipes/)")
+        cmd.add_argument("extra", nargs=argparse.REMAINDER, help="more arguments for llamafactory-cli")
+    lf.set_defaults(func=llamafactory_command)
+
+
+def llamafactory_command(args) -> int:
+    from .arguments import refuse
+
+    try:
+        if args.action == "data":
+            summary = convert_llava(
+                Path(args.source), Path(args.out), n=args.n, seed=args.seed, name=args.name,
+                with_text_only=args.with_text_only,
+            )  # fmt: skip
+            skipped = summary["skipped"] or "none"
+            print(f"wrote {summary['written']} conversations to {args.out}/{args.name}.json (skipped: {skipped})")
+            print(f"and the {args.name} entry in {args.out}/dataset_info.json")
+            return 0
+        return run(args.action, Path(args.recipe), args.extra)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        return refuse(f"llamafactory {args.action}", exc)

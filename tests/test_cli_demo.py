@@ -58,3 +58,27 @@ def test_set_lambda_writes_the_key_after_checking_the_model_type(tmp_path):
     assert unsupported.returncode == 2 and "supported: llava" in unsupported.stderr
     missing = _agci("set-lambda", str(tmp_path / "nowhere"), "0.5")
     assert missing.returncode == 2 and "no config.json" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["demo", "set-lambda", "probe", "probe-set", "eval", "llamafactory", "resampler-probe", "ris", "info",
+     "llamafactory train", "resampler-probe report", "ris evaluate"],
+)  # fmt: skip
+def test_every_command_is_registered_with_its_help(command, capsys):
+    from agci.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([*command.split(), "--help"])
+    assert exit_.value.code == 0
+    assert f"usage: agci {command}" in capsys.readouterr().out
+
+
+def test_the_command_line_imports_no_torch_until_a_command_runs():
+    code = (
+        "import sys, agci.cli as c; c.build_parser(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'lmms_eval'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

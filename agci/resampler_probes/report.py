@@ -125,3 +125,15 @@ def breakdown(cache: Path, predictions: Path, task: str, out: Path, meta_categor
     plt.close(fig)
     (out / f"{task}_breakdown.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def best_layer(run: Path, cache: Path, task: str) -> tuple[int, dict]:
+    """The layer (0-based) of ``task`` with the best validation score in ``run/results.jsonl``, and the
+    :func:`breakdown` of its test predictions (written under ``run``)."""
+    run = Path(run)
+    rows = [r for r in read_jsonl(run / "results.jsonl") if r["task"] == task]
+    if not rows:
+        raise ValueError(f"{run}: no {task} results")
+    best = max(rows, key=lambda r: r["val"])
+    name = f"{task}-{best['probe']}-layer{best['layer'] + 1}.jsonl"
+    return best["layer"], breakdown(Path(cache), run / "predictions" / name, task, run)

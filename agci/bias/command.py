@@ -1,0 +1,131 @@
+"""``agci probe`` and ``agci probe-set``: their arguments, handlers and the summary they print."""
+
+from __future__ import annotations
+
+from ..arguments import lambdas, refuse
+
+
+def add_parser(subparsers) -> None:
+    probe = subparsers.add_parser(
+        "probe",
+        help="position / similarity / occlusion probes of spatial bias, for a sweep of lambdas (the main job)",
+        description="Without --model: the tiny probe VLM shipped with agci on a synthetic probe set, offline.",
+    )
+    probe.add_argument("--model", help="checkpoint folder or hub id (default: the embedded tiny probe VLM)")
+    probe.add_argument(
+        "--data",
+        help="probe-set folder (agci probe-set) or a records JSONL/JSON (image, caption, position, answer); "
+        "default: build one from --source",
+    )
+    probe.add_argument("--source", default="synthetic:60", help="pairs to build the set from when --data is not given")
+    probe.add_argument("--image-root", help="folder that record image paths are relative to (default: the data's)")
+    probe.add_argument("--out", default="agci-probe", help="output folder; rerunning into it resumes")
+    probe.add_argument(
+        "--lambda", dest="lambdas", type=lambdas, default=None,
+        help="comma-separated lambdas, e.g. 0,0.25,0.5,1 (default: 0 and the checkpoint's value, or 0.5)",
+    )  # fmt: skip
+    probe.add_argument("--tasks", default="position,similarity,occlusion")
+    probe.add_argument("--batch-size", type=int, default=16)
+    probe.add_argument("--prefetch", type=int, default=1,
+                       help="batches read and put through the processor ahead, on a thread, while the model runs "
+                            "(0: none)")  # fmt: skip
+    probe.add_argument("--generate", action="store_true", help="score by generating and parsing, as the reference")
+    probe.add_argument("--max-new-tokens", type=int, default=128)
+    probe.add_argument("--occlusion-samples", type=int, default=9, help="positive samples mapped (spread over cells)")
+    probe.add_argument("--mask", type=int, default=42, help="occlusion square size in canvas pixels")
+    probe.add_argument("--pooling", default="max", choices=["max", "mean"], help="similarity pooling over tokens")
+    probe.add_argument("--limit", type=int, help="score only the first N records of each task")
+    probe.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    probe.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the model's; accelerate's when launched)")
+    probe.add_argument("--attn", help="attn_implementation, e.g. sdpa, eager, flash_attention_2")
+    probe.add_argument("--seed", type=int, default=0)
+    probe.set_defaults(func=run_probe_command)
+    pset = subparsers.add_parser(
+        "probe-set", help="build a position + similarity probe set (with a manifest) from pairs"
+    )
+    pset.add_argument("out", help="output folder")
+    pset.add_argument(
+        "--source",
+        default="synthetic:60",
+        help="synthetic[:N], synthetic-textured[:N], a folder, a .jsonl/.csv of image+caption, hf:NAME[:SPLIT]",
+    )
+    pset.add_argument("--seed", type=int, default=0)
+    pset.add_argument("--canvas", type=int, default=840)
+    pset.add_argument("--negatives-per-pair", type=int, default=3)
+    pset.add_argument("--no-similarity", action="store_true")
+    pset.add_argument("--max-pairs", type=int)
+    pset.add_argument("--image-column", default="image")
+    pset.add_argument("--caption-column", default="caption")
+    pset.add_argument("--from-manifest", help="rebuild exactly the set that this manifest.json describes")
+    pset.set_defaults(func=probe_set_command)
+
+
+def run_probe_command(args) -> int:
+    from .runner import ProbeConfig, run_probe
+
+    try:
+        cfg = ProbeConfig(
+            model=args.model, data=args.data, source=args.source, out=args.out, lambdas=args.lambdas,
+            tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()), batch_size=args.batch_size,
+            prefetch=args.prefetch, generate=args.generate, max_new_tokens=args.max_new_tokens,
+            occlusion_samples=args.occlusion_samples, mask=args.mask, pooling=args.pooling, limit=args.limit,
+            image_root=args.image_root, dtype=args.dtype, device=args.device, attn=args.attn, seed=args.seed,
+        )  # fmt: skip
+        summary = run_probe(cfg)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        return refuse("probe", exc)
+    if summary is not None:
+        print_probe_summary(summary)
+        print(f"wrote {args.out}/summary.json, per-sample JSONL under {args.out}/lambda_*/ and the PNGs:")
+        for path in summary["figures"].values():
+            print(f"  {path}")
+    return 0
+
+
+def print_probe_summary(summary: dict) -> None:
+    """One line per lambda: accuracy, the position spread and test, and the similarity and occlusion spreads."""
+    for lam, tasks in summary["lambdas"].items():
+        parts = []
+        pos = tasks.get("position", {})
+        if "accuracy" in pos:
+            b = pos["bias"]
+            parts.append(f"accuracy {pos['accuracy']:.3f}")
+            if b["spread"] is not None:
+                parts.append(f"position spread {b['spread']:.3f} (best {b['best_cell']}, worst {b['worst_cell']})")
+            if b["centre_minus_border"] is not None:
+                parts.append(f"centre-border {b['centre_minus_border']:+.3f}")
+            test = pos.get("position_test", {})
+            if test.get("p_value") is not None:
+                parts.append(f"position effect p = {test['p_value']:.2g} (Cochran's Q, {test['pairs']} pairs)")
+            if pos.get("skipped"):
+                parts.append(f"skipped {pos['skipped']}")
+        sim = tasks.get("similarity", {})
+        if sim.get("bias", {}).get("spread") is not None:
+            parts.append(f"similarity spread {sim['bias']['spread']:.4f}")
+        occ = tasks.get("occlusion", {})
+        if occ.get("bias", {}).get("spread") is not None:
+            parts.append(f"occlusion target-share spread {occ['bias']['spread']:.3f}")
+        print(f"lambda {lam}: " + "; ".join(parts))
+
+
+def probe_set_command(args) -> int:
+    from .probe_sets import SetOptions, build, rebuild
+
+    try:
+        if args.from_manifest:
+            manifest = rebuild(args.from_manifest, args.out)
+        else:
+            options = SetOptions(
+                source=args.source, seed=args.seed, canvas=args.canvas, negatives_per_pair=args.negatives_per_pair,
+                similarity=not args.no_similarity, max_pairs=args.max_pairs, image_column=args.image_column,
+                caption_column=args.caption_column,
+            )  # fmt: skip
+            manifest = build(args.out, options)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+        return refuse("probe-set", exc)
+    print(
+        f"{args.out}: {manifest['questions']} position questions "
+        f"({manifest['positives']} Yes, {manifest['negatives']} No), "
+        f"{manifest['similarity_samples']} similarity samples, {len(manifest['skipped'])} pairs skipped"
+    )
+    return 0

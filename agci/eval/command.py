@@ -1,0 +1,50 @@
+"""``agci eval``: its arguments and handler (lmms-eval is imported only when it runs)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from ..arguments import lambdas, refuse
+
+
+def add_parser(subparsers) -> None:
+    ev = subparsers.add_parser(
+        "eval",
+        help="the paper's benchmark suite through lmms-eval at lambda 0 and the given lambdas, with a comparison",
+        description="Runs lmms-eval once per lambda (resumable) and writes comparison.md/json/png to --out.",
+    )
+    ev.add_argument("model_path", help="checkpoint folder or hub id of a supported VLM")
+    ev.add_argument("--lambda", dest="lambdas", type=lambdas, default=[0.5],
+                    help="comma-separated lambdas compared with 0 (default: 0.5)")  # fmt: skip
+    ev.add_argument("--tasks", default="agci_paper", help="agci_paper (the suite), agci_crpe, or task names")
+    ev.add_argument("--data", help="folder with local copies of the benchmarks (layout in README); default: the hub")
+    ev.add_argument("--out", default="agci-eval", help="output folder; rerunning into it skips finished lambdas")
+    ev.add_argument("--lmms-model", help="agci_qwen2_5_vl, agci_llava, ... (default: from config.json)")
+    ev.add_argument("--batch-size", type=int, default=1)
+    ev.add_argument("--limit", type=int, help="first N documents per task (for trying it out)")
+    ev.add_argument("--model-args", default="", help="more lmms-eval model_args, e.g. dtype=bfloat16,max_pixels=...")
+    ev.add_argument("--device", help="cpu, cuda, cuda:1 ...")
+    ev.set_defaults(func=eval_command)
+
+
+def eval_command(args) -> int:
+    try:
+        from . import suite
+    except ImportError as exc:
+        return refuse("eval", f"{exc}; install the evaluation extra: pip install 'agci[eval]'")
+    try:
+        summary = suite.run(
+            args.model_path, args.lambdas, Path(args.out), [t.strip() for t in args.tasks.split(",") if t.strip()],
+            data=Path(args.data) if args.data else None, model=args.lmms_model, batch_size=args.batch_size,
+            limit=args.limit, model_args=args.model_args, device=args.device,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as exc:
+        return refuse("eval", exc)
+    except subprocess.CalledProcessError as exc:
+        print(f"agci eval: lmms-eval failed (exit {exc.returncode}); results so far are kept", file=sys.stderr)
+        return 1
+    print((Path(args.out) / "comparison.md").read_text())
+    print(f"wrote {args.out}/comparison.md, comparison.json and comparison.png ({len(summary['rows'])} rows)")
+    return 0

@@ -1,0 +1,141 @@
+"""``agci resampler-probe build-rcm|extract|train|search|report``: arguments and handler."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..arguments import refuse
+
+TASKS = ["refcocog", "rcm", "vsr"]
+PROBES = ["linear", "mlp2", "mlp4"]
+
+
+def layers(text: str) -> list[int] | None:
+    """argparse type of ``--layers``: 1-based numbers separated by commas (0-based back), or ``all`` (None)."""
+    if text == "all":
+        return None
+    try:
+        return [int(x) - 1 for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"layers are 1-based numbers separated by commas, or 'all'; got {text!r}"
+        ) from exc
+
+
+def add_parser(subparsers) -> None:
+    rp = subparsers.add_parser(
+        "resampler-probe", help="diagnostic probes of Q-Former resamplers (BLIP-2, InstructBLIP)"
+    )
+    rp_sub = rp.add_subparsers(dest="action", required=True)
+    b = rp_sub.add_parser("build-rcm", help="Region Cell Matching from RefCOCOg (umd), with a manifest")
+    b.add_argument("--refs", required=True, help="refs(umd).p of RefCOCOg")
+    b.add_argument("--instances", required=True, help="COCO instances.json of the refs")
+    b.add_argument("--out", required=True)
+    b.add_argument("--seed", type=int, default=0)
+    e = rp_sub.add_parser("extract", help="query outputs of every layer, cached once (resumable)")
+    e.add_argument("--model", required=True, help="BLIP-2 stage-1 (e.g. Salesforce/blip2-itm-vit-g) or InstructBLIP")
+    e.add_argument("--task", required=True, choices=TASKS)
+    e.add_argument("--data", required=True, help="refcocog: refs(umd).p; rcm: build-rcm folder; vsr: random split")
+    e.add_argument("--instances", help="refcocog: COCO instances.json")
+    e.add_argument("--images", required=True, help="folder the items' image paths are relative to")
+    e.add_argument("--out", required=True, help="cache folder")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--dtype", default="float32")
+    e.add_argument("--no-text", action="store_true", help="queries only, without the text in the Q-Former")
+    t = rp_sub.add_parser("train", help="a frozen probe per layer on cached features")
+    t.add_argument("--cache", required=True)
+    t.add_argument("--task", required=True, choices=TASKS)
+    t.add_argument("--layers", type=layers, default=None, help="1-based, comma-separated, or all (default)")
+    t.add_argument("--probe", default="linear", choices=PROBES)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--patience", type=int, help="early stopping (the study uses 10 for RCM)")
+    t.add_argument("--giou-weight", type=float, default=1.0)
+    t.add_argument("--l1-weight", type=float, default=1.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--joint", action="store_true", help="fine-tune the resampler with the probe (needs --images)")
+    t.add_argument("--images", help="the images folder, for --joint")
+    t.add_argument("--out", required=True, help="results folder (results.jsonl, per_layer.png); resumes")
+    s = rp_sub.add_parser("search", help="Bayesian hyper-parameter search (optuna) for one layer")
+    s.add_argument("--cache", required=True)
+    s.add_argument("--task", required=True, choices=TASKS)
+    s.add_argument("--layer", type=int, required=True, help="1-based")
+    s.add_argument("--probe", default="linear", choices=PROBES)
+    s.add_argument("--trials", type=int, default=10)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--out", required=True)
+    r = rp_sub.add_parser("report", help="per-layer curve, and the best layer's accuracy per group (Kendall tau)")
+    r.add_argument("run", help="the --out folder of train")
+    r.add_argument("--cache", required=True, help="the feature cache the run trained on")
+    r.add_argument("--task", required=True, choices=TASKS)
+    rp.set_defaults(func=resampler_probe_command)
+
+
+def resampler_probe_command(args) -> int:
+    try:
+        {"build-rcm": _build_rcm, "extract": _extract, "train": _train, "search": _search, "report": _report}[
+            args.action
+        ](args)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        return refuse(f"resampler-probe {args.action}", exc)
+    return 0
+
+
+def _build_rcm(args) -> None:
+    from .runner import build_rcm_set
+
+    manifest = build_rcm_set(Path(args.refs), Path(args.instances), Path(args.out), args.seed)
+    for split, c in manifest["counts"].items():
+        print(f"{split}: {c['examples']} examples; positives per cell {c['positives_per_cell']}")
+
+
+def _extract(args) -> None:
+    from . import runner
+
+    if args.task == "refcocog" and not args.instances:
+        raise ValueError("refcocog needs --instances (COCO instances.json) beside --data (the refs pickle)")
+    loaders = {
+        "refcocog": lambda: runner.refcocog_items(Path(args.data), Path(args.instances)),
+        "rcm": lambda: runner.rcm_items(Path(args.data)),
+        "vsr": lambda: runner.vsr_items(Path(args.data)),
+    }
+    index = runner.run_extract(args.model, loaders[args.task](), Path(args.images), Path(args.out),
+                               args.batch_size, args.device, args.dtype, not args.no_text)  # fmt: skip
+    print(f"{args.out}: {len(index['ids'])} items, features {index['shape']} (layers, queries, hidden)")
+
+
+def _train(args) -> None:
+    from .report import per_layer
+    from .runner import run_train
+
+    if args.joint and not args.images:
+        raise ValueError("--joint fine-tunes the resampler on the images: give --images (the images folder)")
+    joint = Path(args.images) if args.joint else None
+    rows = run_train(Path(args.cache), args.task, args.layers, args.probe, Path(args.out), joint,
+                     lr=args.lr, epochs=args.epochs, patience=args.patience, giou_weight=args.giou_weight,
+                     l1_weight=args.l1_weight, seed=args.seed, device=args.device)  # fmt: skip
+    for r in rows:
+        print(f"layer {r['layer'] + 1}: val {r['val']:.4f}, test {r['test']}")
+    per_layer(Path(args.out) / "results.jsonl", Path(args.out))
+
+
+def _search(args) -> None:
+    from .runner import run_search
+
+    s = run_search(Path(args.cache), args.task, args.layer - 1, args.probe, Path(args.out),
+                   trials=args.trials, seed=args.seed, device=args.device)  # fmt: skip
+    print(f"best of {s['trials']} trials: {s['best_params']} val {s['best_val']:.4f} test {s['test_of_best']}")
+
+
+def _report(args) -> None:
+    from .report import best_layer, per_layer
+
+    run = Path(args.run)
+    print(per_layer(run / "results.jsonl", run))
+    layer, summary = best_layer(run, Path(args.cache), args.task)
+    print(f"layer {layer + 1} (best validation):", json.dumps(summary, indent=1))
