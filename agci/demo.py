@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .configs import LAMBDA_KEY, using_lambda
 from .configs.tiny import CLIP_MEAN, CLIP_STD, TINY_LLAVA
 from .kernels import resolve_impl
 from .kernels.reference import EPS
@@ -65,9 +66,9 @@ def context_weights(tokens: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def run_demo(out_dir: str | Path, lambdas=(0.0, 0.25, 0.5, 1.0), impl: str = "auto", seed: int = 0) -> dict:
     """AGCI switched on in the model itself (``apply_agci``), λ swept through the config, real forwards."""
+    from .compat import image_features_per_image
     from .kernels import IMPL_ENV
     from .patches.core import apply_agci
-    from .patches.versions import image_features_per_image
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,11 +82,11 @@ def run_demo(out_dir: str | Path, lambdas=(0.0, 0.25, 0.5, 1.0), impl: str = "au
     apply_agci(model)
 
     def run(lam: float):
-        model.global_context_broadcast_lambda = lam
-        logp = model(input_ids=input_ids, pixel_values=pixel_values).logits[:, -1].log_softmax(-1)
-        batched = image_features_per_image(model.get_image_features(pixel_values=pixel_values))
-        alone = [image_features_per_image(model.get_image_features(pixel_values=pixel_values[i : i + 1]))[0]
-                 for i in range(len(images))]  # fmt: skip
+        with using_lambda(model, lam):
+            logp = model(input_ids=input_ids, pixel_values=pixel_values).logits[:, -1].log_softmax(-1)
+            batched = image_features_per_image(model.get_image_features(pixel_values=pixel_values))
+            alone = [image_features_per_image(model.get_image_features(pixel_values=pixel_values[i : i + 1]))[0]
+                     for i in range(len(images))]  # fmt: skip
         return logp, batched, alone
 
     previous_impl = os.environ.get(IMPL_ENV)
@@ -158,7 +159,7 @@ def _plot(images, weights, sweep, path: Path) -> None:
             kl_axis.plot(*zip(*kls, strict=True), "s--", color=f"C{i + 2}", label=f"KL to lambda 0, image {i}")
     kl_axis.set_yscale("log")
     kl_axis.set_ylabel("next-token KL (log)")
-    axes[4].set_xlabel("global_context_broadcast_lambda")
+    axes[4].set_xlabel(LAMBDA_KEY)
     axes[4].set_ylabel("relative feature change")
     axes[4].set_title("feature change and next-token KL")
     axes[4].legend(fontsize=7, loc="upper left")

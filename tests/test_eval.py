@@ -314,21 +314,23 @@ def test_agci_eval_compares_lambdas_and_resumes(tmp_path):
     trace = tmp_path / "trace.txt"
     out = tmp_path / "eval"
     command = [str(Path(sys.executable).parent / "agci"), "eval", str(TINY_LLAVA), "--data", str(tmp_path / "data"),
-               "--out", str(out), "--lambda", "0.75", "--tasks", "agci_pope,agci_crpe", "--batch-size", "2",
+               "--out", str(out), "--lambda", "0.1234567", "--tasks", "agci_pope,agci_crpe", "--batch-size", "2",
                "--model-args", "max_new_tokens=4"]  # fmt: skip
     run = subprocess.run(command, env=_env(tmp_path, trace), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((out / "comparison.json").read_text())
-    assert summary["model"] == "agci_llava" and summary["lambdas"] == [0.0, 0.75]
+    assert summary["model"] == "agci_llava" and summary["lambdas"] == [0.0, 0.1234567]
     tasks = {r["task"] for r in summary["rows"]}
     assert tasks == {"agci_pope", "agci_crpe_exist", "agci_crpe_subject", "agci_crpe_predicate", "agci_crpe_object"}
     for row in summary["rows"]:
-        assert set(row["values"]) == {"lambda_0", "lambda_0.75"}
-        assert row["deltas"]["lambda_0.75"] == pytest.approx(row["values"]["lambda_0.75"] - row["values"]["lambda_0"])
+        assert set(row["values"]) == {"lambda_0", "lambda_0.1234567"}
+        delta = row["values"]["lambda_0.1234567"] - row["values"]["lambda_0"]
+        assert row["deltas"]["lambda_0.1234567"] == pytest.approx(delta)
     assert (out / "comparison.png").stat().st_size > 0 and "| agci_pope | accuracy |" in (
         out / "comparison.md"
     ).read_text()
-    assert set(injected(trace)) == {0.75}  # lambda 0 never injects
+    # lambda 0 never injects; the other reaches lmms-eval's process exactly (not rounded to 0.123457)
+    assert set(injected(trace)) == {0.1234567}
     again = subprocess.run(command, env=_env(tmp_path, trace), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("skipped") == 2
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..configs import format_lambda
 from .metrics import grid
 
 
@@ -47,7 +48,7 @@ def cell_heatmaps(per_lambda: dict[float, list], path: str | Path, title: str, l
     for k, lam in enumerate(lambdas):
         image = _cells(axes[0][k], per_lambda[lam], "viridis", lo, hi)
         note = (notes or {}).get(lam)
-        axes[0][k].set_title(f"lambda = {lam:g}" + (f"\n{note}" if note else ""))
+        axes[0][k].set_title(f"lambda = {format_lambda(lam)}" + (f"\n{note}" if note else ""))
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label=label)
     if diffs:
         deltas = {
@@ -59,7 +60,7 @@ def cell_heatmaps(per_lambda: dict[float, list], path: str | Path, title: str, l
         axes[1][0].text(0.5, 0.5, "difference\nto lambda 0", ha="center", va="center", fontsize=11)
         for k, lam in enumerate(lambdas[1:], start=1):
             image = _cells(axes[1][k], deltas[lam], "RdBu", -span, span, "{:+.2f}")
-            axes[1][k].set_title(f"lambda {lam:g} - lambda 0")
+            axes[1][k].set_title(f"lambda {format_lambda(lam)} - lambda 0")
         fig.colorbar(image, ax=list(axes[1]), shrink=0.8, label="difference")
     fig.suptitle(title)
     path = Path(path)
@@ -97,7 +98,7 @@ def occlusion_maps(per_lambda: dict[float, list], path: str | Path, title: str) 
             if r == 0:
                 ax.set_title(POSITIONS[c], fontsize=8)
             if c == 0:
-                ax.set_ylabel(f"lambda {lam:g}")
+                ax.set_ylabel(f"lambda {format_lambda(lam)}")
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="drop in log p(answer)")
     fig.suptitle(title)
     path = Path(path)

@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from .probe_sets import MANIFEST, POSITIONS, PROMPT, SetOptions, build, read_records
+from ..configs import format_lambda, read_lambda, using_lambda
+from .probe_sets import MANIFEST, PROMPT, SetOptions, build, read_records
+from .summary import lambda_dir, read_rows, summarise
 
 log = logging.getLogger(__name__)
 
@@ -94,21 +96,6 @@ class _Processes:
 
     def suffix(self) -> str:
         return "" if self.world == 1 else f".rank{self.rank}-of-{self.world}"
-
-
-def _lambda_dir(out: Path, lam: float) -> Path:
-    return out / f"lambda_{lam:g}"
-
-
-def _done(folder: Path, task: str) -> tuple[set[str], list[dict]]:
-    rows = []
-    for path in sorted(folder.glob(f"{task}*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by an interruption: score it again
-                continue
-    return {r["id"] for r in rows}, rows
 
 
 def _drop_partial_line(path: Path) -> None:
@@ -193,16 +180,16 @@ def _score_rows(vlm, task: str, prepared: tuple, cfg: ProbeConfig, lambdas: list
         return {lam: rows for lam in lambdas}
     out = {}
     for lam in lambdas:
-        vlm.model.global_context_broadcast_lambda = lam
-        if task == "similarity":
-            values = similarity_from_inputs(vlm, inputs, [r["caption"] for r in kept], cfg.pooling)
-            scored = [{"similarity": round(v, 6)} for v in values]
-        elif cfg.generate:
-            scored = generate_from_inputs(vlm, inputs, cfg.max_new_tokens)
-            for s in scored:
-                s.pop("answer_ids")
-        else:
-            scored = yes_no_from_inputs(vlm, inputs)
+        with using_lambda(vlm.model, lam):
+            if task == "similarity":
+                values = similarity_from_inputs(vlm, inputs, [r["caption"] for r in kept], cfg.pooling)
+                scored = [{"similarity": round(v, 6)} for v in values]
+            elif cfg.generate:
+                scored = generate_from_inputs(vlm, inputs, cfg.max_new_tokens)
+                for s in scored:
+                    s.pop("answer_ids")
+            else:
+                scored = yes_no_from_inputs(vlm, inputs)
         out[lam] = rows + [{**r, **s} for r, s in zip(kept, scored, strict=True)]
     return out
 
@@ -221,8 +208,8 @@ def _occlusion_rows(vlm, record: dict, root: Path, cfg: ProbeConfig, lambdas: li
     inputs = encode(vlm, [image], [prompt])
     answers, out = {}, {}
     for lam in lambdas:
-        vlm.model.global_context_broadcast_lambda = lam
-        answers[lam] = generate_from_inputs(vlm, inputs, cfg.max_new_tokens)[0]
+        with using_lambda(vlm.model, lam):
+            answers[lam] = generate_from_inputs(vlm, inputs, cfg.max_new_tokens)[0]
         if not answers[lam]["answer_ids"]:
             out[lam] = [{**base, "skipped": "the model generated an empty answer"}]
             del answers[lam]
@@ -245,17 +232,17 @@ def _score_task(vlm, task: str, records: list[dict], lambdas: list[float], out: 
 
     done = {}
     for lam in lambdas:
-        _lambda_dir(out, lam).mkdir(exist_ok=True)
-        done[lam] = _done(_lambda_dir(out, lam), task)[0]
+        lambda_dir(out, lam).mkdir(exist_ok=True)
+        done[lam] = read_rows(lambda_dir(out, lam), task)[0]
     todo = [r for r in procs.share(records) if any(r["id"] not in done[lam] for lam in lambdas)]
     if not todo:
         return
     sinks = {}
     for lam in lambdas:
-        path = _lambda_dir(out, lam) / f"{task}{procs.suffix()}.jsonl"
+        path = lambda_dir(out, lam) / f"{task}{procs.suffix()}.jsonl"
         _drop_partial_line(path)
         sinks[lam] = path.open("a")
-    desc = f"{task} lambda={','.join(f'{lam:g}' for lam in lambdas)}"
+    desc = f"{task} lambda={','.join(format_lambda(lam) for lam in lambdas)}"
     desc += f" [rank {procs.rank}]" if procs.world > 1 else ""
     if task == "occlusion":  # one record at a time; its masked copies are batched and prefetched inside
         work = (([r], r) for r in todo)
@@ -294,19 +281,18 @@ def _occlusion_records(records: list[dict], n: int) -> list[dict]:
 
 def run_probe(cfg: ProbeConfig) -> dict | None:
     """Score, summarise and plot; returns the summary on the main process (None on the others)."""
-    from ..configs import LAMBDA_KEY
-    from .scoring import load_vlm
+    from .scoring import load_probe_vlm
 
     procs = _Processes(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model_path = cfg.model or str(embedded_model())
-    vlm = load_vlm(model_path, cfg.dtype, procs.device, cfg.attn)  # refuses bad models before any scoring
+    vlm = load_probe_vlm(model_path, cfg.dtype, procs.device, cfg.attn)  # refuses bad models before any scoring
     data, manifest = _prepare_data(cfg, out, procs)
     root = Path(cfg.image_root) if cfg.image_root else (data if data.is_dir() else data.parent)
     lambdas = cfg.lambdas
     if lambdas is None:
-        own = float(getattr(vlm.model.config, LAMBDA_KEY, 0.0) or 0.0)
+        own = read_lambda(vlm.model.config)
         lambdas = [0.0, own if own > 0 else 0.5]
     tasks = {}
     for task in cfg.tasks:
@@ -333,72 +319,12 @@ def run_probe(cfg: ProbeConfig) -> dict | None:
     return summary
 
 
-def summarise(out: Path, lambdas, tasks, model_path, data, manifest, cfg: ProbeConfig) -> dict:
-    """summary.json's content and the PNGs, from the JSONL files on disk."""
-    import torch
-    import transformers
-
-    from . import plots
-    from .metrics import occlusion_summary, position_summary, similarity_summary
-
-    per_lambda: dict = {}
-    for lam in lambdas:
-        folder = _lambda_dir(out, lam)
-        entry = {}
-        for task in tasks:
-            _, rows = _done(folder, task)
-            entry[task] = {"position": position_summary, "similarity": similarity_summary,
-                           "occlusion": occlusion_summary}[task](rows)  # fmt: skip
-        per_lambda[f"{lam:g}"] = entry
-    figures = {}
-    lam_keys = {float(k): k for k in per_lambda}
-
-    def collect(task, key):
-        return {lam: per_lambda[k][task].get(key) for lam, k in lam_keys.items() if per_lambda[k][task].get(key)}
-
-    name = Path(model_path).name
-    heatmaps = [  # figure, task, summary key, title, colour-bar label, fixed range
-        ("position_accuracy", "position", "positive_accuracy_per_cell",
-         "accuracy when the target is in each cell", "accuracy", (0, 1)),
-        ("yes_rate", "position", "yes_rate_per_cell",
-         "rate of Yes answers per cell (positives and negatives)", "Yes rate", (0, 1)),
-        ("similarity", "similarity", "mean_similarity_per_cell",
-         f"image-caption cosine ({cfg.pooling} pooling) per cell", "cosine", (None, None)),
-        ("occlusion_share", "occlusion", "target_cell_share_per_cell",
-         "share of the answer's sensitivity inside the target cell", "share", (0, 1)),
-    ]  # fmt: skip
-    tests = collect("position", "position_test") if "position" in tasks else {}
-    notes = {lam: f"Cochran's Q p = {t['p_value']:.2g}" for lam, t in tests.items() if t["p_value"] is not None}
-    for figure, task, key, title, label, (lo, hi) in heatmaps:
-        values = collect(task, key) if task in tasks else None
-        if values:
-            path = plots.cell_heatmaps(values, out / f"{figure}.png", f"{name}: {title}", label, lo, hi,
-                                       notes if figure == "position_accuracy" else None)  # fmt: skip
-            figures[figure] = str(path)
-    maps = collect("occlusion", "mean_drop_map_per_cell") if "occlusion" in tasks else None
-    if maps:
-        title = f"{name}: drop in log p(answer) when each {cfg.mask}px square is masked"
-        figures["occlusion_maps"] = str(plots.occlusion_maps(maps, out / "occlusion_maps.png", title))
-    set_keys = ("options", "questions", "positives", "negatives", "skipped")
-    return {
-        "model": str(model_path),
-        "data": str(data),
-        "probe_set": manifest and {k: manifest[k] for k in set_keys if k in manifest},
-        "positions": list(POSITIONS),
-        "scoring": "generate-and-parse" if cfg.generate else "next-token Yes/No",
-        "lambdas": per_lambda,
-        "figures": figures,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-    }  # fmt: skip
-
-
 def embedded_model() -> Path:
     from .tiny_model import ASSET_DIR
 
     if not (ASSET_DIR / "config.json").is_file():
         raise FileNotFoundError(
             f"the embedded probe model is missing from {ASSET_DIR}; reinstall agci or train it with "
-            "`python -m agci.bias.tiny_model`"
+            "`python -m agci.bias.tiny_training`"
         )
     return ASSET_DIR

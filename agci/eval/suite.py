@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..configs import LAMBDA_KEY, format_lambda, validate_lambda
 from . import TASKS_DIR
 from .plugin import MODEL_NAMES
 
@@ -128,18 +129,14 @@ def write_local_tasks(data: Path, out: Path, tasks: list[str]) -> list[str]:
 
 def model_name_for(pretrained: str) -> str:
     """The agci lmms-eval model name for a checkpoint, from its config.json."""
-    from transformers import AutoConfig
-
-    from ..patches.core import check_model_type
+    from ..vlm import load_config
     from .plugin import model_name_for as name_for_type
 
-    model_type = AutoConfig.from_pretrained(pretrained).model_type
-    check_model_type(model_type, where=f"{pretrained}: ")
-    return name_for_type(model_type)
+    return name_for_type(load_config(pretrained).model_type)
 
 
 def lambda_label(lam: float) -> str:
-    return f"lambda_{lam:g}"
+    return f"lambda_{format_lambda(lam)}"
 
 
 def read_results(run_dir: Path) -> dict[str, dict[str, float]] | None:
@@ -176,7 +173,8 @@ def compare(by_lambda: dict[float, dict[str, dict[str, float]]]) -> list[dict]:
 
 def markdown(rows: list[dict], lambdas: list[float]) -> str:
     others = [lam for lam in lambdas if lam != 0.0]
-    head = ["task", "metric", "λ=0", *(f"λ={lam:g}" for lam in others), *(f"Δ λ={lam:g}" for lam in others)]
+    head = ["task", "metric", "λ=0", *(f"λ={format_lambda(lam)}" for lam in others),
+            *(f"Δ λ={format_lambda(lam)}" for lam in others)]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def fmt(v):
@@ -202,7 +200,7 @@ def plot_deltas(rows: list[dict], lambdas: list[float], path: Path) -> None:
     width = 0.8 / max(1, len(others))
     for k, lam in enumerate(others):
         deltas = [r["deltas"].get(lambda_label(lam)) or 0.0 for r in rows]
-        ax.bar([i + k * width for i in range(len(rows))], deltas, width, label=f"λ={lam:g}")
+        ax.bar([i + k * width for i in range(len(rows))], deltas, width, label=f"λ={format_lambda(lam)}")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], labels, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("change against λ=0")
@@ -227,8 +225,6 @@ def run(
     extra: list[str] | None = None,
 ) -> dict:
     """The suite at lambda 0 and ``lambdas``; returns the comparison (also written under ``out``)."""
-    from ..configs import validate_lambda
-
     lambdas = sorted({0.0, *(validate_lambda(lam) for lam in lambdas)})
     model = model or model_name_for(pretrained)
     if model not in MODEL_NAMES:
@@ -248,7 +244,7 @@ def run(
         run_dir = out / lambda_label(lam)
         table = read_results(run_dir)
         if table is None:
-            args = f"pretrained={pretrained},global_context_broadcast_lambda={lam:g}" + (
+            args = f"pretrained={pretrained},{LAMBDA_KEY}={format_lambda(lam)}" + (
                 f",{model_args}" if model_args else ""
             )
             command = [
@@ -261,13 +257,13 @@ def run(
             if device:
                 command += ["--device", device]
             command += extra or []
-            print(f"agci eval: lambda {lam:g}: {' '.join(command)}", flush=True)
+            print(f"agci eval: lambda {format_lambda(lam)}: {' '.join(command)}", flush=True)
             subprocess.run(command, check=True, env=env)
             table = read_results(run_dir)
             if table is None:
                 raise RuntimeError(f"lmms-eval finished but wrote no results under {run_dir}")
         else:
-            print(f"agci eval: lambda {lam:g}: results found in {run_dir}, skipped", flush=True)
+            print(f"agci eval: lambda {format_lambda(lam)}: results found in {run_dir}, skipped", flush=True)
         by_lambda[lam] = table
     rows = compare(by_lambda)
     summary = {"pretrained": str(pretrained), "model": model, "tasks": tasks, "lambdas": lambdas, "rows": rows}
