@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import agci  # noqa: E402
+from agci.configs import format_lambda  # noqa: E402
 
 
 def build(layers: int, dtype: torch.dtype, device: str):
@@ -76,20 +77,18 @@ def main(argv=None) -> int:
     inputs = inputs_for(model, args.tokens, device, dtype)
 
     def prefill(lam: float) -> float:
-        model.global_context_broadcast_lambda = lam
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.no_grad():
+        with agci.using_lambda(model, lam), torch.no_grad():
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
             model(**inputs)
-        if cuda:
-            torch.cuda.synchronize()
-        return (time.perf_counter() - t0) * 1e3
+            if cuda:
+                torch.cuda.synchronize()
+            return (time.perf_counter() - t0) * 1e3
 
     logits = {}
     for lam in (0.0, 0.5):  # warm-up, and proof that lambda reached the forward
-        model.global_context_broadcast_lambda = lam
-        with torch.no_grad():
+        with agci.using_lambda(model, lam), torch.no_grad():
             logits[lam] = model(**inputs).logits.float()
     changed = (logits[0.5] - logits[0.0]).abs().max().item()
     if not changed > 0:
@@ -148,7 +147,7 @@ def _plot(times: dict, base: float, result: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3))
     for lam, colour in ((0.0, "tab:grey"), (0.5, "tab:blue")):
-        ax.plot([t / base for t in times[lam]], "o-", color=colour, label=f"lambda {lam:g}")
+        ax.plot([t / base for t in times[lam]], "o-", color=colour, label=f"lambda {format_lambda(lam)}")
     ax.axhline(1, color="black", lw=0.8)
     ax.set_xlabel("repetition (interleaved)")
     ax.set_ylabel("prefill time / median at lambda 0")

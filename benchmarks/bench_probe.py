@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from agci.bias import scoring  # noqa: E402
 from agci.bias.probe_sets import PROMPT, SetOptions, build, read_records  # noqa: E402
+from agci.configs import format_lambda, using_lambda  # noqa: E402
 
 
 class Clock:
@@ -88,20 +89,16 @@ def compare(reference: Clock, agci: Clock, sequential: Clock, absolute: bool) ->
     return out
 
 
-def set_lambda(vlm, lam: float) -> None:
-    vlm.model.global_context_broadcast_lambda = lam
-
-
 def position(vlm, images, prompts, lambdas, args, absolute: bool) -> dict:
     device = vlm.device
     reference = {}
     with Clock(device) as ref_clock:
         for lam in lambdas:
-            set_lambda(vlm, lam)
-            reference[lam] = [
-                scoring.generate_answers(vlm, [im], [p], args.max_new_tokens)[0]
-                for im, p in zip(images, prompts, strict=True)
-            ]
+            with using_lambda(vlm.model, lam):
+                reference[lam] = [
+                    scoring.generate_answers(vlm, [im], [p], args.max_new_tokens)[0]
+                    for im, p in zip(images, prompts, strict=True)
+                ]
 
     def agci_way(prefetch: int) -> dict:
         fast: dict = {lam: [] for lam in lambdas}
@@ -109,8 +106,8 @@ def position(vlm, images, prompts, lambdas, args, absolute: bool) -> dict:
         encode = lambda batch: scoring.encode(vlm, *zip(*batch, strict=True))  # noqa: E731
         for inputs in scoring.prefetched(encode, batches, prefetch):
             for lam in lambdas:
-                set_lambda(vlm, lam)
-                fast[lam] += scoring.yes_no_from_inputs(vlm, inputs)
+                with using_lambda(vlm.model, lam):
+                    fast[lam] += scoring.yes_no_from_inputs(vlm, inputs)
         return fast
 
     with Clock(device) as sequential_clock:
@@ -120,7 +117,7 @@ def position(vlm, images, prompts, lambdas, args, absolute: bool) -> dict:
     agreement = {}
     for lam in lambdas:
         answered = [(r, f) for r, f in zip(reference[lam], fast[lam], strict=True) if r["prediction"] != "Unknown"]
-        agreement[f"{lam:g}"] = {
+        agreement[format_lambda(lam)] = {
             "answered_yes_or_no_by_generation": len(answered),
             "identical_predictions": sum(r["prediction"] == f["prediction"] for r, f in answered),
             "mean_generated_tokens": round(sum(len(r["answer_ids"]) for r in reference[lam]) / len(images), 2),
@@ -134,15 +131,15 @@ def occlusion(vlm, image, prompt, sample_id, lambdas, args, absolute: bool) -> d
     slow = {}
     with Clock(device) as ref_clock:
         for lam in lambdas:
-            set_lambda(vlm, lam)
-            slow[lam] = scoring.occlusion_map_by_generation(vlm, image, prompt, args.mask, args.max_new_tokens)[1]
+            with using_lambda(vlm.model, lam):
+                slow[lam] = scoring.occlusion_map_by_generation(vlm, image, prompt, args.mask, args.max_new_tokens)[1]
 
     def agci_way(prefetch: int) -> dict:
         inputs = scoring.encode(vlm, [image], [prompt])
         answers = {}
         for lam in lambdas:
-            set_lambda(vlm, lam)
-            answers[lam] = scoring.generate_from_inputs(vlm, inputs, args.max_new_tokens)[0]["answer_ids"]
+            with using_lambda(vlm.model, lam):
+                answers[lam] = scoring.generate_from_inputs(vlm, inputs, args.max_new_tokens)[0]["answer_ids"]
         return scoring.occlusion_maps(vlm, image, prompt, answers, args.mask, args.batch_size, prefetch, inputs)
 
     with Clock(device) as sequential_clock:
@@ -220,7 +217,7 @@ def main(argv=None) -> int:
 
 
 def _markdown(result: dict, model: str, absolute: bool) -> list[str]:
-    sweep = ", ".join(f"{lam:g}" for lam in result["lambdas"])
+    sweep = ", ".join(format_lambda(lam) for lam in result["lambdas"])
     versions = result["versions"]
     md = [
         f"# Probe scoring: reference way vs agci ({result['device']})",
@@ -270,7 +267,7 @@ def _plot(result: dict, path: Path) -> None:
     ax.set_yticks(list(y), labels)
     ax.axvline(1, color="grey", lw=1)
     ax.set_xlabel("speedup over the reference's way (same run)")
-    sweep = ", ".join(f"{lam:g}" for lam in result["lambdas"])
+    sweep = ", ".join(format_lambda(lam) for lam in result["lambdas"])
     ax.set_title(f"{Path(result['model']).name} on {result['device']}, lambdas {sweep}", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     fig.savefig(path, dpi=110, bbox_inches="tight")
