@@ -34,7 +34,7 @@ def _flag(value) -> bool:
 
 
 class AGCIModel(lmms):
-    """A supported VLM loaded through ``AutoAGCIModelForImageTextToText``.
+    """A supported VLM loaded through :func:`agci.vlm.load_vlm` (the probes load models the same way).
 
     ``model_args``: ``pretrained`` (local folder or hub id), ``global_context_broadcast_lambda``
     (overrides config.json; the checkpoint's value when absent), ``dtype`` (auto, bfloat16, float16,
