@@ -98,9 +98,6 @@ class AGCIModel(lmms):
             pretrained, global_context_broadcast_lambda=lam, dtype=dtype, device=device, device_map=device_map or None,
             attn=attn_implementation, trust_remote_code=trust, processor_kwargs=processor_kwargs, config=config,
         )  # fmt: skip
-        self._model = self.vlm.model
-        self.processor = self.vlm.processor
-        self.tokenizer = self.vlm.tokenizer
         self.pretrained = pretrained
         self.batch_size_per_gpu = int(batch_size)
         self.default_max_new_tokens = int(max_new_tokens)
@@ -108,12 +105,20 @@ class AGCIModel(lmms):
         self.use_cache = _flag(use_cache)
         log.info(
             "%s: %s (%s) with %s=%s",
-            self.model_name, pretrained, config.model_type, LAMBDA_KEY, self._model.global_context_broadcast_lambda,
+            self.model_name, pretrained, config.model_type, LAMBDA_KEY, self.model.global_context_broadcast_lambda,
         )  # fmt: skip
 
     @property
     def model(self):
-        return self._model
+        return self.vlm.model
+
+    @property
+    def processor(self):
+        return self.vlm.processor
+
+    @property
+    def tokenizer(self):
+        return self.vlm.tokenizer
 
     @property
     def batch_size(self) -> int:
@@ -121,11 +126,11 @@ class AGCIModel(lmms):
 
     @property
     def device(self) -> torch.device:
-        return next(self._model.parameters()).device
+        return self.vlm.device
 
     @property
     def global_context_broadcast_lambda(self) -> float:
-        return self._model.global_context_broadcast_lambda
+        return self.model.global_context_broadcast_lambda
 
     # -- inputs ---------------------------------------------------------------------------------
     def _inputs(self, images: list[list], texts: list[str], continuations: list[str] | None = None) -> dict:
@@ -197,7 +202,7 @@ class AGCIModel(lmms):
         for _, group in itertools.groupby(indices, key=lambda i: len(visuals[i])):
             group = list(group)
             inputs = self._inputs([visuals[i] for i in group], [contexts[i] for i in group])
-            generated = self._model.generate(**inputs, **options)[:, inputs["input_ids"].shape[1] :]
+            generated = self.model.generate(**inputs, **options)[:, inputs["input_ids"].shape[1] :]
             for i, text in zip(group, self.tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
                 for stop in until:
                     if stop:
@@ -218,7 +223,7 @@ class AGCIModel(lmms):
             images = [self._visuals(doc_to_visual, task, split, doc_id)]
             prompt_len = self._inputs(images, [context])["input_ids"].shape[1]
             inputs = self._inputs(images, [context], [continuation])
-            logits = self._model(**inputs).logits[0, prompt_len - 1 : -1].float()
+            logits = self.model(**inputs).logits[0, prompt_len - 1 : -1].float()
             target = inputs["input_ids"][0, prompt_len:]
             logp = logits.log_softmax(-1).gather(1, target[:, None]).sum().item()
             results.append((logp, bool((logits.argmax(-1) == target).all())))
