@@ -6,7 +6,7 @@ import types
 import pytest
 
 import agci
-from agci.configs import LAMBDA_KEY, format_lambda, parse_lambdas, using_lambda
+from agci.configs import LAMBDA_KEY, SCOPE_KEY, format_lambda, parse_lambdas, read_scope, using_lambda
 
 
 def test_parse_lambdas_checks_every_value_and_names_the_bad_one():
@@ -53,3 +53,13 @@ def test_using_lambda_removes_a_key_that_was_absent_and_refuses_bad_values_befor
     with pytest.raises(ValueError, match=">= 0"), using_lambda(config, -1):
         pass
     assert getattr(config, LAMBDA_KEY) == 0.25
+
+
+def test_read_scope_knows_image_and_reference_and_names_the_rename_of_batch():
+    assert read_scope(_config()) == "image" and read_scope(_config(**{SCOPE_KEY: None})) == "image"
+    assert read_scope(_config(**{SCOPE_KEY: "reference"})) == "reference"
+    with pytest.raises(ValueError, match='"batch" was renamed "reference"') as error:
+        read_scope(_config(**{SCOPE_KEY: "batch"}))
+    assert "\n" not in str(error.value) and 'set it to "reference" or "image"' in str(error.value)
+    with pytest.raises(ValueError, match=r"global_context_broadcast_scope must be one of \('image', 'reference'\)"):
+        read_scope(_config(**{SCOPE_KEY: "video"}))

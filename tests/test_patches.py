@@ -241,14 +241,39 @@ def test_qwen3_vl_videos_are_left_alone():
     assert not torch.allclose(images[0], stock[0])
 
 
-def test_scope_batch_reproduces_the_reference_batch_wide_mean():
-    case = build("llava_next", global_context_broadcast_lambda=0.5, global_context_broadcast_scope="batch")
+# Read from the authors' code (the table in the design notes), not from agci.patches.families.
+REFERENCE_MIXES_THE_BATCH = {"qwen2_5_vl", "qwen3_vl", "llava_next", "internvl"}
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_scope_reference_follows_the_authors_code_of_each_family(model_type):
+    mixes = model_type in REFERENCE_MIXES_THE_BATCH
+    assert (core.FAMILIES[model_type].reference_mean == "batch") == mixes
+    case = build(model_type, global_context_broadcast_lambda=0.5, global_context_broadcast_scope="reference")
     inputs = case.batch()
     agci.patch()
-    embeds = _embeds_reaching_language_model(case.model, inputs)
-    features = torch.cat(_unpatched_features(case.model, inputs))
-    expected = per_image_formula(features, 0.5, [features.shape[0]])  # one g over both images
-    torch.testing.assert_close(embeds[inputs["input_ids"] == case.image_token].double(), expected, rtol=1e-5, atol=1e-5)
+    reference = _embeds_reaching_language_model(case.model, inputs)
+    case.model.config.global_context_broadcast_scope = "image"
+    per_image = _embeds_reaching_language_model(case.model, inputs)
+    features = case.per_image(_unpatched_features(case.model, inputs))
+    lengths = [f.shape[0] for f in features]
+    assert len(lengths) == 2
+    expected = per_image_formula(torch.cat(features), 0.5, [sum(lengths)] if mixes else lengths)  # one g or two
+    images = inputs["input_ids"] == case.image_token
+    torch.testing.assert_close(reference[images].double(), expected, rtol=1e-5, atol=1e-5)
+    if mixes:
+        assert not torch.allclose(reference, per_image)
+    else:  # gemma3n, llava: the reference mode is the per-image mode, bit for bit
+        assert torch.equal(reference, per_image)
+
+
+def test_scope_batch_is_refused_naming_reference_and_unknown_scopes_are_refused():
+    case = build("llava_next", global_context_broadcast_lambda=0.5)
+    inputs = case.batch()
+    agci.patch()
+    case.model.config.global_context_broadcast_scope = "batch"
+    with pytest.raises(ValueError, match='"batch" was renamed "reference".*set it to "reference" or "image"'):
+        case.model(**inputs)
     case.model.config.global_context_broadcast_scope = "video"
     with pytest.raises(ValueError, match="global_context_broadcast_scope must be one of"):
         case.model(**inputs)
@@ -334,6 +359,9 @@ def test_videos_get_one_context_each_only_when_asked(model_type):
         untouched = compat.image_features_per_image(inner.get_video_features(pixels, grid))
         case.model.config.global_context_broadcast_videos = True
         injected = compat.image_features_per_image(inner.get_video_features(pixels, grid))
+        case.model.config.global_context_broadcast_scope = "reference"  # the reference has no video path
+        in_reference_scope = compat.image_features_per_image(inner.get_video_features(pixels, grid))
+    assert all(torch.equal(a, b) for a, b in zip(in_reference_scope, injected, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(untouched, stock, strict=True))
     expected = per_image_formula(torch.cat(stock), 0.6, [v.shape[0] for v in stock])
     torch.testing.assert_close(torch.cat(injected).double(), expected, rtol=1e-5, atol=1e-5)

@@ -45,7 +45,8 @@ def broadcast_packed(x: torch.Tensor, lam: float, seg_ids: torch.Tensor, seqlens
 
 def broadcast_eager_formula(x: torch.Tensor, lam: float) -> torch.Tensor:
     """The reference repository's formula as written: one mean over all rows of ``x`` per call,
-    ``F.cosine_similarity`` in the input dtype. Kept for benchmarks and for ``scope="batch"``."""
+    ``F.cosine_similarity`` in the input dtype. Kept for benchmarks and for scope ``"reference"`` of the
+    families whose reference code mixes the batch."""
     g = x.mean(dim=0, keepdim=True)
     w = 1 - torch.nn.functional.cosine_similarity(x, g, dim=-1)
     return x + lam * w.unsqueeze(-1) * g

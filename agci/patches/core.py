@@ -25,16 +25,17 @@ from .families import FAMILIES, SUPPORTED_MODEL_TYPES, Family
 _VIDEO = threading.local()  # set while get_video_features runs, so that its call into get_image_features is skipped
 
 
-def inject(features, lam: float, scope: str = "image", tiles: list[int] | None = None):
+def inject(features, lam: float, batch_wide: bool = False, tiles: list[int] | None = None):
     """AGCI on per-image features as ``get_image_features`` returns them: a list/tuple of ``[n_i, D]``
     tensors (same type back) or a stacked ``[n, T, D]`` tensor, one image per row, or, with ``tiles``,
-    ``tiles[i]`` consecutive rows per image (InternVL)."""
+    ``tiles[i]`` consecutive rows per image (InternVL). ``batch_wide``: one mean over all of them, with the
+    reference's formula (scope "reference" of a family whose reference code mixes the batch)."""
     from ..kernels import global_context_broadcast
     from ..kernels.reference import broadcast_eager_formula
 
     if isinstance(features, torch.Tensor):
         flat = features.reshape(-1, features.shape[-1])
-        if scope == "batch":
+        if batch_wide:
             return broadcast_eager_formula(flat, lam).view(features.shape)
         if tiles is not None:
             per_tile = features.shape[1]
@@ -45,7 +46,7 @@ def inject(features, lam: float, scope: str = "image", tiles: list[int] | None =
         return features
     lengths = [p.shape[0] for p in parts]
     packed = torch.cat(parts)
-    if scope == "batch":  # the reference's behaviour: one mean over every image of the batch
+    if batch_wide:
         out = broadcast_eager_formula(packed, lam).to(packed.dtype)
     else:
         out = global_context_broadcast(packed, lam, lengths)
@@ -119,7 +120,7 @@ def _wrap_image_features(original, family: Family):
         lam = read_lambda(self.config)
         if lam == 0.0:
             return original(self, *args, **kwargs)
-        scope = read_scope(self.config)
+        batch_wide = read_scope(self.config) == "reference" and family.reference_mean == "batch"
         wants_tuple = kwargs.get("return_dict") is False and compat.returns_output_dataclass()
         if wants_tuple:
             kwargs["return_dict"] = True
@@ -131,7 +132,7 @@ def _wrap_image_features(original, family: Family):
                 token = getattr(self.config, family.tile_token_attr)
                 ids = self.__dict__.get("_agci_input_ids")
                 tiles = tiles_per_image(ids, token, features.shape[1], features.shape[0])
-            return inject(features, lam, scope, tiles)
+            return inject(features, lam, batch_wide, tiles)
 
         output = compat.map_image_features(output, apply)
         return output.to_tuple() if wants_tuple else output
@@ -142,7 +143,8 @@ def _wrap_image_features(original, family: Family):
 
 def _wrap_video_features(original):
     """Videos are left alone (also where get_video_features calls get_image_features, as in Qwen3-VL)
-    unless ``global_context_broadcast_videos`` is true: then each video gets its own context."""
+    unless ``global_context_broadcast_videos`` is true: then each video gets its own context, whatever the
+    scope (the reference code has no video path to follow)."""
 
     @functools.wraps(original)
     def get_video_features(self, *args, **kwargs):
@@ -155,8 +157,7 @@ def _wrap_video_features(original):
         lam = read_lambda(self.config)
         if lam == 0.0 or not read_videos(self.config):
             return output
-        scope = read_scope(self.config)
-        return compat.map_image_features(output, lambda f: inject(f, lam, scope))
+        return compat.map_image_features(output, lambda f: inject(f, lam))
 
     get_video_features.__agci_original__ = original
     return get_video_features
