@@ -177,3 +177,103 @@ def test_occlusion_share_counts_partial_squares():
     s = occlusion_summary([{"id": "a", "cell": 0, "drops": drops}])
     assert s["target_cell_share_per_cell"][0] == pytest.approx((1 + 1 / 9) / 2)
     assert s["target_cell_share_per_cell"][1] is None
+
+
+COLOURS = {
+    "black": (0, 0, 0), "white": (255, 255, 255), "red": (220, 20, 20), "green": (20, 160, 20),
+    "blue": (20, 20, 220), "yellow": (240, 220, 20), "cyan": (20, 210, 210), "magenta": (210, 20, 210),
+    "orange": (250, 140, 0), "purple": (110, 30, 150), "grey": (128, 128, 128),
+}  # fmt: skip
+
+
+def _coloured_folder(tmp_path, rows_extra=()):
+    """``sub1/dup.jpg`` (black) and ``sub2/dup.jpg`` (white) plus nine top-level coloured squares."""
+    from PIL import Image
+
+    folder = tmp_path / "pairs"
+    rows = []
+    for name, colour in COLOURS.items():
+        rel = {"black": "sub1/dup.jpg", "white": "sub2/dup.jpg"}.get(name, f"{name}.jpg")
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (48, 48), colour).save(folder / rel)
+        rows.append({"image": rel, "caption": f"a {name} square"})
+    rows.extend(rows_extra)
+    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_same_file_name_in_two_sub_folders_gives_two_pairs_with_their_own_canvases(tmp_path):
+    from PIL import Image
+
+    folder = _coloured_folder(tmp_path)
+    ids = {p.caption: p.id for p in load_pairs(str(folder))}
+    assert ids["a red square"] == "red"  # top-level files keep their stem, so existing sets keep their ids
+    assert (ids["a black square"], ids["a white square"]) == ("sub1__dup", "sub2__dup")
+    assert all("/" not in i and "\\" not in i for i in ids.values())
+    m = build(tmp_path / "set", SetOptions(source=str(folder), canvas=90, negatives_per_pair=2), progress=False)
+    assert m["pairs_used"] == len(COLOURS) and m["positives"] == 9 * len(COLOURS)
+    rows = [json.loads(x) for x in (tmp_path / "set" / "position.jsonl").read_text().splitlines()]
+    yes = [r for r in rows if r["answer"] == "Yes"]
+    assert len({r["image"] for r in yes}) == len(yes)  # one canvas per pair and cell
+    assert sorted(p.name for p in (tmp_path / "set" / "images").iterdir()) == sorted(
+        r["image"].split("/")[1] for r in yes
+    )
+    for r in yes:
+        left, top, right, bottom = cell_box(r["cell"], 90)
+        middle = ((left + right) // 2, (top + bottom) // 2)
+        want = COLOURS[r["caption"].split()[1]]
+        for kind in ("images", "similarity"):
+            image = Image.open(tmp_path / "set" / r["image"].replace("images/", f"{kind}/")).convert("RGB")
+            got = image.getpixel(middle)
+            assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 30, (kind, r["image"], r["caption"], got)
+
+
+def test_ids_from_an_id_column_are_kept_and_made_safe_as_file_names(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.jpg")
+    rows = [
+        {"id": "plain-1", "image": "a.jpg", "caption": "x"},
+        {"id": "coco/val/42", "image": "a.jpg", "caption": "y"},
+        {"id": 7, "image": "a.jpg", "caption": "z"},
+        {"id": "", "image": "deep/er/b.png", "caption": "w"},
+    ]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ids = [p.id for p in load_pairs(str(tmp_path / "rows.jsonl"))]
+    assert ids[0] == "plain-1" and ids[2] == "7"
+    assert len(set(ids)) == 4
+    for i in ids:
+        assert i and "/" not in i and "\\" not in i and "\0" not in i
+        (tmp_path / "out").mkdir(exist_ok=True)
+        (tmp_path / "out" / f"{i}_0.jpg").write_bytes(b"")  # a plain file name inside out/
+    assert len(list((tmp_path / "out").iterdir())) == 4
+
+
+def test_pairs_sharing_an_id_are_refused_naming_the_id_and_the_fix(tmp_path):
+    folder = _coloured_folder(tmp_path, rows_extra=[{"image": "red.jpg", "caption": "a scarlet square"}])
+    with pytest.raises(ValueError, match=r"'red'.*distinct `id`"):
+        build(tmp_path / "set", SetOptions(source=str(folder), canvas=90), progress=False)
+    assert not (tmp_path / "set").exists()
+    rows = [json.loads(x) for x in (folder / "captions.jsonl").read_text().splitlines()[: len(COLOURS)]]
+    for n, r in enumerate(rows):
+        r["id"] = "twin" if n < 2 else f"p{n}"
+    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"'twin'.*distinct `id`") as refused:
+        build(tmp_path / "set", SetOptions(source=str(folder), canvas=90), progress=False)
+    assert str(folder) in str(refused.value) and "\n" not in str(refused.value)
+    assert not (tmp_path / "set").exists()
+
+
+def test_probe_set_command_refuses_shared_ids_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    folder = _coloured_folder(tmp_path, rows_extra=[{"id": "red", "image": "red.jpg", "caption": "a scarlet square"}])
+    out = subprocess.run(
+        [sys.executable, "-m", "agci", "probe-set", str(tmp_path / "set"), "--source", str(folder), "--canvas", "90"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("agci probe-set: ") and "'red'" in out.stderr and "distinct `id`" in out.stderr
+    assert not (tmp_path / "set" / "position.jsonl").exists()

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sources import Pair, describe, load_pairs
+from .sources import Pair, check_unique_ids, describe, load_pairs
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ def build(out_dir: str | Path, options: SetOptions = SetOptions(), progress: boo
     if options.max_pairs:
         pairs = pairs[: options.max_pairs]
     good, skipped = _valid_pairs(pairs)
+    check_unique_ids([pair for pair, _ in good], options.source)  # their files are named by id
     if len(good) < 9 + (1 if options.negatives_per_pair else 0):
         raise ValueError(
             f"{options.source}: {len(good)} usable pairs; a position set needs at least 9 (10 with negatives)"

@@ -10,19 +10,30 @@ Source strings (``--source``):
 - ``path/to/folder``: a ``captions.jsonl`` / ``captions.csv`` inside, else ``name.jpg`` + ``name.txt``;
 - ``hf:NAME_OR_PATH[:SPLIT]``: ``datasets.load_dataset`` (or ``load_from_disk`` for a saved folder)
   with an image column (PIL, path or bytes) and a caption column.
+
+A pair's id names its files in a probe set (``images/<id>_<cell>.jpg``), so ids must be unique and
+file-name safe. A row's id is its ``id`` column when that is given (not empty); else the image path
+relative to the source root without its suffix, sub-folders joined by ``__`` (``sub1/dup.jpg`` ->
+``sub1__dup``; a top-level ``dup.jpg`` keeps ``dup``). Path separators in any id become ``__`` and
+control characters ``_``. Usable pairs that still share an id are refused (:func:`check_unique_ids`).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+ID_SEPARATOR = "__"  # what a path separator becomes in a pair id
+MAX_ID_BYTES = 200  # a pair's files are named <id>_<cell>.jpg; file names stop at 255 bytes
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
@@ -75,10 +86,57 @@ def _pairs_from_rows(rows, root: Path, image_key: str, caption_key: str, where: 
         )
     pairs = []
     for i, row in enumerate(rows):
-        image_path = root / str(row.get(image_key) or "")
-        pid = str(row.get("id", Path(str(row.get(image_key) or f"row{i}")).stem or f"row{i}"))
+        image = str(row.get(image_key) or "")
+        image_path = root / image
+        explicit = row.get("id")
+        if explicit is not None and str(explicit).strip():
+            pid = safe_id(str(explicit))
+        else:
+            pid = _id_from_path(image, root) or f"row{i}"
         pairs.append(Pair(pid, str(row.get(caption_key) or "").strip(), lambda p=image_path: _open(p)))
     return pairs
+
+
+def safe_id(text: str) -> str:
+    """``text`` as a pair id usable in a file name: ``/`` and ``\\`` become ``__``, control characters
+    ``_``; one longer than :data:`MAX_ID_BYTES` is cut and ends with a hash of the whole, so it stays
+    unique and the same on every build."""
+    out = _UNSAFE.sub("_", ID_SEPARATOR.join(text.replace("\\", "/").split("/")))
+    if len(out.encode()) > MAX_ID_BYTES:
+        digest = hashlib.sha1(out.encode()).hexdigest()[:12]
+        out = out.encode()[: MAX_ID_BYTES - 13].decode(errors="ignore") + "-" + digest
+    return out
+
+
+def _id_from_path(image: str, root: Path) -> str:
+    """The image path relative to ``root`` without its suffix, separators made safe (``""`` for none)."""
+    if not image:
+        return ""
+    path = Path(image)
+    if path.is_absolute():
+        try:
+            path = path.relative_to(root.resolve())
+        except ValueError:
+            path = Path(*path.parts[1:])
+    parts = [*path.parts[:-1], Path(path.parts[-1]).stem] if path.parts else []
+    return safe_id("/".join(p for p in parts if p))
+
+
+def check_unique_ids(pairs: list[Pair], source: str) -> None:
+    """Refuse pairs that share an id: their probe-set files would overwrite each other."""
+    counts: dict[str, int] = {}
+    for pair in pairs:
+        counts[pair.id] = counts.get(pair.id, 0) + 1
+    shared = [(pid, n) for pid, n in counts.items() if n > 1]
+    if shared:
+        named = ", ".join(f"{pid!r} x{n}" for pid, n in shared[:5]) + (
+            f" and {len(shared) - 5} more" if len(shared) > 5 else ""
+        )
+        raise ValueError(
+            f"{source}: {len(shared)} id(s) shared by more than one pair ({named}); a pair's files are named by its "
+            "id, so they would overwrite each other; give each row a distinct `id` column (or the images names that "
+            "differ by more than their suffix)"
+        )
 
 
 def _pairs_from_folder(folder: Path, image_key: str, caption_key: str) -> list[Pair]:
@@ -135,7 +193,7 @@ def _pairs_from_datasets(spec: str, image_key: str, caption_key: str) -> list[Pa
     captions = ds[caption_key]
     ids = ds["id"] if "id" in ds.column_names else [f"hf{i:06d}" for i in range(len(ds))]
     return [
-        Pair(str(ids[i]), str(captions[i] or "").strip(), lambda i=i: _hf_image(ds[i][image_key]))
+        Pair(safe_id(str(ids[i])), str(captions[i] or "").strip(), lambda i=i: _hf_image(ds[i][image_key]))
         for i in range(len(ds))
     ]
 
