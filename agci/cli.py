@@ -54,10 +54,31 @@ def set_lambda_command(args) -> int:
     if not config_path.is_file():
         return refuse("set-lambda", f"no config.json at {config_path}; pass a checkpoint folder")
     try:
-        value = validate_lambda(float(args.value))
+        number = float(args.value)
+    except ValueError:
+        return refuse(
+            "set-lambda", f"lambda {args.value!r} is not a number; give a number >= 0, e.g. 0.5 (0 turns AGCI off)"
+        )
+    try:
+        value = validate_lambda(number)
     except ValueError as exc:
         return refuse("set-lambda", exc)
-    config = json.loads(config_path.read_text())
+    restore = "repair it, or restore the checkpoint's original config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        return refuse(
+            "set-lambda",
+            f"{config_path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); {restore}",
+        )
+    except UnicodeDecodeError as exc:
+        return refuse("set-lambda", f"{config_path} is not UTF-8 text ({exc.reason} at byte {exc.start}); {restore}")
+    except OSError as exc:
+        return refuse("set-lambda", f"cannot read {config_path} ({exc.strerror or exc}); check its permissions")
+    if not isinstance(config, dict):
+        kinds = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false"}
+        held = kinds.get(type(config), "null")
+        return refuse("set-lambda", f"{config_path} holds {held}, not a JSON object of settings; {restore}")
     model_type = config.get("model_type")
     try:
         check_model_type(model_type, where=f"{config_path}: ")
@@ -66,8 +87,14 @@ def set_lambda_command(args) -> int:
     previous = config.get(LAMBDA_KEY)
     config[LAMBDA_KEY] = value
     tmp = config_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    tmp.replace(config_path)
+    try:
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tmp.replace(config_path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        return refuse(
+            "set-lambda", f"cannot write {config_path} ({exc.strerror or exc}); check the folder's permissions"
+        )
     print(f"{config_path}: {LAMBDA_KEY} {previous} -> {value} ({model_type})")
     return 0
 

@@ -82,3 +82,39 @@ def test_the_command_line_imports_no_torch_until_a_command_runs():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def _refused_cleanly(out, config, before):
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("agci set-lambda: ")
+    assert config.read_text() == before  # nothing written
+    assert not config.with_suffix(".json.tmp").exists()
+
+
+def test_set_lambda_refuses_a_malformed_config_json_naming_the_file_and_the_fix(tmp_path):
+    config = tmp_path / "config.json"
+    before = '{"model_type": "llava",\n  "vision_config": {\n'
+    config.write_text(before)
+    out = _agci("set-lambda", str(tmp_path), "0.5")
+    _refused_cleanly(out, config, before)
+    assert str(config) in out.stderr and "not valid JSON" in out.stderr and "line 3" in out.stderr
+    assert "restore" in out.stderr
+
+
+def test_set_lambda_refuses_a_config_json_that_is_not_an_object(tmp_path):
+    config = tmp_path / "config.json"
+    before = json.dumps([{"model_type": "llava"}])
+    config.write_text(before)
+    out = _agci("set-lambda", str(config), "0.5")
+    _refused_cleanly(out, config, before)
+    assert str(config) in out.stderr and "JSON object" in out.stderr and "list" in out.stderr
+
+
+def test_set_lambda_refuses_a_value_that_is_not_a_number_naming_it_and_the_fix(tmp_path):
+    config = tmp_path / "config.json"
+    before = json.dumps({"model_type": "llava"})
+    config.write_text(before)
+    out = _agci("set-lambda", str(tmp_path), "abc")
+    _refused_cleanly(out, config, before)
+    assert "'abc'" in out.stderr and ">= 0" in out.stderr and "0.5" in out.stderr and "0 turns AGCI off" in out.stderr
