@@ -452,3 +452,49 @@ def test_a_lambda_is_written_exactly_into_folder_names_and_the_summary(tmp_path,
     assert list(summary["lambdas"]) == ["0.1234567"]  # {:g} would have written 0.123457
     assert len(_lines(tmp_path / "out" / "lambda_0.1234567" / "position.jsonl")) == 4
     assert set(seen) == {0.1234567}
+
+
+def test_generate_scores_a_tokenizer_without_single_yes_no_tokens(tmp_path, probe_set):
+    """The Yes/No token check is for next-token scoring; --generate is the way around it, so it must not run."""
+    model = tmp_path / "no-yes-no"
+    shutil.copytree(ASSET_DIR, model)
+    tok = json.loads((model / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    for word in ("Yes", "yes", "YES", "No", "no", "NO"):
+        vocab[f"x{word}x"] = vocab.pop(word)  # same ids, other words: "Yes" is now <unk>
+    (model / "tokenizer.json").write_text(json.dumps(tok))
+    args = ["probe", "--model", str(model), "--data", str(probe_set), "--tasks", "position", "--lambda", "0",
+            "--limit", "4", "--max-new-tokens", "3"]  # fmt: skip
+    refused = _agci(*args, "--out", "a", cwd=tmp_path)
+    assert refused.returncode == 2 and "use --generate" in refused.stderr, refused.stderr[-2000:]
+    result = _agci(*args, "--out", "b", "--generate", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(x) for x in _lines(tmp_path / "b" / "lambda_0" / "position.jsonl")]
+    assert len(rows) == 4 and all("generated" in r and r["prediction"] in ("Yes", "No", "Unknown") for r in rows)
+
+
+def test_a_malformed_records_line_is_named_skipped_and_counted(tmp_path, probe_set, caplog):
+    lines = (probe_set / "position.jsonl").read_text().splitlines()[:5]
+    lines.insert(2, '{"image": "images/x.jpg", "caption": "a red')  # cut short
+    data = tmp_path / "records.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING"):
+        summary = run_probe(ProbeConfig(data=str(data), image_root=str(probe_set), out=str(tmp_path / "out"),
+                                        lambdas=[0.0], tasks=("position",), progress=False))  # fmt: skip
+    assert f"{data}:3 is not valid JSON" in caplog.text
+    pos = summary["lambdas"]["0"]["position"]
+    assert (pos["scored"], pos["skipped"], pos["skipped_reasons"]) == (5, 1, {"malformed record": 1})
+    (tmp_path / "twice.jsonl").write_text(lines[0] + "\n" + lines[0] + "\n")
+    with pytest.raises(ValueError, match="record ids must be unique"):
+        read_records(tmp_path / "twice.jsonl")
+
+
+def test_a_missing_model_path_or_an_out_that_is_a_file_is_refused_and_creates_nothing(tmp_path):
+    result = _agci("probe", "--model", str(tmp_path / "nonexistent"), "--out", "out", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "taken").write_text("a file")
+    result = _agci("probe", "--out", "taken", "--limit", "1", cwd=tmp_path)
+    assert result.returncode == 2 and "is an existing file, not a folder" in result.stderr, result.stderr
+    assert "Errno" not in result.stderr and (tmp_path / "taken").read_text() == "a file"

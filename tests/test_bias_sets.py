@@ -54,8 +54,11 @@ def test_set_is_rebuilt_exactly_from_its_manifest_and_reused_not_overwritten(tmp
     some = json.loads((tmp_path / "a" / "position.jsonl").read_text().splitlines()[7])["image"]
     assert (tmp_path / "a" / some).read_bytes() == (tmp_path / "b" / some).read_bytes()
     assert build(tmp_path / "a", opts, progress=False)["created"] == first["created"]  # reused
-    with pytest.raises(FileExistsError, match="other options"):
+    with pytest.raises(ValueError, match="other inputs \\(options.seed: 5 then, 6 now\\)"):
         build(tmp_path / "a", SetOptions(source="synthetic:10", canvas=60, seed=6), progress=False)
+    before = (tmp_path / "a" / "position.jsonl").read_text()
+    forced = build(tmp_path / "a", SetOptions(source="synthetic:10", canvas=60, seed=6), progress=False, force=True)
+    assert forced["options"]["seed"] == 6 and (tmp_path / "a" / "position.jsonl").read_text() != before
 
 
 def _pairs_folder(tmp_path, n=12):

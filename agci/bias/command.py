@@ -19,7 +19,10 @@ def add_parser(subparsers) -> None:
     )
     probe.add_argument("--source", default="synthetic:60", help="pairs to build the set from when --data is not given")
     probe.add_argument("--image-root", help="folder that record image paths are relative to (default: the data's)")
-    probe.add_argument("--out", default="agci-probe", help="output folder; rerunning into it resumes")
+    probe.add_argument("--out", default="agci-probe",
+                       help="output folder; a rerun with the same model, data and options resumes")  # fmt: skip
+    probe.add_argument("--force", action="store_true",
+                       help="delete --out's results of a run with other inputs and start over")  # fmt: skip
     probe.add_argument(
         "--lambda", dest="lambdas", type=lambdas, default=None,
         help="comma-separated lambdas, e.g. 0,0.25,0.5,1 (default: 0 and the checkpoint's value, or 0.5)",
@@ -56,6 +59,7 @@ def add_parser(subparsers) -> None:
     pset.add_argument("--max-pairs", type=int)
     pset.add_argument("--image-column", default="image")
     pset.add_argument("--caption-column", default="caption")
+    pset.add_argument("--force", action="store_true", help="delete a set built with other options and build again")
     pset.add_argument("--from-manifest", help="rebuild exactly the set that this manifest.json describes")
     pset.set_defaults(func=probe_set_command)
 
@@ -70,6 +74,7 @@ def run_probe_command(args) -> int:
             prefetch=args.prefetch, generate=args.generate, max_new_tokens=args.max_new_tokens,
             occlusion_samples=args.occlusion_samples, mask=args.mask, pooling=args.pooling, limit=args.limit,
             image_root=args.image_root, dtype=args.dtype, device=args.device, attn=args.attn, seed=args.seed,
+            force=args.force,
         )  # fmt: skip
         summary = run_probe(cfg)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
@@ -113,14 +118,14 @@ def probe_set_command(args) -> int:
 
     try:
         if args.from_manifest:
-            manifest = rebuild(args.from_manifest, args.out)
+            manifest = rebuild(args.from_manifest, args.out, force=args.force)
         else:
             options = SetOptions(
                 source=args.source, seed=args.seed, canvas=args.canvas, negatives_per_pair=args.negatives_per_pair,
                 similarity=not args.no_similarity, max_pairs=args.max_pairs, image_column=args.image_column,
                 caption_column=args.caption_column,
             )  # fmt: skip
-            manifest = build(args.out, options)
+            manifest = build(args.out, options, force=args.force)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
         return refuse("probe-set", exc)
     print(

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..runs import RunFolder, write_text
 from .sources import Pair, check_unique_ids, describe, load_pairs
 
 log = logging.getLogger(__name__)
@@ -102,29 +103,11 @@ def _valid_pairs(pairs: list[Pair]) -> tuple[list[tuple[Pair, object]], list[dic
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def build(out_dir: str | Path, options: SetOptions = SetOptions(), progress: bool = True) -> dict:
-    """Write the position (and similarity) set to ``out_dir``; returns the manifest.
-
-    An existing set with the same options is reused as it is; one with other options is refused.
-    """
-    from tqdm.auto import tqdm
-
-    out_dir = Path(out_dir)
-    wanted = _options_dict(options)
-    existing = out_dir / MANIFEST
-    if existing.is_file():
-        manifest = json.loads(existing.read_text())
-        if manifest.get("options") == wanted:
-            return manifest
-        raise FileExistsError(
-            f"{out_dir} already holds a probe set built with other options ({manifest.get('options')}); "
-            "choose another folder or delete this one"
-        )
+def _usable_pairs(options: SetOptions) -> tuple[list[tuple[Pair, object]], list[dict]]:
+    """The source's pairs with their images, and the pairs skipped with why; refused when too few remain."""
     pairs = load_pairs(options.source, options.seed, options.image_column, options.caption_column)
     if options.max_pairs:
         pairs = pairs[: options.max_pairs]
@@ -135,6 +118,34 @@ def build(out_dir: str | Path, options: SetOptions = SetOptions(), progress: boo
             f"{options.source}: {len(good)} usable pairs; a position set needs at least 9 (10 with negatives)"
             + (f" ({len(skipped)} skipped, first: {skipped[0]})" if skipped else "")
         )
+    return good, skipped
+
+
+SET_OUTPUTS = ("images", "similarity", "position.jsonl", "similarity.jsonl", MANIFEST)
+
+
+def build(out_dir: str | Path, options: SetOptions = SetOptions(), progress: bool = True, force: bool = False) -> dict:
+    """Write the position (and similarity) set to ``out_dir``; returns the manifest.
+
+    The source is read and checked before anything is written; the folder is locked while the set is
+    written (:class:`agci.runs.RunFolder`). A finished set with the same options is reused as it is; one
+    with other options is refused unless ``force`` (which deletes it and builds again)."""
+    out_dir = Path(out_dir)
+    wanted = _options_dict(options)
+    usable = None if (out_dir / MANIFEST).is_file() else _usable_pairs(options)
+    with RunFolder(out_dir, "probe-set", {"options": wanted, "set_version": SET_VERSION}, outputs=SET_OUTPUTS,
+                   force=force, option="OUT") as folder:  # fmt: skip
+        if (out_dir / MANIFEST).is_file():  # built with these options (RunFolder refuses others)
+            return json.loads((out_dir / MANIFEST).read_text())
+        manifest = _write_set(out_dir, options, *(usable or _usable_pairs(options)), progress)
+        folder.finished()
+    return manifest
+
+
+def _write_set(out_dir: Path, options: SetOptions, good: list, skipped: list[dict], progress: bool) -> dict:
+    from tqdm.auto import tqdm
+
+    wanted = _options_dict(options)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     if options.similarity:
         (out_dir / "similarity").mkdir(exist_ok=True)
@@ -182,7 +193,7 @@ def build(out_dir: str | Path, options: SetOptions = SetOptions(), progress: boo
         "positions": list(POSITIONS),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
@@ -192,27 +203,55 @@ def _options_dict(options: SetOptions) -> dict:
     return asdict(options)
 
 
-def rebuild(manifest_path: str | Path, out_dir: str | Path, progress: bool = True) -> dict:
+def rebuild(manifest_path: str | Path, out_dir: str | Path, progress: bool = True, force: bool = False) -> dict:
     """Build again, into ``out_dir``, the set that ``manifest_path`` describes."""
     manifest = json.loads(Path(manifest_path).read_text())
     if manifest.get("set_version") != SET_VERSION:
         raise ValueError(f"{manifest_path}: set version {manifest.get('set_version')} is not {SET_VERSION}")
-    return build(out_dir, SetOptions(**manifest["options"]), progress)
+    return build(out_dir, SetOptions(**manifest["options"]), progress, force)
 
 
 def read_records(path: str | Path) -> list[dict]:
-    """Probe records from a JSONL/JSON file: ours, or the reference's (image, caption, position, answer)."""
+    """Probe records from a JSONL/JSON file: ours, or the reference's (image, caption, position, answer).
+
+    A JSONL line that is not valid JSON is logged with its file and line and kept as a record marked
+    ``malformed``, which the probe skips and counts like any other bad record."""
     path = Path(path)
     text = path.read_text()
     if path.suffix == ".json":
-        rows = json.loads(text)
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc}); fix it or give the records as JSONL") from exc
+        if not isinstance(rows, list):
+            raise ValueError(f"{path} must hold a JSON list of records (image, caption, position, answer)")
+        numbered = list(enumerate(rows))
     else:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        numbered = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                numbered.append((n - 1, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                log.warning("%s:%d is not valid JSON (%s); skipping that record", path, n, exc)
+                numbered.append((n - 1, {"id": f"{path.name}:{n}", "malformed": f"{path}:{n} is not valid JSON"}))
     out = []
-    for i, row in enumerate(rows):
+    for i, row in numbered:
+        if not isinstance(row, dict):
+            row = {"id": f"{path.name}:{i + 1}", "malformed": f"{path}:{i + 1} is not a JSON object"}
         row = dict(row)
         row.setdefault("id", f"{Path(str(row.get('image', i))).stem}_{row.get('answer', '')}_{i}")
         if "cell" not in row and row.get("position") in POSITIONS:
             row["cell"] = POSITIONS.index(row["position"])
         out.append(row)
+    seen: dict[str, int] = {}
+    for row in out:
+        seen[str(row["id"])] = seen.get(str(row["id"]), 0) + 1
+    repeated = [k for k, n in seen.items() if n > 1]
+    if repeated:
+        raise ValueError(
+            f"{path}: record ids must be unique, {len(repeated)} repeat (first: {repeated[0]!r}); give each record "
+            "its own id, or drop the id field to number them"
+        )
     return out

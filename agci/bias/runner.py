@@ -1,7 +1,9 @@
 """``agci probe``: score a VLM on the position, similarity and occlusion probes for a sweep of lambdas.
 
 Results are written as they are computed, one JSONL per task and lambda under ``OUT/lambda_<value>/``;
-a rerun skips every sample already there, so an interrupted run loses nothing. Each batch of images is
+a rerun with the same model, data and scoring options skips every sample already there, so an interrupted
+run loses nothing (the sweep, the tasks and ``--limit`` may grow on a rerun: every row stands alone). The
+folder is locked for the run and a rerun with other inputs is refused (see :mod:`agci.runs`). Each batch of images is
 read and put through the processor once, then scored at every lambda of the sweep. Under
 ``accelerate launch`` (or ``torchrun``) each process scores its share of the samples into its own file and the main
 process writes ``summary.json`` and the heatmaps once all are done.
@@ -9,6 +11,7 @@ process writes ``summary.json`` and the heatmaps once all are done.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..configs import format_lambda, read_lambda, using_lambda
+from ..runs import RunFolder, drop_partial_line, file_digest, model_fingerprint, versions, write_json
 from .probe_sets import MANIFEST, PROMPT, SetOptions, build, read_records
 from .summary import lambda_dir, read_rows, summarise
 
@@ -24,6 +28,7 @@ log = logging.getLogger(__name__)
 
 TASKS = ("position", "similarity", "occlusion")
 DEFAULT_SOURCE = "synthetic:60"
+OUTPUTS = ("lambda_*", "summary.json", "*.png", "probe_set")  # what a probe run writes into its folder
 
 
 @dataclass
@@ -48,6 +53,7 @@ class ProbeConfig:
     attn: str | None = None
     seed: int = 0
     progress: bool = True
+    force: bool = False  # delete the folder's results of a run with other inputs and start over
 
     def __post_init__(self):
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -98,15 +104,6 @@ class _Processes:
         return "" if self.world == 1 else f".rank{self.rank}-of-{self.world}"
 
 
-def _drop_partial_line(path: Path) -> None:
-    """A run killed mid-write leaves a last line without its newline: cut it so appending stays valid."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
-
-
 def _load_image(record: dict, root: Path):
     from PIL import Image
 
@@ -123,8 +120,6 @@ def _prepare_data(cfg: ProbeConfig, out: Path, procs: _Processes) -> tuple[Path,
     """The probe-set folder to read (built from ``cfg.source`` when no data is given)."""
     if cfg.data:
         data = Path(cfg.data)
-        if not data.exists():
-            raise FileNotFoundError(f"--data {data} does not exist; give a probe-set folder or a records file")
         folder = data if data.is_dir() else data.parent
         manifest = json.loads((folder / MANIFEST).read_text()) if (folder / MANIFEST).is_file() else None
         return data, manifest
@@ -154,6 +149,9 @@ def _prepare_rows(vlm, task: str, batch: list[dict], root: Path) -> tuple[list[d
     rows, images, kept = [], [], []
     for record in batch:
         base = _row_base(record)
+        if "malformed" in record:
+            rows.append({**base, "skipped": f"malformed record: {record['malformed']}"})
+            continue
         if not str(record.get("caption", "")).strip():
             rows.append({**base, "skipped": "empty caption"})
             continue
@@ -240,7 +238,7 @@ def _score_task(vlm, task: str, records: list[dict], lambdas: list[float], out: 
     sinks = {}
     for lam in lambdas:
         path = lambda_dir(out, lam) / f"{task}{procs.suffix()}.jsonl"
-        _drop_partial_line(path)
+        drop_partial_line(path)
         sinks[lam] = path.open("a")
     desc = f"{task} lambda={','.join(format_lambda(lam) for lam in lambdas)}"
     desc += f" [rank {procs.rank}]" if procs.world > 1 else ""
@@ -279,43 +277,70 @@ def _occlusion_records(records: list[dict], n: int) -> list[dict]:
     return chosen
 
 
+def _fingerprint(cfg: ProbeConfig, model_path: str) -> dict:
+    """What defines the rows of a probe folder: a rerun resumes only when all of it is the same.
+
+    The lambdas, the tasks, ``limit`` and ``occlusion_samples`` choose which rows are computed, not their
+    values, so they may change between runs; batch size, prefetching and device do not change the results."""
+    if cfg.data:
+        data = Path(cfg.data)
+        if not data.exists():
+            raise FileNotFoundError(f"--data {data} does not exist; give a probe-set folder or a records file")
+        files = [data] if data.is_file() else [data / f"{t}.jsonl" for t in ("position", "similarity")]
+        source = {"data": str(data.resolve()), "records": file_digest(*files)}
+    else:
+        source = {"source": cfg.source, "seed": cfg.seed}
+    options = {k: getattr(cfg, k) for k in ("generate", "max_new_tokens", "mask", "pooling", "dtype", "attn")}
+    options["image_root"] = cfg.image_root and str(Path(cfg.image_root).resolve())
+    return {**model_fingerprint(model_path), **source, "options": options, "versions": versions()}
+
+
 def run_probe(cfg: ProbeConfig) -> dict | None:
-    """Score, summarise and plot; returns the summary on the main process (None on the others)."""
+    """Score, summarise and plot; returns the summary on the main process (None on the others).
+
+    The model's config and the data are checked before anything is written; the folder is then locked (by
+    the main process) and its record checked, before any weight is loaded."""
+    from ..vlm import load_config
     from .scoring import load_probe_vlm
 
     procs = _Processes(cfg.device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     model_path = cfg.model or str(embedded_model())
-    vlm = load_probe_vlm(model_path, cfg.dtype, procs.device, cfg.attn)  # refuses bad models before any scoring
-    data, manifest = _prepare_data(cfg, out, procs)
-    root = Path(cfg.image_root) if cfg.image_root else (data if data.is_dir() else data.parent)
-    lambdas = cfg.lambdas
-    if lambdas is None:
-        own = read_lambda(vlm.model.config)
-        lambdas = [0.0, own if own > 0 else 0.5]
-    tasks = {}
-    for task in cfg.tasks:
-        records = _records(data, task)
-        if records is None:
-            log.warning("no %s records in %s; skipping that task", task, data)
-            continue
-        if cfg.limit:
-            records = records[: cfg.limit]
-        if task == "occlusion":
-            records = _occlusion_records(records, cfg.occlusion_samples)
-        tasks[task] = records
-    if not tasks:
-        raise ValueError(f"{data} holds no probe records for the tasks {cfg.tasks}")
-    started = time.time()
-    for task, records in tasks.items():
-        _score_task(vlm, task, records, lambdas, out, root, cfg, procs)
-    procs.wait()
-    if not procs.main:
-        return None
-    summary = summarise(out, lambdas, list(tasks), model_path, data, manifest, cfg)
-    summary["seconds_this_run"] = round(time.time() - started, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    config = load_config(model_path)
+    out = Path(cfg.out)
+    folder = RunFolder(out, "probe", _fingerprint(cfg, model_path), outputs=OUTPUTS, force=cfg.force)
+    with folder if procs.main else contextlib.nullcontext():
+        procs.wait()
+        needs_yes_no = not cfg.generate and "position" in cfg.tasks
+        vlm = load_probe_vlm(model_path, cfg.dtype, procs.device, cfg.attn, config=config, yes_no=needs_yes_no)
+        data, manifest = _prepare_data(cfg, out, procs)
+        root = Path(cfg.image_root) if cfg.image_root else (data if data.is_dir() else data.parent)
+        lambdas = cfg.lambdas
+        if lambdas is None:
+            own = read_lambda(vlm.model.config)
+            lambdas = [0.0, own if own > 0 else 0.5]
+        tasks = {}
+        for task in cfg.tasks:
+            records = _records(data, task)
+            if records is None:
+                log.warning("no %s records in %s; skipping that task", task, data)
+                continue
+            if cfg.limit:
+                records = records[: cfg.limit]
+            if task == "occlusion":
+                records = _occlusion_records(records, cfg.occlusion_samples)
+            tasks[task] = records
+        if not tasks:
+            raise ValueError(f"{data} holds no probe records for the tasks {cfg.tasks}")
+        started = time.time()
+        for task, records in tasks.items():
+            _score_task(vlm, task, records, lambdas, out, root, cfg, procs)
+        procs.wait()
+        if not procs.main:
+            return None
+        summary = summarise(out, lambdas, list(tasks), model_path, data, manifest, cfg)
+        summary["seconds_this_run"] = round(time.time() - started, 1)
+        write_json(out / "summary.json", summary)
+        folder.finished()
     return summary
 
 

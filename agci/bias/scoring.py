@@ -52,11 +52,12 @@ def answer_token_ids(tokenizer) -> tuple[list[int], list[int]]:
 
 
 def load_probe_vlm(model: str | Path, dtype: str = "auto", device: str | None = None, attn: str | None = None,
-                   device_map: str | None = None) -> ProbeVLM:  # fmt: skip
+                   device_map: str | None = None, config=None, yes_no: bool = True) -> ProbeVLM:  # fmt: skip
     """:func:`agci.vlm.load_vlm` (refuses unsupported models and processors without a chat template before
-    loading weights), with the Yes/No token ids of the tokenizer."""
-    loaded = load_vlm(model, dtype=dtype, device=device, attn=attn, device_map=device_map)
-    yes, no = answer_token_ids(loaded.tokenizer)
+    loading weights), with the Yes/No token ids of the tokenizer: refused when it has none, unless
+    ``yes_no`` is False (scoring by generating and parsing needs none)."""
+    loaded = load_vlm(model, dtype=dtype, device=device, attn=attn, device_map=device_map, config=config)
+    yes, no = answer_token_ids(loaded.tokenizer) if yes_no else ([], [])
     return ProbeVLM(**{f.name: getattr(loaded, f.name) for f in fields(loaded)}, yes_ids=yes, no_ids=no)
 
 

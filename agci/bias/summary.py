@@ -83,6 +83,6 @@ def summarise(out: Path, lambdas, tasks, model_path, data, manifest, cfg) -> dic
         "scoring": "generate-and-parse" if cfg.generate else "next-token Yes/No",
         "lambdas": per_lambda,
         "figures": figures,
-        "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "force")},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }  # fmt: skip

@@ -1,0 +1,269 @@
+"""Output folders that a run owns: one run at a time, resumed only by the same inputs, files never half-written.
+
+Every command that writes results into a folder (``agci probe``, ``probe-set``, ``eval``, ``ris evaluate``,
+``resampler-probe extract|train|search``) opens it with :class:`RunFolder`:
+
+- an exclusive lock on ``OUT/.agci-lock`` for the whole run: a second run into the folder is refused at once,
+  naming the process that holds it. The lock is the operating system's (``flock``), so it ends with its
+  process: a run killed with ``kill -9`` leaves nothing that blocks the next one;
+- ``OUT/agci-run.json`` records, per kind of result (``key``), the fingerprint of what defines the results
+  (model and its config, data, options, versions). A rerun resumes only when the fingerprint is the same;
+  otherwise it is refused with what differs. ``force`` discards that key's results and starts over;
+- :func:`write_text` and :func:`save_figure` write to a temporary file and rename it, so a kill never leaves
+  half a summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+RECORD = "agci-run.json"
+LOCK = ".agci-lock"
+
+
+class RunRefused(ValueError):
+    """A run that may not write into its output folder (in use, other inputs, not a folder)."""
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | Path, data) -> Path:
+    return write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def save_figure(fig, path: str | Path, **kwargs) -> Path:
+    """``fig.savefig`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    fig.savefig(tmp, **kwargs)
+    os.replace(tmp, path)
+    return path
+
+
+def drop_partial_line(path: str | Path) -> None:
+    """A JSONL file that a kill cut mid-line ends without its newline: cut that line, so that appending
+    stays valid and the row is computed again."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def file_digest(*paths: str | Path) -> str:
+    """sha256 (16 hex digits) of the files' bytes, in the order given; a missing file counts as absent."""
+    h = hashlib.sha256()
+    for p in paths:
+        p = Path(p)
+        h.update(p.name.encode() + b"\0")
+        if p.is_file():
+            with p.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()[:16]
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def model_fingerprint(model: str | Path) -> dict:
+    """What identifies a checkpoint: its resolved path, its config.json's hash and the names and sizes of
+    its weight files (a hub id is identified by its name only)."""
+    path = Path(model)
+    if not path.exists():
+        return {"model": str(model)}
+    folder = path if path.is_dir() else path.parent
+    weights = sorted(f"{p.name}:{p.stat().st_size}" for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    return {
+        "model": str(path.resolve()),
+        "model_config": file_digest(folder / "config.json"),
+        "model_weights": hashlib.sha256("\n".join(weights).encode()).hexdigest()[:16],
+    }
+
+
+def versions(*packages: str) -> dict:
+    """Installed versions of agci, transformers and ``packages`` (they change the numbers a run writes)."""
+    import importlib.metadata as md
+
+    from . import __version__
+
+    found = {"agci": __version__}
+    for name in ("transformers", *packages):
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _lock_file(fd: int) -> bool:
+    """Take the exclusive lock on ``fd`` without waiting; False when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _describe_holder(text: str) -> str:
+    try:
+        holder = json.loads(text)
+        return f"pid {holder['pid']} on {holder['host']}, `{holder['command']}`, started {holder['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old then, new now`` for every differing entry, nested dicts flattened to ``a.b``."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {json.dumps(a)} then, {json.dumps(b)} now")
+    return out
+
+
+class RunFolder:
+    """``with RunFolder(out, "probe", fingerprint, outputs=[...]) as folder:`` around a run that writes
+    into ``out``.
+
+    ``key`` names the kind of result (a folder may hold several, e.g. one per dataset split),
+    ``fingerprint`` is a JSON-able dict of everything that defines those results, and ``outputs`` are the
+    glob patterns (relative to ``out``) of the files that they are made of: ``force`` deletes those and
+    starts again, and files matching them without a record of their run are refused (they may come from
+    any run). ``option`` is how the command line spells force, for the messages.
+    """
+
+    def __init__(self, out: str | Path, key: str, fingerprint: dict, *, outputs: tuple[str, ...] | list[str],
+                 force: bool = False, option: str = "--out", command: str | None = None):  # fmt: skip
+        self.path = Path(out)
+        self.key = key
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # as it will read back from disk
+        self.outputs = tuple(outputs)
+        self.force = force
+        self.option = option
+        self.command = command or " ".join(["agci", *sys.argv[1:]])
+        self.resumed = False
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunFolder:
+        if self.path.exists() and not self.path.is_dir():
+            raise RunRefused(f"{self.option} {self.path} is an existing file, not a folder; give a folder path")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self._check_record()
+        except BaseException:
+            self._unlock()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._unlock()
+
+    # the lock
+    def _lock(self) -> None:
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _lock_file(fd):
+            holder = os.pread(fd, 4096, 0).decode(errors="replace") if hasattr(os, "pread") else ""
+            os.close(fd)
+            raise RunRefused(
+                f"{self.path} is in use by another agci run ({_describe_holder(holder)}); wait for it to finish, "
+                f"stop it, or give another {self.option}"
+            )
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(holder).encode())
+        self._fd = fd
+
+    def _unlock(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+
+    # the record
+    def _read_record(self) -> dict:
+        path = self.path / RECORD
+        if not path.is_file():
+            return {"runs": {}}
+        try:
+            record = json.loads(path.read_text())
+            record["runs"]  # noqa: B018
+            return record
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RunRefused(
+                f"{path} is not a run record agci can read ({exc}); give another {self.option}, or delete "
+                f"the folder's results and the record to start over"
+            ) from exc
+
+    def _existing_outputs(self) -> list[Path]:
+        found: list[Path] = []
+        for pattern in self.outputs:
+            found += [p for p in self.path.glob(pattern) if not p.name.startswith(".")]
+        return sorted(set(found))
+
+    def _check_record(self) -> None:
+        record = self._read_record()
+        previous = record["runs"].get(self.key)
+        existing = self._existing_outputs()
+        if previous is not None and previous.get("fingerprint") == self.fingerprint and not self.force:
+            self.resumed = bool(existing)
+        elif previous is None and not existing:
+            pass
+        elif not self.force:
+            if previous is None:
+                names = ", ".join(p.name for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
+                raise RunRefused(
+                    f"{self.path} already holds results ({names}) with no record of the run that wrote them, so "
+                    f"they cannot be resumed safely; give another {self.option}, or --force to delete them and "
+                    "start over"
+                )
+            differs = _differences(previous.get("fingerprint", {}), self.fingerprint)
+            raise RunRefused(
+                f"{self.path} holds results of a run with other inputs ({'; '.join(differs)}); a rerun resumes "
+                f"only the same inputs: give another {self.option}, or --force to delete those results and "
+                "start over"
+            )
+        else:
+            for p in existing:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        entry = {"command": self.command, "fingerprint": self.fingerprint,
+                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "finished": None}  # fmt: skip
+        if self.resumed:
+            entry["runs"] = previous.get("runs", 1) + 1
+        record["runs"][self.key] = entry
+        write_json(self.path / RECORD, record)
+
+    def finished(self) -> None:
+        """Mark this key's run complete in the record."""
+        record = self._read_record()
+        record["runs"][self.key]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        write_json(self.path / RECORD, record)
