@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from agci.resampler_probes import boxes
 from agci.resampler_probes.data import CELL_NAMES, RefExample, build_rcm, load_refcocog
 from agci.resampler_probes.features import FeatureCache, extract, load_adapter
 from agci.resampler_probes.probes import TrainConfig, build_probe, train_probe
+from agci.runs import RunFolder
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -190,24 +194,32 @@ def test_unknown_probe_task_and_model_are_refused(tmp_path):
         load_adapter(save_tiny("llava", tmp_path / "llava"))
 
 
-def test_cli_end_to_end_for_each_task(tmp_path):
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A REFER-format RefCOCOg, a VSR split of its images, and tiny BLIP-2 and InstructBLIP checkpoints."""
     from tiny_checkpoints import save_qformer_model
 
-    root = _synthetic_refer(tmp_path / "refer", per_cell=(8, 8, 8), extra_centre=2)
-    blip2 = save_qformer_model("blip2", tmp_path / "blip2")
-    instructblip = save_qformer_model("instructblip", tmp_path / "instructblip")
+    base = tmp_path_factory.mktemp("resampler")
+    root = _synthetic_refer(base / "refer", per_cell=(8, 8, 8), extra_centre=2)
+    vsr = base / "vsr"
+    vsr.mkdir()
+    for split in ("train", "dev", "test"):
+        caption = "the dog is left of the car"
+        rows = [{"image": f"{k:06d}.jpg", "caption": caption, "label": k % 2, "relation": "left of"} for k in range(12)]
+        (vsr / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return SimpleNamespace(root=root, images=root / "images", vsr=vsr,
+                           blip2=save_qformer_model("blip2", base / "blip2"),
+                           instructblip=save_qformer_model("instructblip", base / "instructblip"))  # fmt: skip
+
+
+def test_cli_end_to_end_for_each_task(tmp_path, inputs):
+    root, blip2, instructblip, vsr = inputs.root, inputs.blip2, inputs.instructblip, inputs.vsr
     refs, inst, images = str(root / "refs(umd).p"), str(root / "instances.json"), str(root / "images")
     assert (
         main(["resampler-probe", "build-rcm", "--refs", refs, "--instances", inst, "--out", str(tmp_path / "rcm")]) == 0
     )
     manifest = json.loads((tmp_path / "rcm" / "manifest.json").read_text())
     assert manifest["counts"]["train"]["positives_per_cell"] == [8] * 9
-    vsr = tmp_path / "vsr"
-    vsr.mkdir()
-    for split in ("train", "dev", "test"):
-        caption = "the dog is left of the car"
-        rows = [{"image": f"{k:06d}.jpg", "caption": caption, "label": k % 2, "relation": "left of"} for k in range(12)]
-        (vsr / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for task, model, data in (("rcm", blip2, str(tmp_path / "rcm")), ("refcocog", instructblip, refs),
                               ("vsr", blip2, str(vsr))):  # fmt: skip
         cache, out = str(tmp_path / f"cache-{task}"), str(tmp_path / f"out-{task}")
@@ -248,3 +260,91 @@ def test_cli_end_to_end_for_each_task(tmp_path):
     trials = [json.loads(line) for line in Path(tmp_path, "search", "trials.jsonl").read_text().splitlines()]
     assert len(trials) == 4 and all(1e-5 <= t["lr"] <= 5e-4 and "giou_weight" in t for t in trials)
     assert json.loads(Path(tmp_path, "search", "search.json").read_text())["trials"] == 4
+    for changed in (["--layer", "2"], ["--probe", "mlp2"], ["--seed", "1"]):  # another study: refused
+        assert main([*search, "--trials", "4", *changed]) == 2
+    assert len(Path(tmp_path, "search", "trials.jsonl").read_text().splitlines()) == 4
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """The results in a folder (not the lock), by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}  # fmt: skip
+
+
+def _results(files: dict[str, bytes]) -> dict[str, bytes]:
+    return {k: v for k, v in files.items() if k != "agci-run.json"}
+
+
+def test_runs_resume_refuse_other_inputs_and_force(tmp_path, inputs, capsys):
+    """extract and train: the same inputs resume, other inputs are refused (files untouched) and --force
+    starts over to what a fresh run gives; a folder in use or an --out that is a file is refused."""
+    cache = tmp_path / "cache"
+    extract = ["resampler-probe", "extract", "--model", str(inputs.blip2), "--task", "vsr", "--data",
+               str(inputs.vsr), "--images", str(inputs.images), "--out", str(cache)]  # fmt: skip
+    assert main(extract) == 0
+    first = _files(cache)
+    assert {"agci-run.json", "index.json", "items.jsonl", "features-00000000.safetensors"} == set(first)
+    assert main(extract) == 0  # resumes: nothing left to encode, nothing rewritten
+    resumed = _files(cache)
+    assert _results(resumed) == _results(first)
+    capsys.readouterr()
+    for changed, field in ((["--model", str(inputs.instructblip)], "model"), (["--no-text"], "with_text"),
+                           (["--dtype", "bfloat16"], "dtype")):  # fmt: skip
+        assert main([*extract, *changed]) == 2
+        err = capsys.readouterr().err
+        assert f"{field}: " in err and "other inputs" in err and "--force" in err, err
+        assert _files(cache) == resumed
+    assert main([*extract, "--no-text", "--force"]) == 0
+    assert main([*extract[:-1], str(tmp_path / "cache-fresh"), "--no-text"]) == 0
+    assert _results(_files(cache)) == _results(_files(tmp_path / "cache-fresh")) != _results(first)
+
+    out = tmp_path / "train"
+    train = ["resampler-probe", "train", "--cache", str(cache), "--task", "vsr", "--layers", "1,3", "--epochs", "2",
+             "--out", str(out)]  # fmt: skip
+    assert main(train) == 0
+    trained = _files(out)
+    assert {"results.jsonl", "per_layer.png", "per_layer.md", "agci-run.json"} <= set(trained)
+    assert main(train) == 0  # resumes: both layers are done
+    assert _results(_files(out)) == _results(trained)
+    assert main([*train, "--layers", "3,2"]) == 0  # more layers: only layer 2 is trained
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["layer"] for r in rows] == [0, 2, 1]
+    grown = _files(out)
+    capsys.readouterr()
+    for changed, field in ((["--lr", "1e-3"], "lr"), (["--probe", "mlp2"], "probe"), (["--seed", "1"], "seed")):
+        assert main([*train, *changed]) == 2
+        err = capsys.readouterr().err
+        assert f"{field}: " in err and "other inputs" in err, err
+        assert _files(out) == grown
+    assert main([*train, "--lr", "1e-3", "--force"]) == 0
+    assert main([*train[:-1], str(tmp_path / "train-fresh"), "--lr", "1e-3"]) == 0
+    forced, fresh = _results(_files(out)), _results(_files(tmp_path / "train-fresh"))
+    assert forced.keys() == fresh.keys() and forced["results.jsonl"] == fresh["results.jsonl"]
+    assert forced["predictions/vsr-linear-layer3.jsonl"] == fresh["predictions/vsr-linear-layer3.jsonl"]
+    assert "predictions/vsr-linear-layer2.jsonl" not in forced  # the earlier run's files are gone
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    search = ["resampler-probe", "search", "--cache", str(cache), "--task", "vsr", "--layer", "1"]
+    for command in (extract, train, search):
+        assert main([*command, "--out", str(a_file)]) == 2
+        assert "is an existing file" in capsys.readouterr().err
+    assert a_file.read_text() == "not a folder"
+    with RunFolder(out, "holder", {}, outputs=()):  # another run holds the folder
+        result = subprocess.run([sys.executable, "-m", "agci", *train, "--lr", "1e-3"], capture_output=True,
+                                text=True, env=dict(os.environ, TQDM_DISABLE="1"), timeout=300)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "in use" in lines[0] and f"pid {os.getpid()}" in lines[0], result.stderr
+    assert _results(_files(out)) == forced
+
+
+def test_a_row_cut_by_a_kill_is_dropped_before_appending(tmp_path):
+    from agci.runs import drop_partial_line
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2')
+    drop_partial_line(path)
+    assert path.read_text() == '{"a": 1}\n'
+    drop_partial_line(path)
+    assert path.read_text() == '{"a": 1}\n'

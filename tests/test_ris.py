@@ -5,7 +5,9 @@ synthetic REFER-format dataset."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from agci.ris.encoders import Encoder
 from agci.ris.evaluate import ground_truth
 from agci.ris.pipeline import _relation_score, head_phrase, rerank, select_candidates
 from agci.ris.spatial import cluster, mask_iou, spatial_map, summarise
+from agci.runs import RunFolder
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -156,7 +159,7 @@ def test_ris_evaluate_and_show_end_to_end(kind, tmp_path, encoders):
     ious = [json.loads(r)["I"] / json.loads(r)["U"] for r in rows]
     # every choice is one of the three proposals: IoU with the target (polygon 21 x 17 px) is 1, 0 or 357/3072
     assert all(min(abs(i - x) for x in (1.0, 0.0, 357 / 3072)) < 1e-9 for i in ious)
-    assert main([*args, "--mode", "global"]) == 0  # same output folder: the rows are there, nothing rescored
+    assert main(args) == 0  # same inputs, same output folder: the rows are there, nothing rescored
     assert len((tmp_path / "out" / "refcocog_val.jsonl").read_text().splitlines()) == 3
     png = tmp_path / "show.png"
     image = root / "images" / "COCO_train2014_000000000000.jpg"
@@ -164,6 +167,59 @@ def test_ris_evaluate_and_show_end_to_end(kind, tmp_path, encoders):
             "--proposals", f"disk:{root / 'masks'}", "--out", str(png)]  # fmt: skip
     assert main(show) == 0 and png.read_bytes()[:4] == b"\x89PNG"
     assert main([*args[:-1], str(tmp_path / "o2"), "--proposals", "slic:x"]) == 2  # unknown proposer: clear error
+    assert not (tmp_path / "o2").exists()  # bad input creates nothing
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """The results in a folder (not the lock), by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}  # fmt: skip
+
+
+def test_ris_rerun_resumes_other_inputs_are_refused_and_force_starts_over(tmp_path, encoders, capsys):
+    root = _synthetic_refer(tmp_path / "data")
+    out = tmp_path / "out"
+    args = ["ris", "evaluate", "--model", str(encoders["clip"]), "--refer", str(root / "refer"), "--dataset",
+            "refcocog", "--split", "val", "--images", str(root / "images"), "--proposals", f"disk:{root / 'masks'}",
+            "--limit", "2", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    first = _files(out)
+    assert set(first) == {"agci-run.json", "refcocog_val.json", "refcocog_val.jsonl", "refcocog_val.md"}
+    record = json.loads(first["agci-run.json"])["runs"]["refcocog_val"]
+    assert record["finished"] and record["fingerprint"]["mode"] == "full" and record["fingerprint"]["v"] == 0.85
+    assert main(args) == 0  # the same inputs resume: nothing rescored, the same summary
+    again = _files(out)
+    assert {k: v for k, v in again.items() if k != "agci-run.json"} == {
+        k: v for k, v in first.items() if k != "agci-run.json"}  # fmt: skip
+    assert json.loads(again["agci-run.json"])["runs"]["refcocog_val"]["runs"] == 2
+    capsys.readouterr()
+    for changed, field in ((["--mode", "global"], "mode"), (["--layer", "2"], "layer"), (["--v", "0.5"], "v")):
+        assert main([*args, *changed]) == 2
+        err = capsys.readouterr().err
+        assert f"{field}: " in err and "other inputs" in err and "--force" in err, err
+        assert _files(out) == again  # refused: every file as it was
+    assert main([*args, "--mode", "global", "--force"]) == 0
+    assert main([*args[:-1], str(tmp_path / "fresh"), "--mode", "global"]) == 0
+    forced, fresh = _files(out), _files(tmp_path / "fresh")
+    for name in ("refcocog_val.json", "refcocog_val.jsonl", "refcocog_val.md"):
+        assert forced[name] == fresh[name]
+    assert json.loads(forced["refcocog_val.json"])["mode"] == "global"
+    rows_path = out / "refcocog_val.jsonl"
+    rows_path.write_bytes(forced["refcocog_val.jsonl"][:-5])  # a run killed in the middle of its last row
+    assert main([*args, "--mode", "global"]) == 0  # the cut row is dropped and scored again, not appended to
+    assert rows_path.read_bytes() == forced["refcocog_val.jsonl"]
+    (tmp_path / "a-file").write_text("not a folder")
+    assert main([*args[:-1], str(tmp_path / "a-file")]) == 2
+    assert "is an existing file" in capsys.readouterr().err
+    assert (tmp_path / "a-file").read_text() == "not a folder"
+    # a second run into the folder while one holds it is refused at once, naming the holder
+    with RunFolder(out, "refcocog_test", {}, outputs=()):
+        result = subprocess.run([sys.executable, "-m", "agci", *args], capture_output=True, text=True,
+                                env=dict(os.environ, TQDM_DISABLE="1"), timeout=300)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "in use" in lines[0] and f"pid {os.getpid()}" in lines[0], result.stderr
+    assert _files(out)["refcocog_val.jsonl"] == forced["refcocog_val.jsonl"]
 
 
 def test_mask2former_proposals_at_image_size(tmp_path, encoders):

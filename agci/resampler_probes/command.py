@@ -40,7 +40,9 @@ def add_parser(subparsers) -> None:
     e.add_argument("--data", required=True, help="refcocog: refs(umd).p; rcm: build-rcm folder; vsr: random split")
     e.add_argument("--instances", help="refcocog: COCO instances.json")
     e.add_argument("--images", required=True, help="folder the items' image paths are relative to")
-    e.add_argument("--out", required=True, help="cache folder")
+    e.add_argument("--out", required=True, help="cache folder; a rerun with the same inputs resumes")
+    e.add_argument("--force", action="store_true",
+                   help="delete --out's results of a run with other inputs and start over")  # fmt: skip
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--device", default="cpu")
     e.add_argument("--dtype", default="float32")
@@ -59,7 +61,10 @@ def add_parser(subparsers) -> None:
     t.add_argument("--device", default="cpu")
     t.add_argument("--joint", action="store_true", help="fine-tune the resampler with the probe (needs --images)")
     t.add_argument("--images", help="the images folder, for --joint")
-    t.add_argument("--out", required=True, help="results folder (results.jsonl, per_layer.png); resumes")
+    t.add_argument("--out", required=True,
+                   help="results folder (results.jsonl, per_layer.png); the same inputs resume")  # fmt: skip
+    t.add_argument("--force", action="store_true",
+                   help="delete --out's results of a run with other inputs and start over")  # fmt: skip
     s = rp_sub.add_parser("search", help="Bayesian hyper-parameter search (optuna) for one layer")
     s.add_argument("--cache", required=True)
     s.add_argument("--task", required=True, choices=TASKS)
@@ -68,7 +73,10 @@ def add_parser(subparsers) -> None:
     s.add_argument("--trials", type=int, default=10)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True,
+                   help="results folder (study.db, trials.jsonl, search.json); the same inputs resume")  # fmt: skip
+    s.add_argument("--force", action="store_true",
+                   help="delete --out's results of a run with other inputs and start over")  # fmt: skip
     r = rp_sub.add_parser("report", help="per-layer curve, and the best layer's accuracy per group (Kendall tau)")
     r.add_argument("run", help="the --out folder of train")
     r.add_argument("--cache", required=True, help="the feature cache the run trained on")
@@ -105,12 +113,12 @@ def _extract(args) -> None:
         "vsr": lambda: runner.vsr_items(Path(args.data)),
     }
     index = runner.run_extract(args.model, loaders[args.task](), Path(args.images), Path(args.out),
-                               args.batch_size, args.device, args.dtype, not args.no_text)  # fmt: skip
+                               args.batch_size, args.device, args.dtype, not args.no_text, task=args.task,
+                               force=args.force)  # fmt: skip
     print(f"{args.out}: {len(index['ids'])} items, features {index['shape']} (layers, queries, hidden)")
 
 
 def _train(args) -> None:
-    from .report import per_layer
     from .runner import run_train
 
     if args.joint and not args.images:
@@ -118,17 +126,17 @@ def _train(args) -> None:
     joint = Path(args.images) if args.joint else None
     rows = run_train(Path(args.cache), args.task, args.layers, args.probe, Path(args.out), joint,
                      lr=args.lr, epochs=args.epochs, patience=args.patience, giou_weight=args.giou_weight,
-                     l1_weight=args.l1_weight, seed=args.seed, device=args.device)  # fmt: skip
+                     l1_weight=args.l1_weight, seed=args.seed, device=args.device, force=args.force)  # fmt: skip
     for r in rows:
         print(f"layer {r['layer'] + 1}: val {r['val']:.4f}, test {r['test']}")
-    per_layer(Path(args.out) / "results.jsonl", Path(args.out))
+    print(f"wrote {Path(args.out) / 'results.jsonl'} and {Path(args.out) / 'per_layer.png'}")
 
 
 def _search(args) -> None:
     from .runner import run_search
 
     s = run_search(Path(args.cache), args.task, args.layer - 1, args.probe, Path(args.out),
-                   trials=args.trials, seed=args.seed, device=args.device)  # fmt: skip
+                   trials=args.trials, seed=args.seed, device=args.device, force=args.force)  # fmt: skip
     print(f"best of {s['trials']} trials: {s['best_params']} val {s['best_val']:.4f} test {s['test_of_best']}")
 
 

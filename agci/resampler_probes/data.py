@@ -11,6 +11,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..runs import write_json, write_text
 from .boxes import xywh_to_cxcywh
 
 CELL_NAMES = (
@@ -105,14 +106,14 @@ def write_rcm(rcm: list[RCMExample], out: Path, source: dict) -> dict:
     counts: dict = {}
     for split in sorted({r.split for r in rcm}):
         rows = [r for r in rcm if r.split == split]
-        (out / f"{split}.jsonl").write_text("".join(json.dumps(asdict(r)) + "\n" for r in rows))
+        write_text(out / f"{split}.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in rows))
         counts[split] = {
             "examples": len(rows),
             "positives_per_cell": [sum(r.label and r.cell == c for r in rows) for c in range(9)],
             "negatives_per_cell": [sum((not r.label) and r.cell == c for r in rows) for c in range(9)],
         }
     manifest = {"task": "rcm", "template": RCM_TEMPLATE, "cells": CELL_NAMES, "source": source, "counts": counts}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    write_json(out / "manifest.json", manifest)
     return manifest
 
 

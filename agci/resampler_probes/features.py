@@ -109,31 +109,56 @@ class InstructBlipQFormer(ResamplerAdapter):
         return [self.model.query_tokens, *self.model.qformer.parameters()]
 
 
-def load_adapter(path: str | Path, device: str = "cpu", dtype: str = "float32") -> ResamplerAdapter:
-    """The adapter for a BLIP-2 (stage-1 retrieval) or InstructBLIP checkpoint folder or hub id."""
-    from transformers import AutoConfig, AutoProcessor
+def torch_dtype(name: str) -> torch.dtype:
+    """``float32``, ``bfloat16``, ``float16`` ... as a torch dtype; refused in words otherwise."""
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}; use float32, bfloat16 or float16")
+    return dtype
 
-    config = AutoConfig.from_pretrained(path)
-    if config.model_type not in ADAPTERS:
+
+def adapter_type(path: str | Path) -> str:
+    """The checkpoint's model type, from its config alone (no weights read); refused without an adapter."""
+    from transformers import AutoConfig
+
+    try:
+        model_type = AutoConfig.from_pretrained(path).model_type
+    except OSError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: no checkpoint config can be read there ({reason})") from exc
+    if model_type not in ADAPTERS:
         raise ValueError(
-            f"{path}: model type {config.model_type!r} has no resampler adapter; built in: {', '.join(ADAPTERS)} "
+            f"{path}: model type {model_type!r} has no resampler adapter; built in: {', '.join(ADAPTERS)} "
             "(add one with agci.resampler_probes.features.register_adapter)"
         )
-    if config.model_type == "blip-2":
+    return model_type
+
+
+def load_adapter(path: str | Path, device: str = "cpu", dtype: str = "float32") -> ResamplerAdapter:
+    """The adapter for a BLIP-2 (stage-1 retrieval) or InstructBLIP checkpoint folder or hub id."""
+    from transformers import AutoProcessor
+
+    model_type = adapter_type(path)
+    if model_type == "blip-2":
         from transformers import Blip2ForImageTextRetrieval as cls
     else:
         from transformers import InstructBlipForConditionalGeneration as cls
-    model = cls.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
-    return ADAPTERS[config.model_type](model, AutoProcessor.from_pretrained(path))
+    model = cls.from_pretrained(path, dtype=torch_dtype(dtype)).to(device)
+    return ADAPTERS[model_type](model, AutoProcessor.from_pretrained(path))
 
 
 def extract(
     adapter: ResamplerAdapter, items: Sequence[dict], load_image: Callable[[dict], object], out: Path,
     batch_size: int = 32, shard_size: int = 1024, with_text: bool = True,
 ) -> dict:  # fmt: skip
-    """Encode ``items`` (dicts with ``id`` and ``text``) into a feature cache under ``out``; resumes."""
+    """Encode ``items`` (dicts with ``id`` and ``text``) into a feature cache under ``out``; resumes.
+
+    ``index.json`` is replaced atomically after each shard, so a kill loses at most the shard in progress
+    (a shard file that the index does not list is written again)."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
+
+    from ..runs import write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,6 +167,11 @@ def extract(
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     if index and index.get("ids") != ids:
         raise FileExistsError(f"{out} holds a cache of other items; use another folder")
+    if index and (index.get("with_text", True), index.get("model_type")) != (with_text, adapter.model_type):
+        raise FileExistsError(
+            f"{out} holds a cache of a {index.get('model_type')} model "
+            f"{'with' if index.get('with_text', True) else 'without'} text; use another folder"
+        )
     index = index or {"ids": ids, "shards": [], "shard_size": shard_size, "with_text": with_text,
                       "model_type": adapter.model_type}  # fmt: skip
     done = {s["start"] for s in index["shards"]}
@@ -163,7 +193,7 @@ def extract(
         save_file({"features": torch.cat(parts).contiguous()}, str(out / name))
         index["shards"].append({"file": name, "start": start, "count": len(chunk)})
         index["shape"] = list(parts[0].shape[1:])
-        index_path.write_text(json.dumps(index) + "\n")  # after the shard: an interrupted run redoes one shard
+        write_text(index_path, json.dumps(index) + "\n")  # after the shard: an interrupted run redoes one shard
     bar.close()
     return index
 

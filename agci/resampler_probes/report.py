@@ -4,9 +4,9 @@ RCM cells), each as JSON or markdown plus a PNG."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from ..runs import save_figure, write_json, write_text
 from .data import read_jsonl
 
 
@@ -37,9 +37,9 @@ def per_layer(results: Path, out: Path) -> dict:
     ax.set_title("Probe accuracy per layer")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "per_layer.png", dpi=120)
+    save_figure(fig, out / "per_layer.png", dpi=120)
     plt.close(fig)
-    (out / "per_layer.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "per_layer.md", "\n".join(lines) + "\n")
     return {"curves": {f"{t}/{p}": len(rs) for (t, p), rs in curves.items()}, "figure": str(out / "per_layer.png")}
 
 
@@ -121,9 +121,9 @@ def breakdown(cache: Path, predictions: Path, task: str, out: Path, meta_categor
     ax.set_title(f"{task}: accuracy per group")
     ax.tick_params(axis="x", rotation=60, labelsize=7)
     fig.tight_layout()
-    fig.savefig(out / f"{task}_breakdown.png", dpi=120)
+    save_figure(fig, out / f"{task}_breakdown.png", dpi=120)
     plt.close(fig)
-    (out / f"{task}_breakdown.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(out / f"{task}_breakdown.json", summary)
     return summary
 
 

@@ -2,18 +2,38 @@
 
 A cache folder holds the features (``features.py``) and ``items.jsonl``: each item's id, text, image,
 split, target and metadata, so training needs nothing but the folder.
+
+Extraction, training and search each own their output folder for the run (see :mod:`agci.runs`): it is
+locked, and ``agci-run.json`` records the fingerprint of the inputs; a rerun resumes only with the same
+inputs, otherwise it is refused (``force`` deletes the folder's results and starts over).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 import torch
 
+from ..runs import (
+    RECORD,
+    RunFolder,
+    drop_partial_line,
+    file_digest,
+    model_fingerprint,
+    versions,
+    write_json,
+    write_text,
+)
 from .data import RefExample, build_rcm, load_refcocog, read_jsonl, write_rcm
-from .features import FeatureCache, extract, load_adapter
+from .features import FeatureCache, adapter_type, extract, load_adapter, torch_dtype
 from .probes import TASKS, TrainConfig, train_probe
+
+EXTRACT_OUTPUTS = ("features-*.safetensors", "index.json", "items.jsonl")
+TRAIN_OUTPUTS = ("results.jsonl", "predictions", "per_layer.*", "*_breakdown.*")  # report's breakdowns too
+SEARCH_OUTPUTS = ("study.db*", "trials.jsonl", "search.json")
 
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "dev": "val", "test": "test"}
 
@@ -59,26 +79,64 @@ def build_rcm_set(refs: Path, instances: Path, out: Path, seed: int = 0) -> dict
     return write_rcm(build_rcm(examples, seed), out, {"refs": str(refs), "instances": str(instances), "seed": seed})
 
 
+def _digest(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _extract_fingerprint(model: str, items: list[dict], images: Path, dtype: str, with_text: bool,
+                         task: str | None) -> dict:  # fmt: skip
+    """What defines a feature cache: a rerun resumes only when all of it is the same.
+
+    The items (ids, texts, images, splits, targets) stand for the task's data files: they are what the
+    cache is made of. Batch size and device do not change the features, so they may differ between runs."""
+    return {**model_fingerprint(model), "task": task, "items": _digest(items),
+            "images": str(Path(images).resolve()), "dtype": dtype, "with_text": with_text,
+            "versions": versions()}  # fmt: skip
+
+
 def run_extract(model: str, items: list[dict], images: Path, out: Path, batch_size: int = 32,
-                device: str = "cpu", dtype: str = "float32", with_text: bool = True) -> dict:  # fmt: skip
+                device: str = "cpu", dtype: str = "float32", with_text: bool = True, *, task: str | None = None,
+                force: bool = False) -> dict:  # fmt: skip
+    """Every layer's query outputs of ``items`` into the cache folder ``out`` (resumable, see :func:`extract`).
+
+    The images, the model's config and the dtype are checked before anything is written; the folder is
+    then locked and its record checked before any weight is loaded."""
     from PIL import Image
 
-    adapter = load_adapter(model, device, dtype)
+    torch_dtype(dtype)
+    adapter_type(model)
+    absent = sorted({it["image"] for it in items if not (Path(images) / it["image"]).is_file()})
+    if absent:
+        raise FileNotFoundError(f"{len(absent)} image(s) of the items are not in {images}, e.g. {absent[0]} "
+                                "(--images is the folder the items' image paths are relative to)")  # fmt: skip
 
     def load_image(item):
-        path = Path(images) / item["image"]
-        if not path.is_file():
-            raise FileNotFoundError(f"image {path} of item {item['id']} not found (--images is the COCO folder)")
-        return Image.open(path).convert("RGB")
+        return Image.open(Path(images) / item["image"]).convert("RGB")
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "items.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
-    index = extract(adapter, items, load_image, out, batch_size=batch_size, with_text=with_text)
-    index_path = out / "index.json"
-    index.update(model=str(model))
-    index_path.write_text(json.dumps(index) + "\n")
+    fingerprint = _extract_fingerprint(model, items, images, dtype, with_text, task)
+    with RunFolder(out, "extract", fingerprint, outputs=EXTRACT_OUTPUTS, force=force) as folder:
+        adapter = load_adapter(model, device, dtype)
+        write_text(out / "items.jsonl", "".join(json.dumps(it) + "\n" for it in items))
+        index = extract(adapter, items, load_image, out, batch_size=batch_size, with_text=with_text)
+        index.update(model=str(model))
+        write_text(out / "index.json", json.dumps(index) + "\n")
+        folder.finished()
     return index
+
+
+def _cache_fingerprint(cache: Path) -> dict:
+    """A feature cache by its contents: its index and items, and the fingerprint of the extraction that
+    wrote it (model, dtype, text or not) where it has a record."""
+    cache = Path(cache)
+    record = cache / RECORD
+    extraction = None
+    if record.is_file():
+        try:
+            extraction = _digest(json.loads(record.read_text())["runs"]["extract"]["fingerprint"])
+        except (ValueError, KeyError, TypeError):
+            extraction = None
+    return {"cache": file_digest(cache / "index.json", cache / "items.jsonl"), "cache_extraction": extraction}
 
 
 def load_targets(cache: Path, task: str) -> tuple[list[dict], torch.Tensor, dict]:
@@ -113,23 +171,55 @@ def _joint_features(cache: Path, images: Path, layer: int, device: str):
     return features, unique
 
 
+def _train_fingerprint(cache: Path, cfg: TrainConfig, joint_images: Path | None) -> dict:
+    """What defines the rows of a training folder: a rerun resumes only when all of it is the same.
+
+    Every row is one layer, so the layers may differ between runs (a rerun trains only the missing ones);
+    the device does not change what is learnt, so it may differ too."""
+    options = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"}
+    joint = {"joint": joint_images is not None,
+             "joint_images": str(Path(joint_images).resolve()) if joint_images is not None else None}  # fmt: skip
+    return {**_cache_fingerprint(cache), **options, **joint, "versions": versions("torch")}
+
+
 def run_train(cache: Path, task: str, layers: list[int] | None, probe: str, out: Path, joint_images: Path | None = None,
-              **train_kwargs) -> list[dict]:  # fmt: skip
+              *, force: bool = False, **train_kwargs) -> list[dict]:  # fmt: skip
     """A probe per layer on cached features; ``out/results.jsonl`` is written as layers finish and a
-    rerun skips those done with the same settings. With ``joint_images`` (the images folder) the
-    resampler is fine-tuned with the probe instead, from a fresh copy of the model for every layer."""
+    rerun with the same settings skips those done (then ``per_layer.png`` / ``.md`` are drawn). With
+    ``joint_images`` (the images folder) the resampler is fine-tuned with the probe instead, from a fresh
+    copy of the model for every layer. The cache, the layers and the options are checked before anything
+    is written."""
+    cfg = TrainConfig(task=task, probe=probe, **train_kwargs)
     features = FeatureCache(cache)
     _, targets, splits = load_targets(cache, task)
+    chosen = list(layers) if layers is not None else list(range(features.layers))
+    wrong = [layer + 1 for layer in chosen if not 0 <= layer < features.layers]
+    if wrong:
+        raise ValueError(f"layer(s) {wrong} out of range: the cache has layers 1..{features.layers}")
+    if joint_images is not None and not Path(joint_images).is_dir():
+        raise FileNotFoundError(f"images folder {joint_images} not found (--images, for --joint)")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with RunFolder(out, "train", _train_fingerprint(cache, cfg, joint_images), outputs=TRAIN_OUTPUTS,
+                   force=force) as folder:  # fmt: skip
+        rows = _train_layers(features, cache, targets, splits, cfg, chosen, out, joint_images, train_kwargs)
+        from .report import per_layer
+
+        per_layer(out / "results.jsonl", out)
+        folder.finished()
+    return rows
+
+
+def _train_layers(features, cache, targets, splits, cfg, layers, out, joint_images, train_kwargs) -> list[dict]:
+    task, probe = cfg.task, cfg.probe
     results_path = out / "results.jsonl"
+    drop_partial_line(results_path)
     done = read_jsonl(results_path) if results_path.exists() else []
     rows = []
-    for layer in layers if layers is not None else range(features.layers):
-        cfg = TrainConfig(task=task, probe=probe, **train_kwargs)
+    for layer in layers:
         key = {"task": task, "probe": probe, "layer": layer, "joint": joint_images is not None,
                **{k: getattr(cfg, k) for k in train_kwargs}}  # fmt: skip
-        previous = next((r for r in done if all(r.get(k) == v for k, v in key.items())), None)
+        # the folder's record vouches for the settings but the device, which does not change the results
+        previous = next((r for r in done if all(r.get(k) == v for k, v in key.items() if k != "device")), None)
         if previous is not None:
             rows.append(previous)
             continue
@@ -174,29 +264,50 @@ def _write_predictions(probe, feats, targets, idx, task, device, path: Path, ids
     with torch.no_grad():
         out = torch.cat([probe(feats[idx[i : i + 512]].to(device)) for i in range(0, len(idx), 512)]).cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for k, i in enumerate(idx.tolist()):
-            if TASKS[task] == "box":
-                score = iou(cxcywh_to_xyxy(out[k].sigmoid()), cxcywh_to_xyxy(targets[i])).item()
-                row = {"id": ids[i], "iou": round(score, 5), "correct": score >= 0.5}
-            else:
-                row = {"id": ids[i], "correct": bool((out[k, 0] > 0).long().item() == int(targets[i]))}
-            f.write(json.dumps(row) + "\n")
+    rows = []
+    for k, i in enumerate(idx.tolist()):
+        if TASKS[task] == "box":
+            score = iou(cxcywh_to_xyxy(out[k].sigmoid()), cxcywh_to_xyxy(targets[i])).item()
+            rows.append({"id": ids[i], "iou": round(score, 5), "correct": score >= 0.5})
+        else:
+            rows.append({"id": ids[i], "correct": bool((out[k, 0] > 0).long().item() == int(targets[i]))})
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _search_fingerprint(cache: Path, task: str, layer: int, probe: str, seed: int, epochs, fixed: dict) -> dict:
+    """What defines a search folder: a rerun resumes (and adds trials) only when all of it is the same.
+
+    The number of trials only says how far the study goes, and the device does not change the results,
+    so both may differ between runs."""
+    return {**_cache_fingerprint(cache), "task": task, "layer": layer, "probe": probe, "seed": seed,
+            "epochs": list(epochs), "fixed": {k: v for k, v in fixed.items() if k != "device"},
+            "versions": versions("torch", "optuna")}  # fmt: skip
 
 
 def run_search(cache: Path, task: str, layer: int, probe: str, out: Path, trials: int = 10, seed: int = 0,
-               epochs=(5, 30), **fixed) -> dict:  # fmt: skip
+               epochs=(5, 30), *, force: bool = False, **fixed) -> dict:  # fmt: skip
     """Bayesian search (optuna's TPE) over the study's ranges: learning rate in [1e-5, 5e-4], epochs, and
     for RefCOCOg the GIoU and L1 weights. Every trial goes to ``out/trials.jsonl``; the study resumes
-    from ``out/study.db``."""
-    import optuna
-
+    from ``out/study.db`` (a rerun with more trials adds the missing ones)."""
     if trials < 1:
         raise ValueError("--trials must be at least 1 (the study uses at least 10)")
-    features = FeatureCache(cache).layer(layer)
+    TrainConfig(task=task, probe=probe)
+    cached = FeatureCache(cache)
+    if not 0 <= layer < cached.layers:
+        raise ValueError(f"layer {layer + 1} out of range: the cache has layers 1..{cached.layers}")
     _, targets, splits = load_targets(cache, task)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = _search_fingerprint(cache, task, layer, probe, seed, epochs, fixed)
+    with RunFolder(out, "search", fingerprint, outputs=SEARCH_OUTPUTS, force=force) as folder:
+        summary = _search(cached.layer(layer), targets, splits, task, layer, probe, out, trials, seed, epochs, fixed)
+        folder.finished()
+    return summary
+
+
+def _search(features, targets, splits, task, layer, probe, out, trials, seed, epochs, fixed) -> dict:
+    import optuna
+
+    drop_partial_line(out / "trials.jsonl")
     study = optuna.create_study(
         direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
         storage=f"sqlite:///{out / 'study.db'}", study_name=f"{task}-{probe}-layer{layer}", load_if_exists=True,
@@ -219,7 +330,8 @@ def run_search(cache: Path, task: str, layer: int, probe: str, out: Path, trials
     if remaining > 0:
         study.optimize(objective, n_trials=remaining)
     best = study.best_trial
-    summary = {"task": task, "probe": probe, "layer": layer, "trials": len(study.trials), "best_params": best.params,
+    finished = len([t for t in study.trials if t.state.is_finished()])  # not a trial a killed run left running
+    summary = {"task": task, "probe": probe, "layer": layer, "trials": finished, "best_params": best.params,
                "best_val": best.value, "test_of_best": best.user_attrs.get("test")}  # fmt: skip
-    (out / "search.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(out / "search.json", summary)
     return summary

@@ -34,7 +34,10 @@ def add_parser(subparsers) -> None:
     )
     evaluate.add_argument("--translations", help="CSV: sent_id and one column per language")
     evaluate.add_argument("--language", help="a column of --translations to ground with, or centroid (all of them)")
-    evaluate.add_argument("--out", required=True)
+    evaluate.add_argument("--out", required=True,
+                          help="results folder (splits may share it); the same inputs resume")  # fmt: skip
+    evaluate.add_argument("--force", action="store_true",
+                          help="delete --out's results of a run with other inputs and start over")  # fmt: skip
     show.add_argument("--image", required=True)
     show.add_argument("--text", required=True)
     show.add_argument("--out", required=True, help="PNG path")
@@ -49,7 +52,7 @@ def ris_command(args) -> int:
             s = ris.evaluate(args.model, Path(args.refer), args.dataset, args.split, Path(args.images),
                              args.proposals, Path(args.out), args.mode, args.layer, args.normalise, args.limit,
                              args.device, args.split_by, Path(args.translations) if args.translations else None,
-                             args.language, args.v)  # fmt: skip
+                             args.language, args.v, force=args.force)  # fmt: skip
             print(f"{args.dataset} {args.split} ({s['n']} expressions, {args.mode}): mIoU {s['mIoU']:.4f}, "
                   f"oIoU {s['oIoU']:.4f}, Prec@0.5 {s['Prec@0.5']:.4f}")  # fmt: skip
         else:

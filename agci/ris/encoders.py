@@ -22,13 +22,25 @@ class Encoder:
             raise ValueError(f"model type {family!r} is not supported; supported: {', '.join(SUPPORTED)}")
         self.model, self.processor, self.family = model.eval(), processor, family
 
-    @classmethod
-    def load(cls, path: str, device: str = "cpu") -> Encoder:
-        from transformers import AutoConfig, AutoModel, AutoProcessor
+    @staticmethod
+    def family_of(path: str) -> str:
+        """The checkpoint's model type, from its config alone (no weights read); refused unless supported."""
+        from transformers import AutoConfig
 
-        family = AutoConfig.from_pretrained(path).model_type
+        try:
+            family = AutoConfig.from_pretrained(path).model_type
+        except OSError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{path}: no checkpoint config can be read there ({reason})") from exc
         if family not in SUPPORTED:
             raise ValueError(f"{path}: model type {family!r} is not supported; supported: {', '.join(SUPPORTED)}")
+        return family
+
+    @classmethod
+    def load(cls, path: str, device: str = "cpu") -> Encoder:
+        from transformers import AutoModel, AutoProcessor
+
+        family = cls.family_of(path)
         return cls(AutoModel.from_pretrained(path).to(device), AutoProcessor.from_pretrained(path), family)
 
     @property

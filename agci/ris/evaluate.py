@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
 
 import numpy as np
 
+from ..runs import (
+    RunFolder,
+    drop_partial_line,
+    file_digest,
+    model_fingerprint,
+    save_figure,
+    versions,
+    write_json,
+    write_text,
+)
 from .encoders import Encoder
-from .pipeline import choose, load_proposer
+from .pipeline import choose, load_proposer, proposals_fingerprint
 from .spatial import summarise, upsample
 
 SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 
 
+def refer_files(root: Path, dataset: str, split_by: str | None = None) -> tuple[Path, Path]:
+    """``ROOT/<dataset>/refs(<split_by>).p`` and ``ROOT/<dataset>/instances.json``."""
+    folder = Path(root) / dataset
+    return folder / f"refs({split_by or SPLIT_BY.get(dataset)}).p", folder / "instances.json"
+
+
 def refer_expressions(root: Path, dataset: str, split: str, split_by: str | None = None) -> list[dict]:
     """Expressions of one split: ``ROOT/<dataset>/refs(<split_by>).p`` and ``ROOT/<dataset>/instances.json``."""
     split_by = split_by or SPLIT_BY.get(dataset)
-    folder = Path(root) / dataset
-    refs_path, inst_path = folder / f"refs({split_by}).p", folder / "instances.json"
+    refs_path, inst_path = refer_files(root, dataset, split_by)
     for p in (refs_path, inst_path):
         if not p.is_file():
             raise FileNotFoundError(
@@ -54,17 +70,39 @@ def ground_truth(expr: dict) -> np.ndarray:
     return rle.decode(seg).astype(bool)
 
 
+def _fingerprint(model: str, refer_root: Path, dataset: str, split: str, split_by: str | None, proposals: str,
+                 mode: str, layer: int | None, normalise: str, v: float, translations: Path | None,
+                 language: str | None) -> dict:  # fmt: skip
+    """What defines the rows of ``<dataset>_<split>[_<language>]``: a rerun resumes only when all of it is the same.
+
+    ``limit`` chooses which expressions are scored, not their values, and the device does not change them, so
+    both may differ between runs. The images folder is not part of it (COCO's files do not change); the
+    ``disk:`` proposals are identified by their folder, not their files' bytes."""
+    split_by = split_by or SPLIT_BY.get(dataset)
+    return {**model_fingerprint(model), "proposals": proposals_fingerprint(proposals), "dataset": dataset,
+            "split": split, "split_by": split_by, "refer": file_digest(*refer_files(refer_root, dataset, split_by)),
+            "mode": mode, "layer": layer, "normalise": normalise, "v": v,
+            "translations": file_digest(translations) if translations is not None else None, "language": language,
+            "versions": versions()}  # fmt: skip
+
+
 def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Path, proposals: str, out: Path,
              mode: str = "full", layer: int | None = None, normalise: str = "channel", limit: int | None = None,
              device: str = "cpu", split_by: str | None = None, translations: Path | None = None,
-             language: str | None = None, v: float | None = None) -> dict:  # fmt: skip
+             language: str | None = None, v: float | None = None, force: bool = False) -> dict:  # fmt: skip
     """Score every expression of a split; ``out/<dataset>_<split>[_<language>].jsonl`` is written as it
-    goes (a rerun skips what is there), then the ``.json`` summary with mIoU, oIoU and Prec@0.5:0.9.
+    goes (a rerun with the same inputs skips what is there), then the ``.json`` summary with mIoU, oIoU and
+    Prec@0.5:0.9 and a ``.md`` table.
 
     With ``translations`` (a CSV joined on ``sent_id``), ``language`` picks the column to ground with;
     ``language="centroid"`` grounds with the mixed-language centroid of all columns. ``v`` weighs the
     masked crop against the masked image in the global score (default as the reference: 0.95 for
-    RefCOCO and RefCOCO+, 0.85 for RefCOCOg)."""
+    RefCOCO and RefCOCO+, 0.85 for RefCOCOg).
+
+    ``out`` may hold several results (splits, languages); each is locked with the folder for the run and
+    recorded in ``out/agci-run.json`` (see :mod:`agci.runs`): a rerun with other inputs (model, proposals,
+    mode, layer, ...) is refused, and ``force`` deletes that result's files and starts over. The inputs are
+    checked before anything is written or any weight is loaded."""
     v = v if v is not None else (0.85 if dataset == "refcocog" else 0.95)
     from PIL import Image
     from tqdm.auto import tqdm
@@ -83,52 +121,61 @@ def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Pat
                              "(or use centroid)")  # fmt: skip
     elif language is not None:
         raise ValueError("--language needs --translations (a CSV of translations joined on sent_id)")
-    encoder = Encoder.load(model, device)
-    proposer = load_proposer(proposals, device)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    absent = sorted({e["image"] for e in exprs if not (Path(images) / e["image"]).is_file()})
+    if absent:
+        raise FileNotFoundError(f"{len(absent)} image(s) of the split are not in {images}, e.g. {absent[0]} "
+                                "(--images is the COCO train2014 folder)")  # fmt: skip
+    Encoder.family_of(model)
     stem = f"{dataset}_{split}" + (f"_{language}" if language else "")
-    rows_path = out / f"{stem}.jsonl"
-    done = {}
-    if rows_path.exists():
-        for line in rows_path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                done[row["id"]] = row
-            except json.JSONDecodeError:
-                continue  # a line cut by an interruption: scored again
-    with rows_path.open("a") as f:
-        for expr in tqdm(exprs, desc=f"{dataset} {split}"):
-            if expr["id"] in done:
-                continue
-            image = Image.open(Path(images) / expr["image"]).convert("RGB")
-            text, feature = expr["text"], None
-            if language == "centroid":
-                from .multilingual import centroid_features
+    fingerprint = _fingerprint(model, refer_root, dataset, split, split_by, proposals, mode, layer, normalise, v,
+                               translations, language)  # fmt: skip
+    out = Path(out)
+    with RunFolder(out, stem, fingerprint, outputs=(f"{glob.escape(stem)}.*",), force=force) as folder:
+        encoder = Encoder.load(model, device)
+        proposer = load_proposer(proposals, device)
+        rows_path = out / f"{stem}.jsonl"
+        drop_partial_line(rows_path)
+        done = {}
+        if rows_path.exists():
+            for line in rows_path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                    done[row["id"]] = row
+                except json.JSONDecodeError:
+                    continue  # a damaged line: scored again
+        with rows_path.open("a") as f:
+            for expr in tqdm(exprs, desc=f"{dataset} {split}"):
+                if expr["id"] in done:
+                    continue
+                image = Image.open(Path(images) / expr["image"]).convert("RGB")
+                text, feature = expr["text"], None
+                if language == "centroid":
+                    from .multilingual import centroid_features
 
-                feature = centroid_features(encoder, {lang: [texts[expr["sent_id"]][lang]] for lang in languages})[0]
-            elif language:
-                text = texts[expr["sent_id"]][language]
-                feature = encoder.text_features([text])
-            choice = choose(encoder, image, text, proposer(image, expr["image"]), mode, layer, normalise, v=v,
-                            feature=feature)  # fmt: skip
-            truth = ground_truth(expr)
-            row = {"id": expr["id"], "I": int((choice.mask & truth).sum()), "U": int((choice.mask | truth).sum()),
-                   "candidates": len(choice.candidates)}  # fmt: skip
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            done[row["id"]] = row
-    rows = [done[e["id"]] for e in exprs]
-    summary = {"dataset": dataset, "split": split, "language": language or "original", "mode": mode, "layer": layer,
-               "normalise": normalise, "v": v,
-               "model": str(model), **summarise([r["I"] for r in rows], [r["U"] for r in rows])}  # fmt: skip
-    (out / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
-    table = (
-        "| dataset | split | mode | mIoU | oIoU | Prec@0.5 | Prec@0.7 | Prec@0.9 |\n|---|---|---|---|---|---|---|---|\n"
-    )
-    table += (f"| {dataset} | {split} | {mode} | {summary['mIoU']:.4f} | {summary['oIoU']:.4f} | "
-              f"{summary['Prec@0.5']:.4f} | {summary['Prec@0.7']:.4f} | {summary['Prec@0.9']:.4f} |\n")  # fmt: skip
-    (out / f"{stem}.md").write_text(table)
+                    by_language = {lang: [texts[expr["sent_id"]][lang]] for lang in languages}
+                    feature = centroid_features(encoder, by_language)[0]
+                elif language:
+                    text = texts[expr["sent_id"]][language]
+                    feature = encoder.text_features([text])
+                choice = choose(encoder, image, text, proposer(image, expr["image"]), mode, layer, normalise, v=v,
+                                feature=feature)  # fmt: skip
+                truth = ground_truth(expr)
+                row = {"id": expr["id"], "I": int((choice.mask & truth).sum()), "U": int((choice.mask | truth).sum()),
+                       "candidates": len(choice.candidates)}  # fmt: skip
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                done[row["id"]] = row
+        rows = [done[e["id"]] for e in exprs]
+        summary = {"dataset": dataset, "split": split, "language": language or "original", "mode": mode,
+                   "layer": layer, "normalise": normalise, "v": v, "model": str(model),
+                   **summarise([r["I"] for r in rows], [r["U"] for r in rows])}  # fmt: skip
+        write_json(out / f"{stem}.json", summary)
+        table = ("| dataset | split | mode | mIoU | oIoU | Prec@0.5 | Prec@0.7 | Prec@0.9 |\n"
+                 "|---|---|---|---|---|---|---|---|\n")  # fmt: skip
+        table += (f"| {dataset} | {split} | {mode} | {summary['mIoU']:.4f} | {summary['oIoU']:.4f} | "
+                  f"{summary['Prec@0.5']:.4f} | {summary['Prec@0.7']:.4f} | {summary['Prec@0.9']:.4f} |\n")  # fmt: skip
+        write_text(out / f"{stem}.md", table)
+        folder.finished()
     return summary
 
 
@@ -164,6 +211,6 @@ def picture(model: str, image_path: Path, text: str, proposals: str, out: Path, 
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    save_figure(fig, out, dpi=110)
     plt.close(fig)
     return out

@@ -128,19 +128,38 @@ class SamMasks:
         return np.stack(masks)
 
 
-def load_proposer(spec: str, device: str = "cpu"):
-    """``disk:FOLDER`` (masks you bring), ``mask2former:CHECKPOINT`` or ``sam:CHECKPOINT``."""
+def parse_proposals(spec: str) -> tuple[str, str]:
+    """``(kind, argument)`` of a proposals spec; refused unless it is one of the known kinds."""
     kind, _, arg = spec.partition(":")
-    if kind == "disk" and arg:
-        return DiskMasks(Path(arg))
-    if kind == "mask2former" and arg:
-        return Mask2FormerMasks(arg, device=device)
-    if kind == "sam" and arg:
-        return SamMasks(arg, device=device)
+    if kind in ("disk", "mask2former", "sam") and arg:
+        return kind, arg
     raise ValueError(
         f"unknown proposals {spec!r}; use disk:FOLDER (COCO RLE json or PNG masks per image), "
         "mask2former:CHECKPOINT or sam:CHECKPOINT"
     )
+
+
+def proposals_fingerprint(spec: str) -> dict:
+    """What identifies the proposals: the resolved folder of ``disk:`` masks (which must exist; their files
+    are not hashed), or the checkpoint of a proposer (as :func:`agci.runs.model_fingerprint`)."""
+    from ..runs import model_fingerprint
+
+    kind, arg = parse_proposals(spec)
+    if kind == "disk":
+        if not Path(arg).is_dir():
+            raise FileNotFoundError(f"proposals {spec!r}: {arg} is not a folder of masks")
+        return {"kind": kind, "folder": str(Path(arg).resolve())}
+    return {"kind": kind, **model_fingerprint(arg)}
+
+
+def load_proposer(spec: str, device: str = "cpu"):
+    """``disk:FOLDER`` (masks you bring), ``mask2former:CHECKPOINT`` or ``sam:CHECKPOINT``."""
+    kind, arg = parse_proposals(spec)
+    if kind == "disk":
+        return DiskMasks(Path(arg))
+    if kind == "mask2former":
+        return Mask2FormerMasks(arg, device=device)
+    return SamMasks(arg, device=device)
 
 
 # -- scoring and choosing ----------------------------------------------------------------------------------
