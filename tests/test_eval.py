@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -189,9 +190,9 @@ def _model_class(model_type: str):
 def test_wrong_family_and_unknown_args_are_refused(tiny_qwen):
     from agci.eval.lmms_model import AGCILlava, AGCIQwen2_5_VL
 
-    with pytest.raises(ValueError, match="use --model agci_qwen2_5_vl"):
+    with pytest.raises(ValueError, match="use agci_qwen2_5_vl"):
         AGCILlava(pretrained=str(tiny_qwen), device="cpu")
-    with pytest.raises(TypeError, match="unknown model_args \\['lamda'\\]"):
+    with pytest.raises(ValueError, match="unknown model_args \\['lamda'\\]"):
         AGCIQwen2_5_VL(pretrained=str(tiny_qwen), lamda=0.5)
     with pytest.raises(ValueError, match="batch_size must be a whole number"):
         AGCIQwen2_5_VL(pretrained=str(tiny_qwen), batch_size="auto")
@@ -333,6 +334,27 @@ def test_agci_eval_compares_lambdas_and_resumes(tmp_path):
     assert set(injected(trace)) == {0.1234567}
     again = subprocess.run(command, env=_env(tmp_path, trace), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("skipped") == 2
+    # results of this run are never reused for other tasks, another checkpoint or other model arguments
+    other = tmp_path / "other-checkpoint"
+    shutil.copytree(TINY_LLAVA, other)
+    config = json.loads((other / "config.json").read_text())
+    config["global_context_broadcast_lambda"] = 0.75
+    (other / "config.json").write_text(json.dumps(config))
+    before = (out / "comparison.json").read_text()
+    for changed, named in (
+        (["--tasks", "agci_pope"], "tasks"),
+        ([str(other)], "model_config"),
+        (["--model-args", "max_new_tokens=8"], "model_args.max_new_tokens"),
+    ):
+        argv = list(command)
+        if changed[0].startswith("--"):
+            argv[argv.index(changed[0]) + 1] = changed[1]
+        else:
+            argv[2] = changed[0]
+        refused = subprocess.run(argv, env=_env(tmp_path, trace), capture_output=True, text=True, timeout=600)
+        assert refused.returncode == 2 and named in refused.stderr and "--force" in refused.stderr, refused.stderr
+        assert refused.stderr.count("\n") == 1 and "lmms_eval" not in refused.stdout
+    assert (out / "comparison.json").read_text() == before
 
 
 def test_agci_eval_refuses_bad_input(tmp_path):
@@ -344,6 +366,33 @@ def test_agci_eval_refuses_bad_input(tmp_path):
     from agci.cli import main
 
     assert main(["eval", str(TINY_LLAVA), "--lambda", "0.5", "--tasks", "nope", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_agci_eval_checks_the_model_and_its_arguments_before_lmms_eval_starts(tmp_path):
+    """lmms-eval exits 0 after refusing a model, so agci eval checks first: one line, exit 2, nothing written."""
+    from agci.runs import RunFolder
+
+    agci = str(Path(sys.executable).parent / "agci")
+    cases = [
+        (["--model-args", "lamda=0.5"], "unknown model_args ['lamda']"),
+        (["--model-args", "dtype=float8"], "dtype must be one of"),
+        (["--model-args", "max_new_tokens"], "key=value pairs"),
+        (["--model-args", "global_context_broadcast_lambda=abc"], "give lambdas with --lambda"),
+        (["--lmms-model", "agci_qwen2_5_vl"], "use agci_llava"),
+        (["--lmms-model", "agci_nope"], "not an agci model"),
+    ]
+    for extra, message in cases:
+        run = subprocess.run([agci, "eval", str(TINY_LLAVA), "--out", str(tmp_path / "o"), "--tasks", "agci_pope",
+                              *extra], capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert run.returncode == 2 and message in run.stderr and run.stderr.count("\n") == 1, (extra, run.stderr)
+        assert "Traceback" not in run.stderr and not (tmp_path / "o").exists()
+    run = subprocess.run([agci, "eval", str(tmp_path / "missing"), "--out", str(tmp_path / "o")], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 2 and "does not exist" in run.stderr and not (tmp_path / "o").exists()
+    with RunFolder(tmp_path / "held", "eval", {}, outputs=[]):
+        run = subprocess.run([agci, "eval", str(TINY_LLAVA), "--out", str(tmp_path / "held"), "--tasks", "agci_pope"],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 2 and f"in use by another agci run (pid {os.getpid()}" in run.stderr, run.stderr
 
 
 def test_task_yamls_index_in_lmms_eval():

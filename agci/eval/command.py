@@ -21,6 +21,8 @@ def add_parser(subparsers) -> None:
     ev.add_argument("--tasks", default="agci_paper", help="agci_paper (the suite), agci_crpe, or task names")
     ev.add_argument("--data", help="folder with local copies of the benchmarks (layout in README); default: the hub")
     ev.add_argument("--out", default="agci-eval", help="output folder; rerunning into it skips finished lambdas")
+    ev.add_argument("--force", action="store_true",
+                    help="delete --out's results of a run with other inputs and start over")  # fmt: skip
     ev.add_argument("--lmms-model", help="agci_qwen2_5_vl, agci_llava, ... (default: from config.json)")
     ev.add_argument("--batch-size", type=int, default=1)
     ev.add_argument("--limit", type=int, help="first N documents per task (for trying it out)")
@@ -38,12 +40,15 @@ def eval_command(args) -> int:
         summary = suite.run(
             args.model_path, args.lambdas, Path(args.out), [t.strip() for t in args.tasks.split(",") if t.strip()],
             data=Path(args.data) if args.data else None, model=args.lmms_model, batch_size=args.batch_size,
-            limit=args.limit, model_args=args.model_args, device=args.device,
+            limit=args.limit, model_args=args.model_args, device=args.device, force=args.force,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         return refuse("eval", exc)
     except subprocess.CalledProcessError as exc:
         print(f"agci eval: lmms-eval failed (exit {exc.returncode}); results so far are kept", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        print(f"agci eval: {exc}; results so far are kept", file=sys.stderr)
         return 1
     print((Path(args.out) / "comparison.md").read_text())
     print(f"wrote {args.out}/comparison.md, comparison.json and comparison.png ({len(summary['rows'])} rows)")

@@ -27,6 +27,46 @@ from .plugin import MODEL_NAMES, model_name_for
 log = logging.getLogger(__name__)
 
 
+def check_model_args(model_name: str, pretrained: str, args: dict):
+    """Refuse model_args that ``model_name`` cannot run (ValueError naming the key and the fix), before any
+    weight loads; returns the checkpoint's config and the lambda given (None: the checkpoint's own).
+
+    ``agci eval`` calls it before starting lmms-eval, which exits 0 even when it refuses a model."""
+    from ..configs import LAMBDA_KEY, validate_lambda
+    from ..vlm import load_config
+
+    unknown = sorted(set(args) - set(_ACCEPTED))
+    if unknown:
+        raise ValueError(f"{model_name}: unknown model_args {unknown}; accepted: {', '.join(_ACCEPTED)}")
+    batch_size = args.get("batch_size", 1)
+    if not str(batch_size).isdigit() or int(batch_size) < 1:
+        raise ValueError(f"{model_name}: batch_size must be a whole number >= 1, got {batch_size!r}")
+    for key in ("max_pixels", "min_pixels", "max_new_tokens"):
+        if args.get(key) not in (None, "") and not str(args[key]).isdigit():
+            raise ValueError(f"{model_name}: {key} must be a whole number, got {args[key]!r}")
+    if str(args.get("dtype", "auto")) not in DTYPES:
+        raise ValueError(f"{model_name}: dtype must be one of {', '.join(DTYPES)}, got {args['dtype']!r}")
+    lam = args.get(LAMBDA_KEY)
+    if lam in (None, "", "None"):
+        lam = None
+    else:
+        try:
+            lam = validate_lambda(float(lam))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{model_name}: {LAMBDA_KEY}={lam} is not a number >= 0 ({exc}); e.g. 0.5") from exc
+    config = load_config(pretrained, _flag(args.get("trust_remote_code", False)))
+    accepted = MODEL_NAMES[model_name]
+    if config.model_type not in accepted:
+        raise ValueError(
+            f"{pretrained} is a {config.model_type} checkpoint; the lmms-eval model {model_name} serves "
+            f"{', '.join(accepted)}: use {model_name_for(config.model_type)}"
+        )
+    return config, lam
+
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
 def _flag(value) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
@@ -63,28 +103,14 @@ class AGCIModel(lmms):
         **unknown,
     ) -> None:
         super().__init__()
-        if unknown:
-            params = inspect.signature(AGCIModel.__init__).parameters
-            accepted = ", ".join(p for p in params if p not in ("self", "unknown"))
-            raise TypeError(f"{self.model_name}: unknown model_args {sorted(unknown)}; accepted: {accepted}")
-        if not str(batch_size).isdigit() or int(batch_size) < 1:
-            raise ValueError(f"{self.model_name}: batch_size must be a whole number >= 1, got {batch_size!r}")
         from accelerate import Accelerator
 
-        from ..configs import LAMBDA_KEY, validate_lambda
-        from ..vlm import load_config, load_vlm
+        from ..configs import LAMBDA_KEY
+        from ..vlm import load_vlm
 
+        given = {k: v for k, v in locals().items() if k in _ACCEPTED and k != "pretrained"}
+        config, lam = check_model_args(self.model_name, pretrained, {**given, **unknown})
         trust = _flag(trust_remote_code)
-        config = load_config(pretrained, trust)
-        accepted = MODEL_NAMES[self.model_name]
-        if config.model_type not in accepted:
-            raise ValueError(
-                f"{pretrained} is a {config.model_type} checkpoint; --model {self.model_name} serves "
-                f"{', '.join(accepted)}: use --model {model_name_for(config.model_type)}"
-            )
-        lam = None if global_context_broadcast_lambda in (None, "", "None") else float(global_context_broadcast_lambda)
-        if lam is not None:
-            validate_lambda(lam)
 
         accelerator = Accelerator()
         self.accelerator = accelerator
@@ -231,6 +257,9 @@ class AGCIModel(lmms):
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError(f"{self.model_name}: multi-round tasks are not supported")
+
+
+_ACCEPTED = tuple(p for p in inspect.signature(AGCIModel.__init__).parameters if p not in ("self", "unknown"))
 
 
 def _named(model_name: str) -> type[AGCIModel]:

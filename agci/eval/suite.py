@@ -1,9 +1,11 @@
 """``agci eval``: the paper's suite through lmms-eval at lambda 0 and at the given lambdas, for one
 checkpoint, then a comparison table (markdown, JSON and a PNG of the deltas).
 
-Each lambda is one ``lmms-eval`` run in its own folder; a rerun skips the lambdas whose results are
-already there, so an interrupted sweep loses only the run in progress. With ``--data DIR`` the
-benchmarks are read from local copies (see ``BENCHMARKS`` for the layout) instead of the hub.
+Each lambda is one ``lmms-eval`` run in its own folder; a rerun with the same checkpoint, tasks, data and
+model arguments skips the lambdas whose results are already there, so an interrupted sweep loses only the
+run in progress (more lambdas may be added on a rerun). The folder is locked for the run and a rerun with
+other inputs is refused (see :mod:`agci.runs`); the model arguments are checked before lmms-eval starts.
+With ``--data DIR`` the benchmarks are read from local copies (see ``BENCHMARKS`` for the layout) instead of the hub.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..configs import LAMBDA_KEY, format_lambda, validate_lambda
+from ..runs import RunFolder, model_fingerprint, save_figure, versions, write_json, write_text
 from . import TASKS_DIR
 from .plugin import MODEL_NAMES
 
 LOCAL_SUFFIX = "_local"
+OUTPUTS = ("lambda_*", "local_tasks", "comparison.*")  # what agci eval writes into its folder
 
 
 @dataclass(frozen=True)
@@ -207,8 +211,36 @@ def plot_deltas(rows: list[dict], lambdas: list[float], path: Path) -> None:
     ax.set_title("AGCI: metric change per benchmark")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
+
+
+def _data_fingerprint(data: Path | None, tasks: list[str]) -> dict | None:
+    """The local benchmark files a run reads: their paths and sizes (hashing gigabytes of images would
+    take longer than some runs)."""
+    if data is None:
+        return None
+    files = {}
+    for bench in (b for b in BENCHMARKS if b.task in tasks):
+        for _, name in bench.files:
+            p = Path(data).resolve() / bench.folder / name
+            files[str(p)] = p.stat().st_size if p.is_file() else None
+    return files
+
+
+def parse_model_args(text: str) -> dict:
+    """``--model-args`` as lmms-eval reads it (``key=value,...``); ``pretrained`` and the lambda are agci
+    eval's own arguments and refused here."""
+    from lmms_eval.utils import simple_parse_args_string
+
+    bad = [part for part in text.split(",") if part.strip() and "=" not in part]
+    if bad:
+        raise ValueError(f"--model-args takes key=value pairs separated by commas, e.g. dtype=bfloat16; got {bad[0]!r}")
+    args = simple_parse_args_string(text)
+    for key, fix in (("pretrained", "give the checkpoint as MODEL_PATH"), (LAMBDA_KEY, "give lambdas with --lambda")):
+        if key in args:
+            raise ValueError(f"--model-args must not set {key}: {fix}")
+    return args
 
 
 def run(
@@ -223,15 +255,30 @@ def run(
     model_args: str = "",
     device: str | None = None,
     extra: list[str] | None = None,
+    force: bool = False,
 ) -> dict:
     """The suite at lambda 0 and ``lambdas``; returns the comparison (also written under ``out``)."""
+    from .lmms_model import check_model_args
+
     lambdas = sorted({0.0, *(validate_lambda(lam) for lam in lambdas)})
     model = model or model_name_for(pretrained)
     if model not in MODEL_NAMES:
-        raise ValueError(f"--model {model!r} is not an agci model; choose one of {', '.join(MODEL_NAMES)}")
+        raise ValueError(f"--lmms-model {model!r} is not an agci model; choose one of {', '.join(MODEL_NAMES)}")
     tasks = expand_tasks(tasks)
+    parsed = parse_model_args(model_args)
+    check_model_args(model, pretrained, {**parsed, "batch_size": batch_size})
+    fingerprint = {**model_fingerprint(pretrained), "lmms_model": model, "tasks": tasks,
+                   "data": _data_fingerprint(data, tasks), "limit": limit, "model_args": parsed,
+                   "lmms_eval_arguments": extra or [], "versions": versions("lmms-eval")}  # fmt: skip
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with RunFolder(out, "eval", fingerprint, outputs=OUTPUTS, force=force) as folder:
+        summary = _run_lambdas(pretrained, lambdas, out, tasks, data, model, batch_size, limit, model_args, device,
+                               extra)  # fmt: skip
+        folder.finished()
+    return summary
+
+
+def _run_lambdas(pretrained, lambdas, out, tasks, data, model, batch_size, limit, model_args, device, extra) -> dict:
     include, names = str(TASKS_DIR), tasks
     env = dict(os.environ)
     if data is not None:
@@ -261,13 +308,16 @@ def run(
             subprocess.run(command, check=True, env=env)
             table = read_results(run_dir)
             if table is None:
-                raise RuntimeError(f"lmms-eval finished but wrote no results under {run_dir}")
+                raise RuntimeError(
+                    f"lmms-eval exited without writing results under {run_dir} (lambda {format_lambda(lam)}); "
+                    "its log above says why"
+                )
         else:
             print(f"agci eval: lambda {format_lambda(lam)}: results found in {run_dir}, skipped", flush=True)
         by_lambda[lam] = table
     rows = compare(by_lambda)
     summary = {"pretrained": str(pretrained), "model": model, "tasks": tasks, "lambdas": lambdas, "rows": rows}
-    (out / "comparison.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (out / "comparison.md").write_text(markdown(rows, lambdas))
+    write_json(out / "comparison.json", summary)
+    write_text(out / "comparison.md", markdown(rows, lambdas))
     plot_deltas(rows, lambdas, out / "comparison.png")
     return summary
