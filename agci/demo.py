@@ -20,6 +20,7 @@ from .configs import LAMBDA_KEY, using_lambda
 from .configs.tiny import CLIP_MEAN, CLIP_STD, TINY_LLAVA
 from .kernels import resolve_impl
 from .kernels.reference import EPS
+from .runs import save_figure, write_text
 
 
 def synthetic_images(size: int = 224):
@@ -128,7 +129,7 @@ def run_demo(out_dir: str | Path, lambdas=(0.0, 0.25, 0.5, 1.0), impl: str = "au
         ],
         "sweep": sweep,
     }
-    (out_dir / "demo.json").write_text(json.dumps(summary, indent=1))
+    write_text(out_dir / "demo.json", json.dumps(summary, indent=1))
     _plot(images, weights, sweep, out_dir / "demo.png")
     return summary
 
@@ -165,7 +166,7 @@ def _plot(images, weights, sweep, path: Path) -> None:
     axes[4].legend(fontsize=7, loc="upper left")
     kl_axis.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 

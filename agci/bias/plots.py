@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..configs import format_lambda
+from ..runs import save_figure
 from .metrics import grid
 
 
@@ -64,7 +65,7 @@ def cell_heatmaps(per_lambda: dict[float, list], path: str | Path, title: str, l
         fig.colorbar(image, ax=list(axes[1]), shrink=0.8, label="difference")
     fig.suptitle(title)
     path = Path(path)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -102,6 +103,6 @@ def occlusion_maps(per_lambda: dict[float, list], path: str | Path, title: str) 
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="drop in log p(answer)")
     fig.suptitle(title)
     path = Path(path)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
