@@ -158,17 +158,21 @@ class RunFolder:
     ``fingerprint`` is a JSON-able dict of everything that defines those results, and ``outputs`` are the
     glob patterns (relative to ``out``) of the files that they are made of: ``force`` deletes those and
     starts again, and files matching them without a record of their run are refused (they may come from
-    any run). ``option`` is how the command line spells force, for the messages.
+    any run). ``option`` is how the command line spells force, for the messages. ``found_fingerprint`` is
+    the fingerprint that results written without a record carry by other means (a probe set's manifest):
+    they are then treated as recorded with it.
     """
 
     def __init__(self, out: str | Path, key: str, fingerprint: dict, *, outputs: tuple[str, ...] | list[str],
-                 force: bool = False, option: str = "--out", command: str | None = None):  # fmt: skip
+                 force: bool = False, option: str = "--out", command: str | None = None,
+                 found_fingerprint: dict | None = None):  # fmt: skip
         self.path = Path(out)
         self.key = key
         self.fingerprint = json.loads(json.dumps(fingerprint))  # as it will read back from disk
         self.outputs = tuple(outputs)
         self.force = force
         self.option = option
+        self.found_fingerprint = found_fingerprint and json.loads(json.dumps(found_fingerprint))
         self.command = command or " ".join(["agci", *sys.argv[1:]])
         self.resumed = False
         self._fd: int | None = None
@@ -233,6 +237,8 @@ class RunFolder:
     def _check_record(self) -> None:
         record = self._read_record()
         previous = record["runs"].get(self.key)
+        if previous is None and self.found_fingerprint is not None:
+            previous = {"fingerprint": self.found_fingerprint}
         existing = self._existing_outputs()
         if previous is not None and previous.get("fingerprint") == self.fingerprint and not self.force:
             self.resumed = bool(existing)

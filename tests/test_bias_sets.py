@@ -56,6 +56,11 @@ def test_set_is_rebuilt_exactly_from_its_manifest_and_reused_not_overwritten(tmp
     assert build(tmp_path / "a", opts, progress=False)["created"] == first["created"]  # reused
     with pytest.raises(ValueError, match="other inputs \\(options.seed: 5 then, 6 now\\)"):
         build(tmp_path / "a", SetOptions(source="synthetic:10", canvas=60, seed=6), progress=False)
+    built_b = json.loads((tmp_path / "b" / MANIFEST).read_text())["created"]
+    (tmp_path / "b" / "agci-run.json").unlink()  # a set written before run records: its manifest vouches for it
+    assert rebuild(tmp_path / "a" / MANIFEST, tmp_path / "b", progress=False)["created"] == built_b  # reused
+    with pytest.raises(ValueError, match="options.seed: 5 then, 6 now"):
+        build(tmp_path / "b", SetOptions(source="synthetic:10", canvas=60, seed=6), progress=False)
     before = (tmp_path / "a" / "position.jsonl").read_text()
     forced = build(tmp_path / "a", SetOptions(source="synthetic:10", canvas=60, seed=6), progress=False, force=True)
     assert forced["options"]["seed"] == 6 and (tmp_path / "a" / "position.jsonl").read_text() != before

@@ -132,9 +132,17 @@ def build(out_dir: str | Path, options: SetOptions = SetOptions(), progress: boo
     with other options is refused unless ``force`` (which deletes it and builds again)."""
     out_dir = Path(out_dir)
     wanted = _options_dict(options)
-    usable = None if (out_dir / MANIFEST).is_file() else _usable_pairs(options)
+    manifest_path = out_dir / MANIFEST
+    found = None  # a set written before run records: its manifest says what it was built with
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            found = {"options": manifest["options"], "set_version": manifest["set_version"]}
+        except (ValueError, KeyError, TypeError):
+            found = None
+    usable = None if manifest_path.is_file() else _usable_pairs(options)
     with RunFolder(out_dir, "probe-set", {"options": wanted, "set_version": SET_VERSION}, outputs=SET_OUTPUTS,
-                   force=force, option="OUT") as folder:  # fmt: skip
+                   force=force, option="OUT", found_fingerprint=found) as folder:  # fmt: skip
         if (out_dir / MANIFEST).is_file():  # built with these options (RunFolder refuses others)
             return json.loads((out_dir / MANIFEST).read_text())
         manifest = _write_set(out_dir, options, *(usable or _usable_pairs(options)), progress)
