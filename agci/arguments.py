@@ -6,6 +6,14 @@ import argparse
 import sys
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (``agci probe: argument --lambda: ...``) instead of the usage
+    block; the sub-command parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def lambdas(text: str) -> list[float]:
     """argparse type of ``--lambda``: comma-separated numbers >= 0."""
     from .configs import parse_lambdas

@@ -8,13 +8,16 @@ import json
 import sys
 from pathlib import Path
 
-from .arguments import lambdas, refuse
+from .arguments import Parser, lambdas, refuse
 
 
 def demo_command(args) -> int:
     from .demo import print_summary, run_demo
 
-    summary = run_demo(args.out, lambdas=args.lambdas, impl=args.impl, seed=args.seed)
+    try:
+        summary = run_demo(args.out, lambdas=args.lambdas, impl=args.impl, seed=args.seed)
+    except FileExistsError as exc:
+        return refuse("demo", exc)
     print_summary(summary)
     print(f"wrote {args.out}/demo.json and {args.out}/demo.png")
     return 0
@@ -107,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .resampler_probes import command as resampler_probe_command
     from .ris import command as ris_command
 
-    parser = argparse.ArgumentParser(prog="agci", description="Adaptive Global Context Injection for VLMs")
+    parser = Parser(prog="agci", description="Adaptive Global Context Injection for VLMs")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="AGCI on a small LLaVA built offline: weights, feature change, logits")
     demo.add_argument("--out", default="agci-demo", help="output folder (default: agci-demo)")

@@ -150,6 +150,13 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _command_line() -> str:
+    """This process's command line, as the user typed it (``agci ...`` for ``python -m agci`` too)."""
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    program = "agci" if program in ("agci", "__main__.py") else program
+    return " ".join([program, *sys.argv[1:]])
+
+
 class RunFolder:
     """``with RunFolder(out, "probe", fingerprint, outputs=[...]) as folder:`` around a run that writes
     into ``out``.
@@ -173,7 +180,7 @@ class RunFolder:
         self.force = force
         self.option = option
         self.found_fingerprint = found_fingerprint and json.loads(json.dumps(found_fingerprint))
-        self.command = command or " ".join(["agci", *sys.argv[1:]])
+        self.command = command or _command_line()
         self.resumed = False
         self._fd: int | None = None
 

@@ -9,14 +9,11 @@ is loaded. Prompts go through the model's own processor and chat template, left 
 from __future__ import annotations
 
 import inspect
-import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # name or owner/name
 
 
 @dataclass
@@ -41,22 +38,10 @@ class LoadedVLM:
 
 def load_config(path: str | Path, trust_remote_code: bool = False):
     """The checkpoint's config, refused (ValueError naming the supported types) unless agci supports it."""
-    from transformers import AutoConfig
-
+    from .inputs import read_config
     from .patches.core import check_model_type
 
-    if not Path(path).exists():
-        if not _HUB_ID.fullmatch(str(path)):
-            raise FileNotFoundError(f"model path {path} does not exist; give a checkpoint folder or a hub id")
-        try:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except OSError as exc:
-            raise FileNotFoundError(
-                f"{path} is not a local folder, and as a hub id it could not be read ({str(exc).splitlines()[0]}); "
-                "check the path, or download the model first (hub ids need network access or the local HF cache)"
-            ) from exc
-    else:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config = read_config(path, trust_remote_code)
     check_model_type(config.model_type, where=f"{path}: ")
     return config
 
