@@ -72,7 +72,12 @@ def run_demo(out_dir: str | Path, lambdas=(0.0, 0.25, 0.5, 1.0), impl: str = "au
     from .patches.core import apply_agci
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"--out {out_dir} is an existing file, not a folder; give a folder path")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise FileExistsError(f"--out {out_dir} cannot be made: a part of its path is a file ({exc.filename})") from exc
     model = build_model(seed)
     images = synthetic_images()
     pixel_values = to_pixel_values(images)

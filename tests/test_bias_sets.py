@@ -127,7 +127,7 @@ def test_sources_jsonl_csv_folder_and_datasets_agree(tmp_path):
         assert all(p.load_image().size == (64, 64) for p in pairs), name
     with pytest.raises(ValueError, match="--image-column"):
         load_pairs(f"hf:{tmp_path / 'hf'}")
-    with pytest.raises(ValueError, match="neither a folder"):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
         load_pairs(str(tmp_path / "missing.jsonl"))
 
 

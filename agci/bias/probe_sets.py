@@ -55,6 +55,8 @@ class SetOptions:
             raise ValueError(f"canvas must be a positive multiple of 3 (3 x 3 grid), got {self.canvas}")
         if not 0 <= self.negatives_per_pair <= 9:
             raise ValueError(f"negatives_per_pair must be within 0..9, got {self.negatives_per_pair}")
+        if self.max_pairs is not None and self.max_pairs < 1:
+            raise ValueError(f"max_pairs must be >= 1 (the first N pairs of the source), got {self.max_pairs}")
 
 
 def cell_box(cell: int, canvas: int) -> tuple[int, int, int, int]:
@@ -213,7 +215,11 @@ def _options_dict(options: SetOptions) -> dict:
 
 def rebuild(manifest_path: str | Path, out_dir: str | Path, progress: bool = True, force: bool = False) -> dict:
     """Build again, into ``out_dir``, the set that ``manifest_path`` describes."""
-    manifest = json.loads(Path(manifest_path).read_text())
+    from ..inputs import read_json, require_keys
+
+    what = "the manifest.json of a probe set (agci probe-set writes one)"
+    manifest = read_json(manifest_path, what)
+    require_keys(manifest, ("set_version", "options"), manifest_path, what)
     if manifest.get("set_version") != SET_VERSION:
         raise ValueError(f"{manifest_path}: set version {manifest.get('set_version')} is not {SET_VERSION}")
     return build(out_dir, SetOptions(**manifest["options"]), progress, force)

@@ -63,6 +63,11 @@ class ProbeConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.prefetch < 0:
             raise ValueError(f"prefetch must be >= 0 (0: no prefetching), got {self.prefetch}")
+        for name, low in (("max_new_tokens", 1), ("occlusion_samples", 0), ("mask", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 (the first N records of each task), got {self.limit}")
 
 
 class _Processes:
@@ -288,11 +293,25 @@ def _fingerprint(cfg: ProbeConfig, model_path: str) -> dict:
             raise FileNotFoundError(f"--data {data} does not exist; give a probe-set folder or a records file")
         files = [data] if data.is_file() else [data / f"{t}.jsonl" for t in ("position", "similarity")]
         source = {"data": str(data.resolve()), "records": file_digest(*files)}
+        _check_records(data, cfg.tasks)
     else:
         source = {"source": cfg.source, "seed": cfg.seed}
     options = {k: getattr(cfg, k) for k in ("generate", "max_new_tokens", "mask", "pooling", "dtype", "attn")}
     options["image_root"] = cfg.image_root and str(Path(cfg.image_root).resolve())
     return {**model_fingerprint(model_path), **source, "options": options, "versions": versions()}
+
+
+def _check_records(data: Path, tasks) -> None:
+    """Refuse a --data that holds no record the probe could score (every line malformed, or none with an
+    image and a caption), before anything is written."""
+    records = [r for task in tasks if (found := _records(data, task)) for r in found]
+    usable = [r for r in records if "malformed" not in r and r.get("image") and str(r.get("caption", "")).strip()]
+    if not usable:
+        malformed = sum("malformed" in r for r in records)
+        raise ValueError(
+            f"--data {data} holds no usable probe records ({len(records)} read, {malformed} not valid JSON); each "
+            "needs image and caption (and position, answer): see `agci probe --help`"
+        )
 
 
 def run_probe(cfg: ProbeConfig) -> dict | None:

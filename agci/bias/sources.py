@@ -225,7 +225,7 @@ def load_pairs(source: str, seed: int = 0, image_key: str = "image", caption_key
         return _pairs_from_folder(path, image_key, caption_key)
     if path.is_file():
         return _pairs_from_rows(_rows_from_file(path), path.parent, image_key, caption_key, str(path))
-    raise ValueError(
-        f"source {source!r} is neither a folder, a .jsonl/.csv file, 'synthetic[:N]' nor 'hf:NAME'; "
-        "see `agci probe-set --help`"
+    raise FileNotFoundError(
+        f"source {source!r}: no such file or folder; give a folder, a .jsonl/.csv file, 'synthetic[:N]' or "
+        "'hf:NAME' (see `agci probe-set --help`)"
     )

@@ -109,13 +109,12 @@ def write_local_tasks(data: Path, out: Path, tasks: list[str]) -> list[str]:
     the names gain ``_local`` because lmms-eval's built-in names win over included ones."""
     import yaml
 
+    check_local_files(data, tasks)
     data, out = Path(data).resolve(), Path(out)
-    missing = []
     out.mkdir(parents=True, exist_ok=True)
     names = []
     for bench in (b for b in BENCHMARKS if b.task in tasks):
         files = {split: data / bench.folder / name for split, name in bench.files}
-        missing += [f"{p} ({bench.task}; on the hub: {bench.hub})" for p in files.values() if not p.is_file()]
         config = {
             "include": str(_yaml_path(bench.yaml)),
             "task": bench.task + LOCAL_SUFFIX,
@@ -126,9 +125,19 @@ def write_local_tasks(data: Path, out: Path, tasks: list[str]) -> list[str]:
         }
         (out / f"{bench.task}{LOCAL_SUFFIX}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         names.append(bench.task + LOCAL_SUFFIX)
-    if missing:
-        raise FileNotFoundError("local benchmark files missing:\n  " + "\n  ".join(missing))
     return names
+
+
+def check_local_files(data: Path, tasks: list[str]) -> None:
+    """FileNotFoundError (one line) naming the local copies of ``tasks`` missing under ``data``."""
+    data = Path(data).resolve()
+    missing = [f"{data / bench.folder / name} ({bench.task}; on the hub: {bench.hub})"
+               for bench in BENCHMARKS if bench.task in tasks for _, name in bench.files
+               if not (data / bench.folder / name).is_file()]  # fmt: skip
+    if missing:
+        raise FileNotFoundError(
+            f"--data {data}: {len(missing)} local benchmark file(s) missing: {'; '.join(missing)} (layout in README)"
+        )
 
 
 def model_name_for(pretrained: str) -> str:
@@ -265,6 +274,10 @@ def run(
     if model not in MODEL_NAMES:
         raise ValueError(f"--lmms-model {model!r} is not an agci model; choose one of {', '.join(MODEL_NAMES)}")
     tasks = expand_tasks(tasks)
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1 (the first N documents of each task), got {limit}")
+    if data is not None:
+        check_local_files(data, tasks)
     parsed = parse_model_args(model_args)
     check_model_args(model, pretrained, {**parsed, "batch_size": batch_size})
     fingerprint = {**model_fingerprint(pretrained), "lmms_model": model, "tasks": tasks,
