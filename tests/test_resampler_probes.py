@@ -348,3 +348,127 @@ def test_a_row_cut_by_a_kill_is_dropped_before_appending(tmp_path):
     assert path.read_text() == '{"a": 1}\n'
     drop_partial_line(path)
     assert path.read_text() == '{"a": 1}\n'
+
+
+# -- bad input: one line on stderr, exit code 2, nothing created ---------------------------------------------
+def _refused(capsys, args: list[str], created: Path, *expected: str) -> str:
+    """``agci ARGS`` exits with 2 and one stderr line holding ``expected``, and ``created`` does not exist."""
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"agci resampler-probe {args[1]}: "), err
+    assert all(e in lines[0] for e in expected), err
+    assert not created.exists()
+    return lines[0]
+
+
+def _fake_cache(folder: Path, n: int = 30) -> Path:
+    """A VSR-like feature cache of random features (3 layers, 2 queries of width 4), without a model."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"features": torch.randn(n, 3, 2, 4).half()}, str(folder / "features-00000000.safetensors"))
+    ids = [str(i) for i in range(n)]
+    index = {"ids": ids, "shards": [{"file": "features-00000000.safetensors", "start": 0, "count": n}],
+             "shape": [3, 2, 4], "with_text": True, "model_type": "blip-2"}  # fmt: skip
+    (folder / "index.json").write_text(json.dumps(index))
+    splits = ["train"] * (n * 6 // 10) + ["val"] * (n * 2 // 10) + ["test"] * (n - n * 8 // 10)
+    items = [{"id": ids[i], "text": "t", "image": "x.jpg", "split": splits[i], "target": i % 2} for i in range(n)]
+    (folder / "items.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
+    return folder
+
+
+def test_extract_and_build_rcm_refuse_refer_files_and_paths_in_words(tmp_path, inputs, capsys):
+    refs, instances = tmp_path / "refs(umd).p", tmp_path / "instances.json"
+    refs.write_text("not a pickle")
+    instances.write_text((inputs.root / "instances.json").read_text())
+    out = tmp_path / "cache"
+    extract = ["resampler-probe", "extract", "--model", str(inputs.blip2), "--task", "refcocog", "--data", str(refs),
+               "--instances", str(instances), "--images", str(inputs.images), "--out", str(out)]  # fmt: skip
+    _refused(capsys, extract, out, str(refs), "is not a readable pickle", "give a REFER refs pickle")
+    refs.write_bytes((inputs.root / "refs(umd).p").read_bytes())
+    instances.write_text("{}")
+    _refused(capsys, extract, out, str(instances), "lacks 'images', 'annotations'")
+    instances.write_text('{"images": [')
+    _refused(capsys, extract, out, str(instances), "is not valid JSON")
+    coco = json.loads((inputs.root / "instances.json").read_text())
+    instances.write_text(json.dumps({**coco, "categories": []}))
+    _refused(capsys, extract, out, str(instances), "category_id", "categories lack")
+    nowhere = tmp_path / "nowhere" / "instances.json"
+    _refused(capsys, [*extract[:9], str(nowhere), *extract[10:]], out, f"--instances {nowhere} does not exist",
+             "give the COCO instances.json")  # fmt: skip
+    _refused(
+        capsys, [*extract[:7], str(tmp_path / "no.p"), *extract[8:]], out, "--data", "does not exist", "refs(umd).p"
+    )
+    build = ["resampler-probe", "build-rcm", "--refs", str(refs), "--instances", str(nowhere), "--out", str(out)]
+    _refused(capsys, build, out, f"--instances {nowhere} does not exist")
+    refs.write_text("not a pickle")
+    instances.write_text(json.dumps(coco))
+    _refused(capsys, [*build[:5], str(instances), *build[6:]], out, str(refs), "is not a readable pickle")
+
+
+def test_extract_refuses_bad_vsr_rows_models_and_batch_sizes(tmp_path, inputs, capsys):
+    vsr = tmp_path / "vsr"
+    vsr.mkdir()
+    train = vsr / "train.jsonl"
+    rows = [{"image": "000000.jpg", "caption": "the dog is left of the car", "label": 1}]
+    out = tmp_path / "cache"
+    extract = ["resampler-probe", "extract", "--model", str(inputs.blip2), "--task", "vsr", "--data", str(vsr),
+               "--images", str(inputs.images), "--out", str(out)]  # fmt: skip
+    train.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"image": "000001.jpg", "label": 0}) + "\n")
+    _refused(capsys, extract, out, f"{train}:2 lacks 'caption'", "give a VSR split")
+    train.write_text(json.dumps(rows[0]) + "\n{not json\n")
+    _refused(capsys, extract, out, f"{train}:2 is not valid JSON")
+    train.write_text(json.dumps({**rows[0], "label": "yes"}) + "\n")
+    _refused(capsys, extract, out, str(train), "label 'yes', not 0 or 1")
+    _refused(capsys, [*extract[:7], str(tmp_path / "none"), *extract[8:]], out, "--data", "is not a folder")
+    model = tmp_path / "no" / "model"
+    vsr_args = [*extract[:7], str(inputs.vsr), *extract[8:]]
+    _refused(capsys, [*vsr_args[:3], str(model), *vsr_args[4:]], out, f"{model} does not exist")
+    for size in ("0", "-1"):
+        _refused(capsys, [*vsr_args, "--batch-size", size], out, f"--batch-size {size}", "at least 1")
+
+
+def test_train_and_search_refuse_what_is_not_a_cache(tmp_path, capsys):
+    out = tmp_path / "out"
+    nowhere = tmp_path / "nonexistent"
+    for command in (["train"], ["search", "--layer", "1"]):
+        args = ["resampler-probe", *command, "--cache", str(nowhere), "--task", "vsr", "--out", str(out)]
+        _refused(capsys, args, out, f"--cache {nowhere} is not a feature cache (no index.json)",
+                 "agci resampler-probe extract")  # fmt: skip
+    cache = _fake_cache(tmp_path / "cache")
+    train = ["resampler-probe", "train", "--cache", str(cache), "--task", "vsr", "--epochs", "1", "--out", str(out)]
+    search = ["resampler-probe", "search", "--cache", str(cache), "--task", "vsr", "--layer", "1", "--out", str(out)]
+    good = (cache / "index.json").read_text()
+    for text, expected in (("{}", "lacks 'ids', 'shards'"), ("{not json", "is not valid JSON"),
+                           ("[]", "holds a list, not an object")):  # fmt: skip
+        (cache / "index.json").write_text(text)
+        for args in (train, search):
+            _refused(capsys, args, out, str(cache / "index.json"), expected)
+    (cache / "index.json").write_text(good)
+    items = (cache / "items.jsonl").read_text()
+    (cache / "items.jsonl").write_text('{"id": "0", "split": "train"}\n')
+    _refused(capsys, train, out, f"{cache / 'items.jsonl'}:1 lacks 'target'")
+    (cache / "items.jsonl").write_text(items)
+    _refused(capsys, [*train[:5], "refcocog", *train[6:]], out, "not a box", "--task refcocog")
+    _refused(capsys, ["resampler-probe", "report", str(tmp_path / "no-run"), "--cache", str(cache), "--task", "vsr"],
+             out, "results.jsonl does not exist")  # fmt: skip
+
+
+def test_train_refuses_bad_options_before_writing(tmp_path, capsys):
+    cache = _fake_cache(tmp_path / "cache")
+    out = tmp_path / "out"
+    train = ["resampler-probe", "train", "--cache", str(cache), "--task", "vsr", "--epochs", "1", "--out", str(out)]
+    for option, value, expected in (("--epochs", "0", "at least 1"), ("--epochs", "-2", "at least 1"),
+                                    ("--lr", "-1", "above 0"), ("--lr", "0", "above 0"), ("--lr", "nan", "above 0"),
+                                    ("--patience", "-1", "at least 1"), ("--patience", "0", "at least 1"),
+                                    ("--giou-weight", "-1", "at least 0"), ("--l1-weight", "-0.5", "at least 0"),
+                                    ("--l1-weight", "inf", "at least 0")):  # fmt: skip
+        _refused(capsys, [*train, option, value], out, f"{option} {value}", expected)
+    with pytest.raises(ValueError, match="--batch-size 0"):
+        TrainConfig(task="vsr", batch_size=0)
+    with pytest.raises(ValueError, match="--weight-decay -1"):
+        TrainConfig(task="vsr", weight_decay=-1)
+    assert main([*train, "--patience", "1", "--giou-weight", "0"]) == 0  # the edges run
+    assert len((out / "results.jsonl").read_text().splitlines()) == 3

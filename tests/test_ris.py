@@ -287,3 +287,86 @@ def test_sam_proposals_at_image_size(tmp_path):
     masks = SamMasks(str(path), pred_iou_thresh=0.0, stability_score_thresh=0.0)(image, "x.jpg")  # random weights
     assert masks.dtype == bool and masks.shape[1:] == (48, 64) and masks.reshape(len(masks), -1).any(1).all()
     assert isinstance(load_proposer(f"sam:{path}"), SamMasks)
+
+
+# -- bad input: one line on stderr, exit code 2, nothing created ---------------------------------------------
+@pytest.fixture(scope="module")
+def refer_data(tmp_path_factory):
+    return _synthetic_refer(tmp_path_factory.mktemp("refer-data"), n_images=1)
+
+
+def _evaluate(root: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return ["ris", "evaluate", "--model", str(model), "--refer", str(root / "refer"), "--dataset", "refcocog",
+            "--split", "val", "--images", str(root / "images"), "--proposals", f"disk:{root / 'masks'}",
+            "--out", str(out), *extra]  # fmt: skip
+
+
+def _refused(capsys, args: list[str], created: Path, *expected: str) -> str:
+    """``agci ARGS`` exits with 2 and one stderr line holding ``expected``, and ``created`` does not exist."""
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"agci ris {args[1]}: "), err
+    assert all(e in lines[0] for e in expected), err
+    assert not created.exists()
+    return lines[0]
+
+
+def test_ris_refuses_refer_files_that_are_not_refer(tmp_path, refer_data, encoders, capsys):
+    import shutil
+
+    root = tmp_path / "data"
+    for name in ("refer", "images", "masks"):
+        shutil.copytree(refer_data / name, root / name)
+    folder = root / "refer" / "refcocog"
+    refs, instances = folder / "refs(umd).p", folder / "instances.json"
+    good_refs, good_instances = refs.read_bytes(), instances.read_text()
+    out = tmp_path / "out"
+    args = _evaluate(root, encoders["clip"], out)
+
+    refs.write_text("not a pickle")
+    _refused(capsys, args, out, str(refs), "is not a readable pickle", "give a REFER refs pickle")
+    refs.write_bytes(pickle.dumps({"refs": []}))
+    _refused(capsys, args, out, str(refs), "holds a dict, not a list of refs")
+    refs.write_bytes(pickle.dumps([{"ref_id": 0, "image_id": 0, "split": "val"}]))
+    _refused(capsys, args, out, str(refs), "ref 0 lacks 'ann_id', 'sentences'")
+    refs.write_bytes(pickle.dumps([{**pickle.loads(good_refs)[0], "ann_id": 999}]))
+    _refused(capsys, args, out, "names annotation 999", str(instances), "of the same dataset")
+    refs.write_bytes(good_refs)
+
+    instances.write_text("{}")
+    _refused(capsys, args, out, str(instances), "lacks 'images', 'annotations'", "instances.json")
+    instances.write_text('{"images": [')
+    _refused(capsys, args, out, str(instances), "is not valid JSON")
+    coco = json.loads(good_instances)
+    instances.write_text(json.dumps({**coco, "annotations": [{"id": 100, "image_id": 0}]}))
+    _refused(capsys, args, out, "annotations[0] lacks 'segmentation'")
+    instances.write_text(good_instances)
+    assert main(args) == 0  # the same folder, repaired, runs
+
+
+def test_ris_refuses_bad_numbers_and_models_before_creating_anything(tmp_path, refer_data, encoders, capsys):
+    out = tmp_path / "out"
+    model = encoders["clip"]
+    _refused(capsys, _evaluate(refer_data, model, out, "--layer", "99"), out, "--layer 99 is out of range",
+             "vision layers 1..4")  # fmt: skip
+    _refused(capsys, _evaluate(refer_data, model, out, "--layer", "0"), out, "--layer 0", "1-based")
+    _refused(capsys, _evaluate(refer_data, model, out, "--layer", "-2"), out, "--layer -2", "1-based")
+    for limit in ("-3", "0"):
+        _refused(capsys, _evaluate(refer_data, model, out, "--limit", limit), out, f"--limit {limit}", "at least 1")
+    for v in ("-1", "1.5", "nan"):
+        _refused(capsys, _evaluate(refer_data, model, out, "--v", v), out, "--v", "[0, 1]")
+    _refused(capsys, _evaluate(refer_data, tmp_path / "no" / "model", out), out,
+             f"{tmp_path / 'no' / 'model'} does not exist")  # fmt: skip
+    _refused(capsys, _evaluate(refer_data, model, out, "--translations", str(tmp_path / "t.csv"), "--language", "de"),
+             out, f"--translations {tmp_path / 't.csv'} does not exist")  # fmt: skip
+    png = tmp_path / "show.png"
+    image = refer_data / "images" / "COCO_train2014_000000000000.jpg"
+    show = ["ris", "show", "--model", str(model), "--image", str(image), "--text", "the red box",
+            "--proposals", f"disk:{refer_data / 'masks'}", "--out", str(png)]  # fmt: skip
+    _refused(capsys, [*show, "--layer", "0"], png, "--layer 0", "1-based")
+    _refused(capsys, [*show, "--layer", "5"], png, "--layer 5 is out of range")
+    _refused(capsys, [*show[:5], str(tmp_path / "none.jpg"), *show[6:]], png, "--image", "does not exist")
+    _refused(capsys, [*show[:3], str(tmp_path / "no-model"), *show[4:]], png, "does not exist")
+    assert main(_evaluate(refer_data, model, out, "--layer", "4", "--limit", "1", "--v", "1")) == 0  # the edges run

@@ -94,9 +94,22 @@ def resampler_probe_command(args) -> int:
     return 0
 
 
+REFS = "refs(umd).p of RefCOCOg (the REFER refs pickle)"
+INSTANCES = "the COCO instances.json of the refs"
+
+
+def _existing_files(*options: tuple[str, str, str]) -> None:
+    """``(option, path, what)``: each path must be a file, or the option is named with what to give."""
+    for option, path, what in options:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{option} {path} {'is a folder' if Path(path).is_dir() else 'does not exist'}; "
+                                    f"give {what}")  # fmt: skip
+
+
 def _build_rcm(args) -> None:
     from .runner import build_rcm_set
 
+    _existing_files(("--refs", args.refs, REFS), ("--instances", args.instances, INSTANCES))
     manifest = build_rcm_set(Path(args.refs), Path(args.instances), Path(args.out), args.seed)
     for split, c in manifest["counts"].items():
         print(f"{split}: {c['examples']} examples; positives per cell {c['positives_per_cell']}")
@@ -105,8 +118,12 @@ def _build_rcm(args) -> None:
 def _extract(args) -> None:
     from . import runner
 
-    if args.task == "refcocog" and not args.instances:
-        raise ValueError("refcocog needs --instances (COCO instances.json) beside --data (the refs pickle)")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: give the number of items encoded at once, at least 1")
+    if args.task == "refcocog":
+        if not args.instances:
+            raise ValueError("refcocog needs --instances (COCO instances.json) beside --data (the refs pickle)")
+        _existing_files(("--data", args.data, REFS), ("--instances", args.instances, INSTANCES))
     loaders = {
         "refcocog": lambda: runner.refcocog_items(Path(args.data), Path(args.instances)),
         "rcm": lambda: runner.rcm_items(Path(args.data)),

@@ -44,7 +44,12 @@ def load_refcocog(refs_path: Path, instances_path: Path, splits=("train", "val",
     from ..refer import read_refer
 
     out = []
-    for r in read_refer(refs_path, instances_path, splits):
+    for r in read_refer(refs_path, instances_path, splits, annotation_keys=("bbox", "category_id")):
+        if "name" not in r.category:
+            raise ValueError(
+                f"{instances_path}: annotation {r.annotation['id']} has category_id {r.annotation['category_id']!r}, "
+                "which its categories lack (each with an id and a name); give COCO's instances.json"
+            )
         box = xywh_to_cxcywh(r.annotation["bbox"], r.image["width"], r.image["height"])
         text = (r.sentence.get("raw") or r.sentence["sent"]).strip()
         out.append(RefExample(r.id, r.image["file_name"], text, box, r.category["name"],
@@ -117,5 +122,29 @@ def write_rcm(rcm: list[RCMExample], out: Path, source: dict) -> dict:
     return manifest
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+def read_jsonl(path: Path, what: str = "a JSON Lines file (one JSON object a line)",
+               keys: tuple[str, ...] = ()) -> list[dict]:  # fmt: skip
+    """The rows of a JSON Lines file, each an object with ``keys``; a file that does not exist, a line that
+    is not JSON and a row without one of the keys are refused naming ``PATH:LINE`` and ``what`` to give."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; give {what}")
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a text file ({exc}); give {what}") from exc
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number} is not valid JSON ({exc}); give {what}") from exc
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number} holds a {type(row).__name__}, not an object; give {what}")
+        missing = [k for k in keys if k not in row]
+        if missing:
+            raise ValueError(f"{path}:{number} lacks {', '.join(map(repr, missing))}; give {what}")
+        rows.append(row)
+    return rows

@@ -119,13 +119,9 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def adapter_type(path: str | Path) -> str:
     """The checkpoint's model type, from its config alone (no weights read); refused without an adapter."""
-    from transformers import AutoConfig
+    from ..inputs import read_config
 
-    try:
-        model_type = AutoConfig.from_pretrained(path).model_type
-    except OSError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: no checkpoint config can be read there ({reason})") from exc
+    model_type = read_config(path).model_type
     if model_type not in ADAPTERS:
         raise ValueError(
             f"{path}: model type {model_type!r} has no resampler adapter; built in: {', '.join(ADAPTERS)} "
@@ -160,6 +156,8 @@ def extract(
 
     from ..runs import write_text
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size}: give at least 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     index_path = out / "index.json"
@@ -202,12 +200,35 @@ class FeatureCache:
     """Read access to a cache: one layer for all items, memory-mapped from the shards."""
 
     def __init__(self, folder: Path):
+        from ..inputs import read_json, require_keys
+
         self.folder = Path(folder)
-        self.index = json.loads((self.folder / "index.json").read_text())
-        if sum(s["count"] for s in self.index["shards"]) != len(self.index["ids"]):
+        index_path = self.folder / "index.json"
+        if not index_path.is_file():
+            raise FileNotFoundError(
+                f"--cache {folder} is not a feature cache (no index.json); give the --out folder of "
+                "`agci resampler-probe extract`, or run that first"
+            )
+        what = "the index.json that `agci resampler-probe extract` writes (rerun the extraction into a new folder)"
+        self.index = read_json(index_path, what)
+        require_keys(self.index, ("ids", "shards"), index_path, what)
+        try:
+            complete = sum(s["count"] for s in self.index["shards"]) == len(self.index["ids"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{index_path}: its shards are not listed as extraction writes them; give {what}") from exc
+        if not complete:
             raise ValueError(f"{folder}: the cache is incomplete; rerun the extraction to finish it")
+        require_keys(self.index, ("shape",), index_path, what)
+        shape = self.index["shape"]
+        if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(x, int) and x > 0 for x in shape)):
+            raise ValueError(f"{index_path}: shape {shape!r} is not (layers, queries, hidden); give {what}")
+        missing = [str(s.get("file")) for s in self.index["shards"] if not (self.folder / str(s.get("file"))).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{folder}: shard {missing[0]} of index.json is missing; rerun the extraction into a new folder"
+            )
         self.ids = self.index["ids"]
-        self.layers, self.queries, self.hidden = self.index["shape"]
+        self.layers, self.queries, self.hidden = shape
 
     def layer(self, layer: int) -> torch.Tensor:
         """``(n, queries * hidden)`` float32 features of one layer (0-based), in item order."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,6 +60,39 @@ class TrainConfig:
             raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         if self.probe not in PROBES:
             raise ValueError(f"unknown probe {self.probe!r}; choose one of {', '.join(PROBES)}")
+        self._check()
+
+    def _check(self) -> None:
+        """The numeric options, refused in words (named as the command line spells them) before any training."""
+        for name, what in (
+            ("epochs", "the number of passes over the training split"),
+            ("batch_size", "the number of items a step"),
+            ("hidden", "the probe's hidden width"),
+        ):
+            if not _whole(getattr(self, name), 1):
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: give {what}, at least 1")
+        if self.patience is not None and not _whole(self.patience, 1):
+            raise ValueError(f"--patience {self.patience}: give the number of epochs without a better validation "
+                             "metric before stopping, at least 1 (or omit --patience: no early stopping)")  # fmt: skip
+        if not (_real(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr {self.lr}: the learning rate must be above 0 (the study searches 1e-5 to 5e-4)")
+        for name in ("giou_weight", "l1_weight", "weight_decay"):
+            if not (_real(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: give a number of at least 0")
+        if not (_real(self.warmup) and 0 <= self.warmup <= 1):
+            raise ValueError(f"warmup {self.warmup}: give the fraction of the steps that warm up, in [0, 1]")
+
+
+def _whole(value, least: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
+
+
+def _real(value) -> bool:
+    """A finite number (not a bool)."""
+    try:
+        return not isinstance(value, bool) and math.isfinite(value)
+    except TypeError:
+        return False
 
 
 @dataclass
@@ -147,6 +181,8 @@ def train_probe(
             stale += 1
             if cfg.patience is not None and stale >= cfg.patience:
                 break
+    if best_state is None:  # no epoch gave a validation metric (epochs < 1 is refused by TrainConfig)
+        raise RuntimeError(f"no validation metric in {len(history)} epoch(s): {history[-1:] or 'no epoch ran'}")
     probe.load_state_dict(best_state)
     with torch.no_grad():  # joint fine-tuning: the resampler goes back to its best validation state too
         for p, saved in zip(extra_parameters or [], best_extra, strict=True):

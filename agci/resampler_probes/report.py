@@ -9,9 +9,12 @@ from pathlib import Path
 from ..runs import save_figure, write_json, write_text
 from .data import read_jsonl
 
+RESULTS = "the results.jsonl of `agci resampler-probe train` (give the run's --out folder)"
+ITEMS = "the items.jsonl of a feature cache (give the --cache the run trained on)"
+
 
 def per_layer(results: Path, out: Path) -> dict:
-    rows = read_jsonl(results)
+    rows = read_jsonl(results, RESULTS, keys=("task", "probe", "layer", "val", "test"))
     if not rows:
         raise ValueError(f"{results}: no results yet")
     import matplotlib
@@ -78,8 +81,18 @@ def breakdown(cache: Path, predictions: Path, task: str, out: Path, meta_categor
     """Accuracy per group of test items: RefCOCOg per COCO super-category, with Kendall's tau between that
     accuracy and the super-category's training count, mean box area and mean distance of the box centre
     from the image centre; VSR per relation meta-category; RCM per cell. JSON and a bar chart in ``out``."""
-    items = {it["id"]: it for it in read_jsonl(Path(cache) / "items.jsonl")}
-    preds = read_jsonl(predictions)
+    items = {it["id"]: it for it in read_jsonl(Path(cache) / "items.jsonl", ITEMS, keys=("id", "split", "target"))}
+    preds = read_jsonl(predictions, "the test predictions that `agci resampler-probe train` writes",
+                       keys=("id", "correct"))  # fmt: skip
+    unknown = [p["id"] for p in preds if p["id"] not in items]
+    if unknown:
+        raise ValueError(f"{predictions}: item {unknown[0]!r} is not in the cache {cache}; give the --cache the run "
+                         "trained on")  # fmt: skip
+    needs = {"refcocog": ("category", "supercategory"), "rcm": ("cell",)}.get(task, ())
+    lacking = next((it for it in items.values() if any(k not in it for k in needs)), None)
+    if lacking is not None:
+        raise ValueError(f"{cache}/items.jsonl: item {lacking['id']!r} lacks {', '.join(map(repr, needs))}, which "
+                         f"--task {task} groups by; give the --task the cache was extracted for")  # fmt: skip
     if task == "refcocog":
         key = lambda it: it["supercategory"] or it["category"]  # noqa: E731
     elif task == "vsr":
@@ -131,7 +144,8 @@ def best_layer(run: Path, cache: Path, task: str) -> tuple[int, dict]:
     """The layer (0-based) of ``task`` with the best validation score in ``run/results.jsonl``, and the
     :func:`breakdown` of its test predictions (written under ``run``)."""
     run = Path(run)
-    rows = [r for r in read_jsonl(run / "results.jsonl") if r["task"] == task]
+    rows = [r for r in read_jsonl(run / "results.jsonl", RESULTS, keys=("task", "probe", "layer", "val"))
+            if r["task"] == task]  # fmt: skip
     if not rows:
         raise ValueError(f"{run}: no {task} results")
     best = max(rows, key=lambda r: r["val"])

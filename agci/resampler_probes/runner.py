@@ -46,12 +46,25 @@ def refcocog_items(refs: Path, instances: Path) -> list[dict]:
     ]  # fmt: skip
 
 
+RCM_ROWS = "an RCM split as `agci resampler-probe build-rcm` writes it (id, image, text, label, cell, split a row)"
+VSR_ROWS = "a VSR split (one JSON object a line with image, caption and label 0 or 1)"
+
+
+def _data_folder(folder: Path, what: str) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--data {folder} is not a folder; give {what}")
+    return folder
+
+
 def rcm_items(folder: Path) -> list[dict]:
+    folder = _data_folder(folder, "the folder of `agci resampler-probe build-rcm`")
     items = []
     for split in ("train", "val", "test"):
-        path = Path(folder) / f"{split}.jsonl"
+        path = folder / f"{split}.jsonl"
         if path.exists():
-            items += [{**r, "target": r["label"]} for r in read_jsonl(path)]
+            rows = read_jsonl(path, RCM_ROWS, keys=("id", "image", "text", "label", "split"))
+            items += [{**r, "target": _label(r["label"], path, k)} for k, r in enumerate(rows)]
     if not items:
         raise FileNotFoundError(
             f"{folder}: no train/val/test.jsonl; build the set with `agci resampler-probe build-rcm`"
@@ -59,18 +72,26 @@ def rcm_items(folder: Path) -> list[dict]:
     return items
 
 
+def _label(value, path: Path, k: int) -> int:
+    """A binary label (0 or 1, as a number, a bool or a string) of row ``k`` of ``path``."""
+    if str(value).strip().lower() in ("0", "1", "false", "true"):
+        return int(str(value).strip().lower() in ("1", "true"))
+    raise ValueError(f"{path}: row {k + 1} has label {value!r}, not 0 or 1")
+
+
 def vsr_items(folder: Path) -> list[dict]:
     """VSR (random split): ``train/dev/test.jsonl`` rows with image, caption, label, relation."""
+    folder = _data_folder(folder, "a VSR split folder (train/dev/test.jsonl)")
     items = []
     for name in ("train", "dev", "val", "test"):
-        path = Path(folder) / f"{name}.jsonl"
+        path = folder / f"{name}.jsonl"
         if not path.exists():
             continue
-        for k, r in enumerate(read_jsonl(path)):
+        for k, r in enumerate(read_jsonl(path, VSR_ROWS, keys=("image", "caption", "label"))):
             items.append({"id": f"{name}_{k}", "text": r["caption"], "image": r["image"], "split": SPLIT_NAMES[name],
-                          "target": int(r["label"]), "relation": r.get("relation", "")})  # fmt: skip
+                          "target": _label(r["label"], path, k), "relation": r.get("relation", "")})  # fmt: skip
     if not items:
-        raise FileNotFoundError(f"{folder}: no VSR train/dev/test.jsonl")
+        raise FileNotFoundError(f"{folder}: no VSR train/dev/test.jsonl; give a VSR split folder (--data)")
     return items
 
 
@@ -103,6 +124,10 @@ def run_extract(model: str, items: list[dict], images: Path, out: Path, batch_si
     then locked and its record checked before any weight is loaded."""
     from PIL import Image
 
+    if batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size}: give the number of items encoded at once, at least 1")
+    if not items:
+        raise ValueError("no items to extract; give data with at least one item")
     torch_dtype(dtype)
     adapter_type(model)
     absent = sorted({it["image"] for it in items if not (Path(images) / it["image"]).is_file()})
@@ -140,15 +165,45 @@ def _cache_fingerprint(cache: Path) -> dict:
 
 
 def load_targets(cache: Path, task: str) -> tuple[list[dict], torch.Tensor, dict]:
-    items = read_jsonl(Path(cache) / "items.jsonl")
-    dtype = torch.float32 if TASKS[task] == "box" else torch.long
-    targets = torch.tensor([it["target"] for it in items], dtype=dtype)
+    """The cache's items, their targets as a tensor and the indices of each split; targets that are not the
+    task's (a box of 4 numbers for refcocog, a label 0 or 1 for rcm and vsr) are refused."""
+    path = Path(cache) / "items.jsonl"
+    items = read_jsonl(path, "the items.jsonl that `agci resampler-probe extract` writes beside the features",
+                       keys=("id", "split", "target"))  # fmt: skip
+    box = TASKS[task] == "box"
+    try:
+        targets = torch.tensor([it["target"] for it in items], dtype=torch.float32 if box else torch.long)
+        binary = targets.dim() == 1 and bool(((targets == 0) | (targets == 1)).all())
+        fits = targets.shape == (len(items), 4) if box else binary
+    except (TypeError, ValueError, RuntimeError):
+        fits = False
+    if not fits:
+        kind = "a box (4 numbers)" if box else "a label 0 or 1"
+        raise ValueError(
+            f"{path}: the targets are not {kind} per item, as --task {task} needs; give the --task the cache was "
+            "extracted for"
+        )
     splits = {s: torch.tensor([i for i, it in enumerate(items) if it["split"] == s], dtype=torch.long)
               for s in ("train", "val", "test")}  # fmt: skip
     for s in ("train", "val"):
         if len(splits[s]) == 0:
             raise ValueError(f"{cache}: no {s} items; a probe needs train and val (test is optional)")
     return items, targets, splits
+
+
+def _check_joint(features: FeatureCache, cache: Path, images: Path) -> None:
+    """What joint fine-tuning needs, before anything is written: the cache's model and every item's image."""
+    if not Path(images).is_dir():
+        raise FileNotFoundError(f"--images {images} is not a folder; give the images the cache was extracted from")
+    model = features.index.get("model")
+    if not model:
+        raise ValueError(f"{cache}/index.json names no model; rerun `agci resampler-probe extract` into a new folder")
+    adapter_type(model)
+    items = read_jsonl(Path(cache) / "items.jsonl", "the items.jsonl of the cache", keys=("image", "text"))
+    absent = sorted({it["image"] for it in items if not (Path(images) / it["image"]).is_file()})
+    if absent:
+        raise FileNotFoundError(f"{len(absent)} image(s) of the cache's items are not in {images}, e.g. {absent[0]} "
+                                "(--images is the folder the cache was extracted from)")  # fmt: skip
 
 
 def _joint_features(cache: Path, images: Path, layer: int, device: str):
@@ -196,8 +251,8 @@ def run_train(cache: Path, task: str, layers: list[int] | None, probe: str, out:
     wrong = [layer + 1 for layer in chosen if not 0 <= layer < features.layers]
     if wrong:
         raise ValueError(f"layer(s) {wrong} out of range: the cache has layers 1..{features.layers}")
-    if joint_images is not None and not Path(joint_images).is_dir():
-        raise FileNotFoundError(f"images folder {joint_images} not found (--images, for --joint)")
+    if joint_images is not None:
+        _check_joint(features, cache, joint_images)
     out = Path(out)
     with RunFolder(out, "train", _train_fingerprint(cache, cfg, joint_images), outputs=TRAIN_OUTPUTS,
                    force=force) as folder:  # fmt: skip

@@ -23,18 +23,26 @@ class Encoder:
         self.model, self.processor, self.family = model.eval(), processor, family
 
     @staticmethod
+    def config_of(path: str):
+        """The checkpoint's transformers config (no weights read); refused unless its model type is supported."""
+        from ..inputs import read_config
+
+        config = read_config(path)
+        if config.model_type not in SUPPORTED:
+            raise ValueError(
+                f"{path}: model type {config.model_type!r} is not supported; supported: {', '.join(SUPPORTED)}"
+            )
+        return config
+
+    @staticmethod
     def family_of(path: str) -> str:
         """The checkpoint's model type, from its config alone (no weights read); refused unless supported."""
-        from transformers import AutoConfig
+        return Encoder.config_of(path).model_type
 
-        try:
-            family = AutoConfig.from_pretrained(path).model_type
-        except OSError as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"{path}: no checkpoint config can be read there ({reason})") from exc
-        if family not in SUPPORTED:
-            raise ValueError(f"{path}: model type {family!r} is not supported; supported: {', '.join(SUPPORTED)}")
-        return family
+    @staticmethod
+    def vision_layers_of(path: str) -> int:
+        """The number of vision layers of a supported checkpoint, from its config alone (no weights read)."""
+        return Encoder.config_of(path).vision_config.num_hidden_layers
 
     @classmethod
     def load(cls, path: str, device: str = "cpu") -> Encoder:

@@ -46,7 +46,7 @@ def refer_expressions(root: Path, dataset: str, split: str, split_by: str | None
         {"id": r.id, "sent_id": str(r.sentence["sent_id"]), "text": r.sentence.get("sent") or r.sentence["raw"],
          "image": r.image["file_name"], "height": r.image["height"], "width": r.image["width"],
          "segmentation": r.annotation["segmentation"]}
-        for r in read_refer(refs_path, inst_path, (split,))
+        for r in read_refer(refs_path, inst_path, (split,), annotation_keys=("segmentation",))
     ]  # fmt: skip
     if not out:
         raise ValueError(f"{refs_path}: no expressions in split {split!r}")
@@ -86,6 +86,25 @@ def _fingerprint(model: str, refer_root: Path, dataset: str, split: str, split_b
             "versions": versions()}  # fmt: skip
 
 
+def check_options(layer: int | None, limit: int | None = None, v: float | None = None) -> None:
+    """The numeric options of ``ris evaluate|show``, refused in words before anything is read or written."""
+    if layer is not None and layer < 1:
+        raise ValueError(f"--layer {layer} is not a layer: layers are 1-based (1 is the first); omit --layer for "
+                         "the default (two thirds up)")  # fmt: skip
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit {limit}: give the number of expressions to score, at least 1 (or omit --limit)")
+    if v is not None and not 0 <= v <= 1:
+        raise ValueError(f"--v {v}: v weighs the masked crop against the masked whole image, so it lies in [0, 1] "
+                         "(0.95 for RefCOCO/+, 0.85 for RefCOCOg)")  # fmt: skip
+
+
+def check_model(model: str, layer: int | None) -> None:
+    """The checkpoint's config (no weights read): a supported family, and ``layer`` among its vision layers."""
+    layers = Encoder.vision_layers_of(model)
+    if layer is not None and not 1 <= layer <= layers:
+        raise ValueError(f"--layer {layer} is out of range: {model} has vision layers 1..{layers}")
+
+
 def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Path, proposals: str, out: Path,
              mode: str = "full", layer: int | None = None, normalise: str = "channel", limit: int | None = None,
              device: str = "cpu", split_by: str | None = None, translations: Path | None = None,
@@ -103,6 +122,7 @@ def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Pat
     recorded in ``out/agci-run.json`` (see :mod:`agci.runs`): a rerun with other inputs (model, proposals,
     mode, layer, ...) is refused, and ``force`` deletes that result's files and starts over. The inputs are
     checked before anything is written or any weight is loaded."""
+    check_options(layer, limit, v)
     v = v if v is not None else (0.85 if dataset == "refcocog" else 0.95)
     from PIL import Image
     from tqdm.auto import tqdm
@@ -125,7 +145,7 @@ def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Pat
     if absent:
         raise FileNotFoundError(f"{len(absent)} image(s) of the split are not in {images}, e.g. {absent[0]} "
                                 "(--images is the COCO train2014 folder)")  # fmt: skip
-    Encoder.family_of(model)
+    check_model(model, layer)
     stem = f"{dataset}_{split}" + (f"_{language}" if language else "")
     fingerprint = _fingerprint(model, refer_root, dataset, split, split_by, proposals, mode, layer, normalise, v,
                                translations, language)  # fmt: skip
@@ -188,8 +208,15 @@ def picture(model: str, image_path: Path, text: str, proposals: str, out: Path, 
     import matplotlib.pyplot as plt
     from PIL import Image
 
+    check_options(layer)
+    check_model(model, layer)
+    if not Path(image_path).is_file():
+        raise FileNotFoundError(f"--image {image_path} does not exist; give an image file")
+    try:
+        image = Image.open(image_path).convert("RGB")
+    except OSError as exc:
+        raise ValueError(f"--image {image_path} is not an image PIL can read ({exc}); give an image file") from exc
     encoder = Encoder.load(model, device)
-    image = Image.open(image_path).convert("RGB")
     choice = choose(encoder, image, text, load_proposer(proposals, device)(image, Path(image_path).name), mode, layer,
                     normalise)  # fmt: skip
     size = (image.height, image.width)

@@ -15,14 +15,20 @@ from .encoders import Encoder
 def read_translations(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
     """A CSV with a ``sent_id`` column (REFER sentence ids) and one column per language; returns the
     languages and ``sent_id -> {language: text}``. Rows are joined to expressions by id, never by text."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "sent_id" not in reader.fieldnames:
-            raise ValueError(f"{path}: needs a sent_id column (the REFER sentence id) and one column per language")
-        languages = [c for c in reader.fieldnames if c != "sent_id"]
-        if not languages:
-            raise ValueError(f"{path}: no language columns beside sent_id")
-        rows = {str(r["sent_id"]): {lang: r[lang] for lang in languages} for r in reader}
+    what = "a CSV with a sent_id column (the REFER sentence id) and one column per language"
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--translations {path} does not exist; give {what}")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "sent_id" not in reader.fieldnames:
+                raise ValueError(f"{path}: no sent_id column; give {what}")
+            languages = [c for c in reader.fieldnames if c != "sent_id"]
+            if not languages:
+                raise ValueError(f"{path}: no language columns beside sent_id; give {what}")
+            rows = {str(r["sent_id"]): {lang: r[lang] or "" for lang in languages} for r in reader}
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path} is not a UTF-8 CSV file ({exc}); give {what}") from exc
     return languages, rows
 
 

@@ -246,8 +246,8 @@ def choose(encoder: Encoder, image, text: str, masks: np.ndarray, mode: str = "f
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     feature = text_feature(encoder, [text]) if feature is None else feature.reshape(1, -1)
-    grid_map = spatial_map(encoder, encoder.patch_tokens([image]), feature, layer or default_layer(encoder),
-                           normalise)[0]  # fmt: skip
+    layer = default_layer(encoder) if layer is None else layer
+    grid_map = spatial_map(encoder, encoder.patch_tokens([image]), feature, layer, normalise)[0]
     regions = cluster(grid_map, k=k)
     size = (image.height, image.width)
     full_map = upsample(grid_map, size).numpy()

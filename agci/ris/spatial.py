@@ -22,7 +22,7 @@ def spatial_map(encoder: Encoder, tokens: PatchTokens, text: torch.Tensor, layer
     flips the tokens' sign before the final layer norm, as the reference code does."""
     if normalise not in ("channel", "patch"):
         raise ValueError(f"normalise must be 'channel' or 'patch', got {normalise!r}")
-    layer = layer or default_layer(encoder)
+    layer = default_layer(encoder) if layer is None else layer  # 0 is refused below, not the default
     if not 1 <= layer <= len(tokens.layers):
         raise ValueError(f"layer {layer} out of range: the encoder has layers 1..{len(tokens.layers)}")
     hidden = tokens.layers[layer - 1]
