@@ -225,11 +225,11 @@ def rebuild(manifest_path: str | Path, out_dir: str | Path, progress: bool = Tru
     return build(out_dir, SetOptions(**manifest["options"]), progress, force)
 
 
-def read_records(path: str | Path) -> list[dict]:
+def read_records(path: str | Path, warn: bool = True) -> list[dict]:
     """Probe records from a JSONL/JSON file: ours, or the reference's (image, caption, position, answer).
 
-    A JSONL line that is not valid JSON is logged with its file and line and kept as a record marked
-    ``malformed``, which the probe skips and counts like any other bad record."""
+    A JSONL line that is not valid JSON is logged (unless ``warn`` is False) with its file and line and kept
+    as a record marked ``malformed``, which the probe skips and counts like any other bad record."""
     path = Path(path)
     text = path.read_text()
     if path.suffix == ".json":
@@ -248,7 +248,8 @@ def read_records(path: str | Path) -> list[dict]:
             try:
                 numbered.append((n - 1, json.loads(line)))
             except json.JSONDecodeError as exc:
-                log.warning("%s:%d is not valid JSON (%s); skipping that record", path, n, exc)
+                if warn:
+                    log.warning("%s:%d is not valid JSON (%s); skipping that record", path, n, exc)
                 numbered.append((n - 1, {"id": f"{path.name}:{n}", "malformed": f"{path}:{n} is not valid JSON"}))
     out = []
     for i, row in numbered:

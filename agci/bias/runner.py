@@ -135,11 +135,11 @@ def _prepare_data(cfg: ProbeConfig, out: Path, procs: _Processes) -> tuple[Path,
     return folder, json.loads((folder / MANIFEST).read_text())
 
 
-def _records(data: Path, task: str) -> list[dict] | None:
+def _records(data: Path, task: str, warn: bool = True) -> list[dict] | None:
     if data.is_file():
-        return read_records(data) if task == "position" else None
+        return read_records(data, warn) if task == "position" else None
     path = data / f"{task if task != 'occlusion' else 'position'}.jsonl"
-    return read_records(path) if path.is_file() else None
+    return read_records(path, warn) if path.is_file() else None
 
 
 def _row_base(record: dict) -> dict:
@@ -304,7 +304,7 @@ def _fingerprint(cfg: ProbeConfig, model_path: str) -> dict:
 def _check_records(data: Path, tasks) -> None:
     """Refuse a --data that holds no record the probe could score (every line malformed, or none with an
     image and a caption), before anything is written."""
-    records = [r for task in tasks if (found := _records(data, task)) for r in found]
+    records = [r for task in tasks if (found := _records(data, task, warn=False)) for r in found]
     usable = [r for r in records if "malformed" not in r and r.get("image") and str(r.get("caption", "")).strip()]
     if not usable:
         malformed = sum("malformed" in r for r in records)
