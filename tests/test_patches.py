@@ -1,6 +1,7 @@
 """AGCI inside real transformers models (tiny random configs, CPU): class-level and instance-level patches."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -144,6 +145,7 @@ def test_apply_agci_patches_one_instance_and_revert_removes_it(model_type):
     inputs = case.batch()
     with torch.no_grad():
         stock = case.model(**inputs).logits
+        other_stock = other.model(**inputs).logits
         agci.apply_agci(case.model, global_context_broadcast_lambda=0.8)
         assert case.model.global_context_broadcast_lambda == 0.8
         assert case.model.config.global_context_broadcast_lambda == 0.8
@@ -151,9 +153,11 @@ def test_apply_agci_patches_one_instance_and_revert_removes_it(model_type):
         assert not torch.allclose(patched, stock)
         agci.apply_agci(case.model)  # again: no second wrapper
         assert torch.equal(case.model(**inputs).logits, patched)
+        # The other instance, with the same key in its config, still gives its stock logits: the patch did
+        # not reach it (as it would through the class), whatever its own config says.
         other.model.config.global_context_broadcast_lambda = 0.8
-        assert torch.equal(other.model(**inputs).logits, other.model(**inputs).logits)
-        assert "get_image_features" not in _inner(other.model).__dict__  # the other instance is untouched
+        assert torch.equal(other.model(**inputs).logits, other_stock), "apply_agci changed another instance"
+        assert "get_image_features" not in _inner(other.model).__dict__
         agci.revert_agci(case.model)
         assert torch.equal(case.model(**inputs).logits, stock)
 
@@ -285,6 +289,26 @@ def test_internvl_tiles_are_grouped_into_images_from_input_ids():
     assert core.tiles_per_image(None, 120, 4, 6) == [1] * 6
     with pytest.warns(UserWarning, match="do not match"):
         assert core.tiles_per_image(ids, 120, 4, 5) == [1] * 5
+
+
+def test_internvl_runs_that_are_not_whole_tiles_fall_back_to_one_image_per_tile():
+    # Tiles of 4 tokens, 3 tiles (12 tokens) in all, as two runs of 6: the total matches, but 6 tokens
+    # are 1.5 tiles, so the runs are not images of whole tiles. Reading them as 6 // 4 = 1 tile each
+    # would give [1, 1]: two images for three tiles.
+    ids = torch.tensor([[1, 121, *[120] * 6, 122, 5, 121, *[120] * 6, 122]])
+    with pytest.warns(UserWarning, match=r"\[6, 6\].* do not match 3 tiles of 4 tokens"):
+        assert core.tiles_per_image(ids, 120, 4, 3) == [1, 1, 1]
+
+
+def test_internvl_runs_at_the_end_of_one_row_and_the_start_of_the_next_are_two_images():
+    # Row 0 ends with an image's 4 tokens and row 1 starts with another's: each row is its own sequence,
+    # so these are two images of one tile, not one image of two (as the flattened batch would read).
+    ids = torch.tensor([[1, 5, 121, 120, 120, 120, 120], [120, 120, 120, 120, 122, 5, 6]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the runs match the tiles: no fallback warning
+        assert core.tiles_per_image(ids, 120, 4, 2) == [1, 1]
+        one_row = torch.tensor([[1, 5, 121, *[120] * 8, 122, 5, 6]])
+        assert core.tiles_per_image(one_row, 120, 4, 2) == [2]  # the same 8 tokens in one row: one image
 
 
 @pytest.mark.parametrize("how", ["patch", "apply_agci"])
