@@ -239,9 +239,25 @@ def test_similarity_pooling_and_lambda(vlm, probe_set):
     records = read_records(probe_set / "similarity.jsonl")[:3]
     images = [Image.open(probe_set / r["image"]).convert("RGB") for r in records]
     captions = [r["caption"] for r in records]
-    top = similarity(vlm, images, captions, "max")
+    # by hand at lambda 0 (AGCI adds nothing): the projector's output for each image, the caption's input
+    # embeddings; each pooled over its tokens, then dot / (|a| |b|)
+    projected = []
+    hook = vlm.model.model.multi_modal_projector.register_forward_hook(lambda m, i, o: projected.append(o.float()))
+    try:
+        top = similarity(vlm, images, captions, "max")
+    finally:
+        hook.remove()
     mean = similarity(vlm, images, captions, "mean")
-    assert all(-1 <= v <= 1 for v in top + mean) and top != mean
+    feats = torch.cat(projected).reshape(len(images), -1, projected[0].shape[-1])
+    table = vlm.model.get_input_embeddings().weight.float()
+    for k, caption in enumerate(captions):
+        text = table[vlm.tokenizer.encode(caption, add_special_tokens=False)]
+        for pooled, got in (((feats[k].max(0).values, text.max(0).values), top[k]),
+                            ((feats[k].mean(0), text.mean(0)), mean[k])):  # fmt: skip
+            a, b = pooled
+            want = (a @ b / (a.norm() * b.norm())).item()
+            assert got == pytest.approx(want, abs=1e-5), caption
+    assert top != mean
     vlm.model.global_context_broadcast_lambda = 1.0
     try:
         assert similarity(vlm, images, captions, "max") != top
@@ -400,13 +416,20 @@ def test_cli_probe_on_the_embedded_default(tmp_path):
         pos = summary["lambdas"][lam]["position"]
         assert pos["scored"] == 18 * 9 + 18 * 3 and pos["skipped"] == 0
         assert len(pos["positive_accuracy_per_cell"]) == 9 and pos["bias"]["spread"] is not None
-        assert pos["position_test"]["pairs"] == 18 and 0 <= pos["position_test"]["p_value"] <= 1
+        # the embedded model's planted centre bias: found far more often in the centre, and significantly so
+        assert pos["position_test"]["pairs"] == 18 and pos["position_test"]["p_value"] < 1e-3, pos["position_test"]
+        assert pos["bias"]["best_cell"] == "center" and pos["bias"]["centre_minus_border"] > 0.3, pos["bias"]
         assert summary["lambdas"][lam]["similarity"]["scored"] == 18 * 9
         assert summary["lambdas"][lam]["occlusion"]["scored"] == 9
         assert len(_lines(out / f"lambda_{lam}" / "position.jsonl")) == 18 * 12
+        rows = [json.loads(x) for x in _lines(out / f"lambda_{lam}" / "position.jsonl")]
+        assert pos["accuracy"] == pytest.approx(sum(r["prediction"] == r["answer"] for r in rows) / len(rows))
+    from PIL import Image
+
     for name in ("position_accuracy", "yes_rate", "similarity", "occlusion_share", "occlusion_maps"):
-        png = tmp_path / summary["figures"][name]
-        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+        with Image.open(tmp_path / summary["figures"][name]) as png:
+            assert png.format == "PNG" and min(png.size) > 200, (name, png.size)  # a 3 x 3 map per lambda at least
+            assert len(png.convert("L").getcolors(maxcolors=1 << 20)) > 10, name  # drawn, not a blank canvas
     assert "lambda 0:" in result.stdout and "position spread" in result.stdout and "Cochran's Q" in result.stdout
     assert (out / "probe_set" / "manifest.json").is_file()
 
@@ -498,3 +521,53 @@ def test_a_missing_model_path_or_an_out_that_is_a_file_is_refused_and_creates_no
     result = _agci("probe", "--out", "taken", "--limit", "1", cwd=tmp_path)
     assert result.returncode == 2 and "is an existing file, not a folder" in result.stderr, result.stderr
     assert "Errno" not in result.stderr and (tmp_path / "taken").read_text() == "a file"
+
+
+def test_p_yes_and_the_yes_no_mass_are_read_from_the_models_own_next_token_distribution(vlm, probe_set):
+    """One forward done here, without the scorer: P(Yes) and P(No) are the softmax summed over every Yes and
+    No token id; p_yes = P(Yes) / (P(Yes) + P(No)) and the mass is P(Yes) + P(No)."""
+    from agci.bias.scoring import encode, yes_no_from_inputs
+
+    records, images, prompts = _samples(probe_set, 12, step=7)
+    inputs = encode(vlm, images, prompts)
+    with torch.no_grad():
+        probs = vlm.model(**inputs).logits[:, -1].float().softmax(-1)
+    p_yes_token = probs[:, vlm.yes_ids].sum(1)
+    p_no_token = probs[:, vlm.no_ids].sum(1)
+    want_p_yes = (p_yes_token / (p_yes_token + p_no_token)).tolist()
+    want_mass = (p_yes_token + p_no_token).tolist()
+    best_yes, best_no = probs[:, vlm.yes_ids].max(1).values, probs[:, vlm.no_ids].max(1).values
+    want_prediction = ["Yes" if a > b else "No" for a, b in zip(best_yes, best_no, strict=True)]
+    # the samples are informative: the model says Yes to some and No to others, with most mass on Yes/No
+    assert min(want_p_yes) < 0.4 and max(want_p_yes) > 0.6, want_p_yes
+    assert min(want_mass) > 0.5 and max(want_mass) < 1 - 3e-5, want_mass  # a mass of 1 would show
+    from_inputs = yes_no_from_inputs(vlm, inputs)
+    scored = score_yes_no(vlm, images, prompts)
+    for rows in (from_inputs, scored):
+        assert [r["p_yes"] for r in rows] == pytest.approx(want_p_yes, abs=1e-5)
+        assert [r["yes_no_mass"] for r in rows] == pytest.approx(want_mass, abs=1e-5)
+        assert [r["prediction"] for r in rows] == want_prediction
+
+
+def test_yes_no_scores_from_hand_made_next_token_probabilities():
+    """A stand-in model whose next-token probabilities are chosen by hand: Yes has two token ids (1, 2), No
+    one (3). p_yes sums the Yes variants; the prediction compares the best Yes token with the best No token."""
+    from types import SimpleNamespace
+
+    from agci.bias.scoring import yes_no_from_inputs
+
+    probs = torch.tensor([[0.1, 0.3, 0.2, 0.25, 0.05, 0.1],  # P(Yes) 0.5, P(No) 0.25: p_yes 2/3, mass 0.75
+                          [0.1, 0.2, 0.2, 0.3, 0.1, 0.1],  # P(Yes) 0.4 > P(No) 0.3, yet no Yes token beats No
+                          # P(Yes) 0.02, P(No) 0.06: p_yes 1/4, mass 0.08
+                          [0.02, 0.01, 0.01, 0.06, 0.5, 0.4]])  # fmt: skip
+    logits = (probs.log() + 3.0).unsqueeze(1)  # any shift gives the same softmax
+
+    class Model:
+        def __call__(self, logits_to_keep=None, **inputs):
+            return SimpleNamespace(logits=logits)
+
+    vlm = SimpleNamespace(model=Model(), yes_ids=[1, 2], no_ids=[3])
+    rows = yes_no_from_inputs(vlm, {"input_ids": torch.zeros(3, 1, dtype=torch.long)})
+    assert [r["prediction"] for r in rows] == ["Yes", "No", "No"]
+    assert [r["p_yes"] for r in rows] == pytest.approx([2 / 3, 4 / 7, 1 / 4], abs=1e-6)
+    assert [r["yes_no_mass"] for r in rows] == pytest.approx([0.75, 0.7, 0.08], abs=1e-6)

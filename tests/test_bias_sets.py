@@ -285,3 +285,91 @@ def test_probe_set_command_refuses_shared_ids_with_one_line(tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith("agci probe-set: ") and "'red'" in out.stderr and "distinct `id`" in out.stderr
     assert not (tmp_path / "set" / "position.jsonl").exists()
+
+
+def _row(cell, answer, prediction, p_yes):
+    return {"id": f"{cell}-{answer}-{prediction}-{p_yes}", "cell": cell, "answer": answer, "prediction": prediction,
+            "p_yes": p_yes}  # fmt: skip
+
+
+def test_position_summary_rates_use_each_keys_own_denominator():
+    """Cells with unequal numbers of positives and negatives, so every denominator gives another value:
+    ``positive_*`` over the cell's positives, ``negative_*`` over its negatives, ``accuracy_per_cell`` and
+    ``yes_rate_per_cell`` over all of its questions, ``accuracy`` over every scored question."""
+    rows = [
+        # cell 0: positives Yes, Yes, No (2 of 3 right); one negative answered Yes (wrong)
+        _row(0, "Yes", "Yes", 0.9), _row(0, "Yes", "Yes", 0.7), _row(0, "Yes", "No", 0.2), _row(0, "No", "Yes", 0.95),
+        # cell 1: one positive answered Unknown; negatives No, No, Unknown (2 of 3 right)
+        _row(1, "Yes", "Unknown", 0.5), _row(1, "No", "No", 0.1), _row(1, "No", "No", 0.2),
+        _row(1, "No", "Unknown", 0.3),
+        # cell 4: two positives, both found; no negative
+        _row(4, "Yes", "Yes", 0.8), _row(4, "Yes", "Yes", 0.6),
+        # cell 8: no positive; negatives Yes (wrong) and No (right)
+        _row(8, "No", "Yes", 0.9), _row(8, "No", "No", 0.4),
+    ]  # fmt: skip
+    rows.append({"id": "gone", "cell": 2, "answer": "Yes", "skipped": "missing image: x.jpg"})
+    s = position_summary(rows)
+    none = None
+    assert (s["questions"], s["scored"], s["skipped"]) == (13, 12, 1)
+    assert s["skipped_reasons"] == {"missing image": 1}
+    assert s["accuracy"] == pytest.approx(7 / 12)  # right: 2 + 2 + 2 + 1 of 12
+    assert s["unknown_answers"] == 2
+    assert s["positive_count_per_cell"] == [3, 1, 0, 0, 2, 0, 0, 0, 0]
+    assert s["negative_count_per_cell"] == [1, 3, 0, 0, 0, 0, 0, 0, 2]
+    want = {
+        "positive_accuracy_per_cell": [2 / 3, 0.0, none, none, 1.0, none, none, none, none],
+        "positive_yes_rate_per_cell": [2 / 3, 0.0, none, none, 1.0, none, none, none, none],
+        "negative_accuracy_per_cell": [0.0, 2 / 3, none, none, none, none, none, none, 0.5],
+        "negative_yes_rate_per_cell": [1.0, 0.0, none, none, none, none, none, none, 0.5],
+        "accuracy_per_cell": [2 / 4, 2 / 4, none, none, 1.0, none, none, none, 1 / 2],
+        "yes_rate_per_cell": [3 / 4, 0.0, none, none, 1.0, none, none, none, 1 / 2],
+        # the mean P(Yes) of the positives only: cell 0's negative (0.95) does not count
+        "positive_mean_p_yes_per_cell": [0.6, 0.5, none, none, 0.7, none, none, none, none],
+    }
+    for key, values in want.items():
+        assert s[key] == [None if v is None else pytest.approx(v) for v in values], key
+    # the bias figures are those of the positives' accuracy: 2/3, 0 and 1 known (mean 5/9)
+    assert s["bias"]["spread"] == pytest.approx(1.0)
+    assert s["bias"]["std"] == pytest.approx(math.sqrt(14) / 9)  # ((1/9)^2 + (5/9)^2 + (4/9)^2) / 3 = 14/81
+    assert s["bias"]["centre_minus_border"] == pytest.approx(1.0 - (2 / 3 + 0.0) / 2)
+    assert (s["bias"]["best_cell"], s["bias"]["worst_cell"]) == ("center", "top_center")
+    assert s["position_test"]["pairs"] == 0 and s["position_test"]["q"] is None  # no row names its pair
+
+
+def test_occlusion_mean_map_averages_the_rows_of_its_own_cell():
+    """Cell 0 has 2 rows, cell 4 one and cell 8 three: each mean map is divided by its own count (the
+    shares are the same under any common scale, so only the maps show a wrong count)."""
+    zero = [[0.0] * 3 for _ in range(3)]
+
+    def drops(**squares):
+        m = [row[:] for row in zero]
+        for name, v in squares.items():
+            m[int(name[1])][int(name[2])] = v
+        return m
+
+    rows = [
+        {"id": "a", "cell": 0, "drops": drops(s00=0.6, s22=0.2)},
+        {"id": "b", "cell": 0, "drops": drops(s00=0.2, s11=-0.4)},
+        {"id": "c", "cell": 4, "drops": drops(s11=0.3, s02=0.1)},
+        {"id": "d", "cell": 8, "drops": drops(s22=0.3, s00=0.9)},
+        {"id": "e", "cell": 8, "drops": drops(s22=0.6)},
+        {"id": "f", "cell": 8, "drops": drops()},
+        {"id": "g", "cell": 5, "skipped": "unreadable image: g.jpg"},
+    ]
+    s = occlusion_summary(rows)
+    assert (s["scored"], s["skipped"]) == (6, 1)
+    maps = s["mean_drop_map_per_cell"]
+    assert [m is None for m in maps] == [False, True, True, True, False, True, True, True, False]
+
+    def flat(m):
+        return [v for line in m for v in line]
+
+    assert flat(maps[0]) == pytest.approx([0.4, 0, 0, 0, -0.2, 0, 0, 0, 0.1])  # (0.6 + 0.2) / 2, -0.4 / 2, 0.2 / 2
+    assert flat(maps[4]) == pytest.approx([0, 0, 0.1, 0, 0.3, 0, 0, 0, 0])
+    assert flat(maps[8]) == pytest.approx([0.3, 0, 0, 0, 0, 0, 0, 0, 0.3])  # 0.9 / 3 and (0.3 + 0.6) / 3
+    # on a 3 x 3 map each square is one cell; negative drops take no part in the share
+    share = s["target_cell_share_per_cell"]
+    assert share[0] == pytest.approx(0.4 / 0.5) and share[4] == pytest.approx(0.3 / 0.4)
+    assert share[8] == pytest.approx(0.5) and share[1] is None and share[5] is None
+    assert s["bias"]["spread"] == pytest.approx(0.3)
+    assert (s["bias"]["best_cell"], s["bias"]["worst_cell"]) == ("top_left", "bottom_right")

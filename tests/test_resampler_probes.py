@@ -229,8 +229,15 @@ def test_cli_end_to_end_for_each_task(tmp_path, inputs):
         assert main(args) == 0
         assert main(["resampler-probe", "train", "--cache", cache, "--task", task, "--epochs", "2", "--out", out]) == 0
         rows = [json.loads(line) for line in Path(out, "results.jsonl").read_text().splitlines()]
-        assert [r["layer"] for r in rows] == [0, 1, 2] and all(0 <= r["test"] <= 1 for r in rows)
-        assert Path(out, "per_layer.png").stat().st_size > 0
+        assert [r["layer"] for r in rows] == [0, 1, 2]
+        for r in rows:  # the test metric is the share of test items the layer's written predictions got right
+            assert r["test"] == pytest.approx(_share_correct(Path(out, "predictions", f"{task}-linear-layer"
+                                                                 f"{r['layer'] + 1}.jsonl")))  # fmt: skip
+        from PIL import Image
+
+        with Image.open(Path(out, "per_layer.png")) as png:
+            assert png.size == (720, 480)  # 6 x 4 inches at 120 dpi
+            assert len(png.convert("L").getcolors(maxcolors=1 << 20)) > 10  # curves and labels drawn
         assert main(["resampler-probe", "report", out, "--cache", cache, "--task", task]) == 0
         groups = json.loads(Path(out, f"{task}_breakdown.json").read_text())
         if task == "refcocog":
@@ -246,7 +253,9 @@ def test_cli_end_to_end_for_each_task(tmp_path, inputs):
     assert main(joint) == 2  # --images missing
     assert main([*joint, "--images", images]) == 0
     row = json.loads(Path(tmp_path, "joint", "results.jsonl").read_text())
-    assert row["joint"] is True and row["layer"] == 2 and 0 <= row["test"] <= 1
+    assert row["joint"] is True and row["layer"] == 2
+    joint_predictions = Path(tmp_path, "joint", "predictions", "rcm-linear-layer3.jsonl")
+    assert row["test"] == pytest.approx(_share_correct(joint_predictions))
     assert len(Path(tmp_path, "joint", "predictions", "rcm-linear-layer3.jsonl").read_text().splitlines()) == sum(
         1 for line in Path(tmp_path, "rcm", "test.jsonl").read_text().splitlines())  # fmt: skip
     # a rerun skips the layers that are done
@@ -263,6 +272,11 @@ def test_cli_end_to_end_for_each_task(tmp_path, inputs):
     for changed in (["--layer", "2"], ["--probe", "mlp2"], ["--seed", "1"]):  # another study: refused
         assert main([*search, "--trials", "4", *changed]) == 2
     assert len(Path(tmp_path, "search", "trials.jsonl").read_text().splitlines()) == 4
+
+
+def _share_correct(predictions: Path) -> float:
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    return sum(bool(r["correct"]) for r in rows) / len(rows)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -472,3 +486,68 @@ def test_train_refuses_bad_options_before_writing(tmp_path, capsys):
         TrainConfig(task="vsr", weight_decay=-1)
     assert main([*train, "--patience", "1", "--giou-weight", "0"]) == 0  # the edges run
     assert len((out / "results.jsonl").read_text().splitlines()) == 3
+
+
+def test_kendall_tau_on_hand_ranked_groups():
+    from agci.resampler_probes.report import _kendall
+
+    acc = [0.2, 0.5, 0.9]
+    # 3 groups: 3! = 6 orders; tau = 1 for one of them and -1 for one, so the two-sided exact p is 2/6
+    assert _kendall(acc, [1, 2, 3]) == {"tau": 1.0, "p": round(1 / 3, 4), "n": 3}
+    assert _kendall(acc, [3, 2, 1]) == {"tau": -1.0, "p": round(1 / 3, 4), "n": 3}
+    # one discordant pair of three: (2 - 1) / 3; every one of the 6 orders has |tau| >= 1/3, so p = 1
+    assert _kendall(acc, [1, 3, 2]) == {"tau": round(1 / 3, 4), "p": 1.0, "n": 3}
+    # 4 groups: pairs (0,1) and (1,2) discordant, the other 4 concordant: (4 - 2) / 6
+    assert _kendall([0.1, 0.4, 0.3, 0.8], [2, 1, 3, 4])["tau"] == round(1 / 3, 4)
+    assert _kendall([0.1, 0.4, 0.3, 0.8], [5, 5, 5, 5]) == {"tau": None, "p": None, "n": 4}  # undefined: no order
+    assert _kendall([0.1, 0.4], [1, 2]) == {"tau": None, "p": None, "n": 2}  # too few groups
+
+
+def test_refcocog_breakdown_on_hand_made_boxes(tmp_path):
+    """Three super-categories (one named by its category, its super-category being empty) with training
+    boxes of unequal width and height: counts, mean areas (w x h), mean centre distances and Kendall's tau
+    of each against the accuracy, all worked out by hand."""
+    from PIL import Image
+
+    from agci.resampler_probes.report import breakdown
+
+    def item(i, split, supercategory, target, category="thing"):
+        return {"id": i, "split": split, "target": target, "category": category, "supercategory": supercategory}
+
+    items = [
+        item("a1", "train", "animal", [0.5, 0.5, 0.2, 0.5]),  # area 0.1, centre distance 0
+        item("k1", "train", "", [0.8, 0.9, 0.4, 0.1], "kite"),  # area 0.04, distance 0.5 (0.3, 0.4)
+        item("k2", "train", "", [0.2, 0.1, 0.2, 0.3], "kite"),  # area 0.06, distance 0.5
+        item("v1", "train", "vehicle", [0.2, 0.1, 0.1, 0.2]),  # area 0.02, distance 0.5
+        item("v2", "train", "vehicle", [0.5, 0.8, 0.3, 0.1]),  # area 0.03, distance 0.3
+        item("v3", "train", "vehicle", [0.5, 0.3, 0.5, 0.4]),  # area 0.2, distance 0.2
+        item("av", "val", "animal", [0.9, 0.9, 0.9, 0.1]),  # not training items: counted nowhere
+        *[item(f"t{k}", "test", s, [0.95, 0.05, 0.9, 0.9], c) for k, (s, c) in
+          enumerate([("animal", "dog"), ("animal", "cat"), ("", "kite"), ("", "kite"), ("vehicle", "car"),
+                     ("vehicle", "bus")])],
+    ]  # fmt: skip
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "items.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
+    correct = {"t0": False, "t1": False, "t2": True, "t3": False, "t4": True, "t5": True}
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("".join(json.dumps({"id": i, "correct": c}) + "\n" for i, c in correct.items()))
+    out = tmp_path / "report"
+    summary = breakdown(cache, predictions, "refcocog", out)
+    groups = summary["groups"]
+    assert list(groups) == ["animal", "kite", "vehicle"]
+    assert [groups[g]["accuracy"] for g in groups] == [0.0, 0.5, 1.0]
+    assert [groups[g]["test_items"] for g in groups] == [2, 2, 2]
+    assert [groups[g]["train_count"] for g in groups] == [1, 2, 3]
+    assert [groups[g]["mean_area"] for g in groups] == pytest.approx([0.1, 0.05, 0.25 / 3])
+    assert [groups[g]["mean_centre_distance"] for g in groups] == pytest.approx([0.0, 0.5, 1.0 / 3])
+    tau = summary["kendall_tau"]
+    assert tau["train_count"] == {"tau": 1.0, "p": round(1 / 3, 4), "n": 3}  # counts rise with accuracy
+    # areas 0.1, 0.05, 0.083 against accuracies 0, 0.5, 1: two pairs discordant, one concordant
+    assert tau["mean_area"] == {"tau": round(-1 / 3, 4), "p": 1.0, "n": 3}
+    # distances 0, 0.5, 0.33: only the kite-vehicle pair is discordant
+    assert tau["mean_centre_distance"] == {"tau": round(1 / 3, 4), "p": 1.0, "n": 3}
+    assert json.loads((out / "refcocog_breakdown.json").read_text()) == summary
+    with Image.open(out / "refcocog_breakdown.png") as png:
+        assert png.size == (600, 420)  # 5 x 3.5 inches at 120 dpi
+        assert len(png.convert("L").getcolors(maxcolors=1 << 16)) > 2  # bars and labels, not a blank image

@@ -153,19 +153,26 @@ def test_ris_evaluate_and_show_end_to_end(kind, tmp_path, encoders):
             "--out", str(tmp_path / "out")]  # fmt: skip
     assert main(args) == 0
     summary = json.loads((tmp_path / "out" / "refcocog_val.json").read_text())
-    assert summary["n"] == 3 and 0 <= summary["mIoU"] <= 1 and {"oIoU", "Prec@0.5", "Prec@0.9"} <= set(summary)
     assert summary["v"] == 0.85  # RefCOCOg's weight by default
-    rows = (tmp_path / "out" / "refcocog_val.jsonl").read_text().splitlines()
-    ious = [json.loads(r)["I"] / json.loads(r)["U"] for r in rows]
+    rows = [json.loads(r) for r in (tmp_path / "out" / "refcocog_val.jsonl").read_text().splitlines()]
+    ious = [r["I"] / r["U"] for r in rows]
     # every choice is one of the three proposals: IoU with the target (polygon 21 x 17 px) is 1, 0 or 357/3072
     assert all(min(abs(i - x) for x in (1.0, 0.0, 357 / 3072)) < 1e-9 for i in ious)
+    assert summary["n"] == 3 and summary["mIoU"] == pytest.approx(sum(ious) / 3)
+    assert summary["oIoU"] == pytest.approx(sum(r["I"] for r in rows) / sum(r["U"] for r in rows))
+    assert summary["Prec@0.5"] == pytest.approx(sum(i >= 0.5 for i in ious) / 3)
     assert main(args) == 0  # same inputs, same output folder: the rows are there, nothing rescored
     assert len((tmp_path / "out" / "refcocog_val.jsonl").read_text().splitlines()) == 3
     png = tmp_path / "show.png"
     image = root / "images" / "COCO_train2014_000000000000.jpg"
     show = ["ris", "show", "--model", str(encoders[kind]), "--image", str(image), "--text", "the red box on the left",
             "--proposals", f"disk:{root / 'masks'}", "--out", str(png)]  # fmt: skip
-    assert main(show) == 0 and png.read_bytes()[:4] == b"\x89PNG"
+    assert main(show) == 0
+    from PIL import Image
+
+    with Image.open(png) as picture:
+        assert picture.format == "PNG" and picture.size == (1540, 418)  # 14 x 3.8 inches at 110 dpi
+        assert len(picture.convert("L").getcolors(maxcolors=1 << 20)) > 10  # the panels are drawn
     assert main([*args[:-1], str(tmp_path / "o2"), "--proposals", "slic:x"]) == 2  # unknown proposer: clear error
     assert not (tmp_path / "o2").exists()  # bad input creates nothing
 
@@ -370,3 +377,105 @@ def test_ris_refuses_bad_numbers_and_models_before_creating_anything(tmp_path, r
     _refused(capsys, [*show[:5], str(tmp_path / "none.jpg"), *show[6:]], png, "--image", "does not exist")
     _refused(capsys, [*show[:3], str(tmp_path / "no-model"), *show[4:]], png, "does not exist")
     assert main(_evaluate(refer_data, model, out, "--layer", "4", "--limit", "1", "--v", "1")) == 0  # the edges run
+
+
+class _StubEncoder:
+    """Stands in for :class:`Encoder` with hand-chosen features: ``image_features`` returns ``features`` row
+    by row (recording the images it was given), ``text_features`` a constant direction; 3 layers of a 2 x 2
+    patch grid for the map."""
+
+    num_layers = 3
+
+    def __init__(self, features: torch.Tensor | None = None):
+        self.features, self.seen = features, []
+
+    def image_features(self, images):
+        self.seen.append(list(images))
+        if self.features is not None:
+            return self.features
+        return torch.nn.functional.normalize(torch.ones(len(images), 3), dim=-1)
+
+    def text_features(self, texts):
+        return torch.nn.functional.normalize(torch.tensor([[0.6, 0.8, 0.0]]).repeat(len(texts), 1), dim=-1)
+
+    def patch_tokens(self, images):
+        from agci.ris.encoders import PatchTokens
+
+        tokens = torch.tensor([[[1.0, 0.0, 2.0], [0.0, 1.0, 0.0], [2.0, 0.5, 1.0], [0.0, 0.0, 3.0]]])
+        return PatchTokens([tokens.repeat(len(images), 1, 1)] * 3, [(2, 2)] * len(images))
+
+    def project(self, hidden):
+        return hidden
+
+
+def test_global_score_weighs_the_crop_by_v_and_the_whole_image_by_1_minus_v():
+    from PIL import Image
+
+    from agci.ris.pipeline import global_scores
+
+    pixels = np.zeros((4, 6, 3), dtype=np.uint8)
+    pixels[:, :3] = (200, 0, 0)
+    pixels[:, 3:] = (0, 0, 100)  # mean colour (100, 0, 50): what fills the outside of a mask
+    masks = np.zeros((2, 4, 6), dtype=bool)
+    masks[0, 0:2, 0:3] = True  # a 3 x 2 (w x h) crop, all red
+    masks[1, 1:4, 4:6] = True  # a 2 x 3 crop, all blue
+    text = torch.tensor([0.6, 0.8, 0.0])
+    # rows: crop 0, crop 1, whole 0, whole 1; cosines with the text 0.6, 0, 0.8 and 1
+    features = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.6, 0.8, 0.0]])
+    encoder = _StubEncoder(features)
+    image = Image.fromarray(pixels)
+    # 100 x (0.95 x 0.6 + 0.05 x 0.8) = 61 and 100 x (0.95 x 0 + 0.05 x 1) = 5
+    assert global_scores(encoder, image, masks, text, v=0.95).tolist() == pytest.approx([61.0, 5.0], abs=1e-4)
+    # 100 x (0.85 x 0.6 + 0.15 x 0.8) = 63 and 100 x (0.85 x 0 + 0.15 x 1) = 15; 0.85 is the default
+    assert global_scores(encoder, image, masks, text, v=0.85).tolist() == pytest.approx([63.0, 15.0], abs=1e-4)
+    assert global_scores(encoder, image, masks, text).tolist() == pytest.approx([63.0, 15.0], abs=1e-4)
+    assert global_scores(encoder, image, masks, text, v=1.0).tolist() == pytest.approx([60.0, 0.0], abs=1e-4)
+    # the images the scores came from: the crops first (each its mask's bounding box), then the whole images
+    crops_and_wholes = encoder.seen[0]
+    assert [im.size for im in crops_and_wholes] == [(3, 2), (2, 3), (6, 4), (6, 4)]
+    assert (np.asarray(crops_and_wholes[0]) == (200, 0, 0)).all()
+    assert (np.asarray(crops_and_wholes[1]) == (0, 0, 100)).all()
+    whole = np.asarray(crops_and_wholes[2])
+    assert (whole[0:2, 0:3] == (200, 0, 0)).all() and (whole[2:, :] == (100, 0, 50)).all()
+
+
+@pytest.mark.parametrize(("dataset", "split_by", "v"), [("refcoco", "unc", 0.95), ("refcoco+", "unc", 0.95),
+                                                        ("refcocog", "umd", 0.85)])  # fmt: skip
+def test_ris_evaluate_weighs_the_crop_by_each_datasets_default_v(tmp_path, monkeypatch, dataset, split_by, v):
+    """The reference's weights when ``--v`` is not given: 0.95 for RefCOCO and RefCOCO+, 0.85 for RefCOCOg;
+    the weight reaches the global score (a stand-in encoder, so no model is loaded)."""
+    import inspect
+    import shutil
+
+    import agci.ris.evaluate as ris_evaluate
+    import agci.ris.pipeline as pipeline
+
+    root = _synthetic_refer(tmp_path / "data", n_images=2)
+    if dataset != "refcocog":
+        shutil.copytree(root / "refer" / "refcocog", root / "refer" / dataset)
+        (root / "refer" / dataset / "refs(umd).p").rename(root / "refer" / dataset / f"refs({split_by}).p")
+    monkeypatch.setattr(ris_evaluate, "check_model", lambda model, layer: None)
+    monkeypatch.setattr(Encoder, "load", classmethod(lambda cls, path, device="cpu": _StubEncoder()))
+    weights = []
+    real = pipeline.global_scores
+
+    def spy(*args, **kwargs):
+        bound = inspect.signature(real).bind(*args, **kwargs)
+        bound.apply_defaults()
+        weights.append(bound.arguments["v"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "global_scores", spy)
+    out = tmp_path / "out"
+    args = ["ris", "evaluate", "--model", str(tmp_path / "stub-model"), "--refer", str(root / "refer"), "--dataset",
+            dataset, "--split", "val", "--images", str(root / "images"), "--proposals", f"disk:{root / 'masks'}",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert weights == [v, v]  # one global score per expression
+    summary = json.loads((out / f"{dataset}_val.json").read_text())
+    assert summary["v"] == v and summary["n"] == 2
+    record = json.loads((out / "agci-run.json").read_text())["runs"][f"{dataset}_val"]
+    assert record["fingerprint"]["v"] == v
+    weights.clear()
+    assert main([*args[:-1], str(tmp_path / "given"), "--v", "0.5"]) == 0
+    assert weights == [0.5, 0.5]  # a given --v wins over the default
