@@ -208,6 +208,54 @@ def test_lambda_argument_overrides_the_checkpoint(tiny_qwen):
     assert override.global_context_broadcast_lambda == 0.0
 
 
+def test_max_and_min_pixels_reach_the_qwen_processor(tiny_qwen):
+    """The image tokens the model gets: a merged token covers 28x28 pixels, so their count times 784 is the
+    resized image's area, which max_pixels / min_pixels bound (given as strings, as lmms-eval passes them)."""
+    from PIL import Image
+
+    from agci.eval.lmms_model import AGCIQwen2_5_VL
+
+    def image_tokens(size, **pixels) -> int:
+        model = AGCIQwen2_5_VL(pretrained=str(tiny_qwen), device="cpu", **pixels)
+        inputs = model._inputs([[Image.new("RGB", size, (200, 30, 30))]], ["What is in the image?"])
+        return int((inputs["input_ids"] == model.model.config.image_token_id).sum())
+
+    # the checkpoint's processor keeps 3136 to 7056 pixels: 112x84 shrinks to 6 tokens, 28x28 grows to 4
+    assert image_tokens((112, 84)) * 784 > 3136 and image_tokens((28, 28)) * 784 < 12544
+    assert image_tokens((112, 84), max_pixels="3136") * 784 <= 3136
+    assert image_tokens((28, 28), min_pixels="12544", max_pixels="50176") * 784 >= 12544
+
+
+def test_system_prompt_reaches_the_model(tiny_qwen, tmp_path, monkeypatch):
+    """The token ids that generate gets hold the system prompt, given as text or as a file (lmms-eval's
+    convention), and only when one is given."""
+    from PIL import Image
+
+    from agci.eval.lmms_model import AGCIQwen2_5_VL
+
+    system = "answer the question with only one word"  # words of the tiny tokenizer's vocabulary
+    (tmp_path / "system.txt").write_text(system + "\n")
+
+    def prompt_seen(**kwargs) -> str:
+        model = AGCIQwen2_5_VL(pretrained=str(tiny_qwen), device="cpu", **kwargs)
+        seen = []
+        generate = model.model.generate
+
+        def spy(**inputs):
+            seen.append(inputs["input_ids"])
+            return generate(**inputs)
+
+        monkeypatch.setattr(model.model, "generate", spy)
+        model._generate(["What colour is it?"], [[Image.new("RGB", (48, 40), (200, 30, 30))]], {"max_new_tokens": 2})
+        assert len(seen) == 1
+        return model.tokenizer.decode(seen[0][0], skip_special_tokens=False)
+
+    assert system not in prompt_seen()
+    for given in (system, str(tmp_path / "system.txt")):
+        prompt = prompt_seen(system_prompt=given)
+        assert system in prompt and prompt.index(system) < prompt.index("<|vision_start|>"), prompt
+
+
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_batched_answers_equal_single_answers(model_type, tiny):
     """Left-padded batches of different image sizes, one sample without an image: same answers as alone."""
@@ -257,10 +305,100 @@ def injected(trace: Path) -> list[float]:
     return [float(line.split()[1]) for line in trace.read_text().splitlines()] if trace.exists() else []
 
 
-def _results(out: Path) -> dict:
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def _yes_no_counts(pairs) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) of "yes" over (answer, truth) pairs."""
+    pairs = list(pairs)
+    tp = sum(a == "yes" and t == "yes" for a, t in pairs)
+    fp = sum(a == "yes" and t == "no" for a, t in pairs)
+    fn = sum(a == "no" and t == "yes" for a, t in pairs)
+    return tp, fp, fn
+
+
+def _all_right_share(groups: dict) -> float:
+    return _ratio(sum(all(v) for v in groups.values()), len(groups))
+
+
+def _recompute(task: str, samples: list[dict]) -> dict[str, float]:
+    """Each metric of ``task`` computed here from its per-sample log (``--log_samples``), after checking that
+    each sample's entries follow from the answer the model gave (``filtered_resps``) and the ``target``."""
+    if task == "agci_pope":  # LLaVA's rule; yes_ratio over the answers
+        for s in samples:
+            assert all(s[m] == s["accuracy"] for m in METRICS[task]), s
+            assert s["accuracy"] == {"answer": scoring.pope_answer(s["filtered_resps"]), "truth": s["target"]}, s
+        pairs = [(s["accuracy"]["answer"], s["accuracy"]["truth"]) for s in samples]
+        tp, fp, fn = _yes_no_counts(pairs)
+        p, r = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+        return {"accuracy": _mean(a == t for a, t in pairs), "precision": p, "recall": r,
+                "f1": _ratio(2 * p * r, p + r), "yes_ratio": _mean(a == "yes" for a, _ in pairs)}  # fmt: skip
+    if task == "pope":  # lmms-eval's: the exact word; yes_ratio over the ground truth
+        records = [s["pope_accuracy"] for s in samples]
+        for s, rec in zip(samples, records, strict=True):
+            assert all(s[m] == rec for m in METRICS[task]), s
+            assert rec["prediction"] == s["filtered_resps"].lower().strip() and rec["ground_truth"] == s["target"]
+            assert rec["score"] == float(rec["prediction"] == rec["ground_truth"]), rec
+        tp, fp, fn = _yes_no_counts((rec["prediction"], rec["ground_truth"]) for rec in records)
+        p, r = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+        return {"pope_accuracy": _mean(rec["score"] for rec in records), "pope_precision": p, "pope_recall": r,
+                "pope_f1_score": _ratio(2 * p * r, p + r),
+                "pope_yes_ratio": _mean(rec["ground_truth"] == "yes" for rec in records)}  # fmt: skip
+    if task.startswith("agci_crpe_"):  # circular: a question counts when all 4 rotations are right
+        blocks: dict[int, list[bool]] = {}
+        for s in samples:
+            rec = s["circular_accuracy"]
+            correct = scoring.crpe_choice(s["filtered_resps"], s["input"]) == s["target"]
+            assert rec == {"block": s["doc_id"] // 4, "correct": correct} and s["accuracy"] == float(correct), s
+            blocks.setdefault(rec["block"], []).append(correct)
+        assert all(len(v) == 4 for v in blocks.values()), blocks
+        return {"circular_accuracy": _all_right_share(blocks), "accuracy": _mean(s["accuracy"] for s in samples)}
+    if task == "agci_hallusion_bench_image_offline":
+        figures: dict[tuple, list[bool]] = {}
+        questions: dict[tuple, list[bool]] = {}
+        for s in samples:
+            rec = s["aAcc"]
+            assert s["fAcc"] == s["qAcc"] == rec, s
+            answer, truth = scoring.yes_no(s["filtered_resps"]), "yes" if s["target"] == "1" else "no"
+            assert (rec["answer"], rec["truth"], rec["correct"]) == (answer, truth, answer == truth), s
+            where = (rec["category"], rec["subcategory"], rec["set_id"])
+            if not (rec["category"] == "VS" and rec["figure_id"] == "0"):  # VS questions without a figure
+                figures.setdefault((*where, rec["figure_id"]), []).append(rec["correct"])
+            questions.setdefault((*where, rec["question_id"]), []).append(rec["correct"])
+        return {"aAcc": 100 * _mean(s["aAcc"]["correct"] for s in samples), "fAcc": 100 * _all_right_share(figures),
+                "qAcc": 100 * _all_right_share(questions)}  # fmt: skip
+    if task in ("mmmu_pro_standard", "agci_mmmu_pro_standard_4"):
+        assert all(s["mmmu_acc"]["answer"] == s["target"] for s in samples)
+        return {"mmmu_acc": _mean(s["mmmu_acc"]["parsed_pred"] == s["mmmu_acc"]["answer"] for s in samples)}
+    if task in ("textvqa_val", "scienceqa_img"):
+        return {"exact_match": _mean(s["exact_match"] for s in samples)}
+    raise AssertionError(f"no recomputation for {task}")
+
+
+def _assert_metrics_follow_from_samples(out: Path, tasks: list[str]) -> None:
+    """Every metric of every task (names and values) in the results file equals its recomputation from the
+    per-sample log, which holds one entry per document."""
     files = sorted(out.glob("*/*_results.json"))
     assert files, f"no results under {out}"
-    return json.loads(files[-1].read_text())["results"]
+    report = json.loads(files[-1].read_text())
+    for task in tasks:
+        name = task + suite.LOCAL_SUFFIX
+        logged = list(out.glob(f"*/*_samples_{name}.jsonl"))
+        assert len(logged) == 1, (name, logged)
+        samples = sorted((json.loads(line) for line in logged[0].read_text().splitlines()), key=lambda s: s["doc_id"])
+        assert [s["doc_id"] for s in samples] == list(range(report["n-samples"][name]["effective"])), name
+        reported = {k.split(",")[0]: v for k, v in report["results"][name].items()  # textvqa submission: None
+                    if k.endswith(",none") and "_stderr" not in k and v is not None}  # fmt: skip
+        expected = _recompute(task, samples)
+        assert set(reported) == set(expected) == METRICS[task], (task, reported)
+        for metric, value in expected.items():
+            assert reported[metric] == pytest.approx(value, abs=1e-4), (task, metric, reported[metric], value)
 
 
 def test_lmms_eval_command_runs_every_task_with_the_lambda(tmp_path, tiny_qwen):
@@ -279,10 +417,7 @@ def test_lmms_eval_command_runs_every_task_with_the_lambda(tmp_path, tiny_qwen):
     ]  # fmt: skip
     run = subprocess.run(command, env=_env(tmp_path, trace), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    results = _results(tmp_path / "out")
-    for task, metrics in METRICS.items():
-        got = {k.split(",")[0] for k in results[task + suite.LOCAL_SUFFIX] if "," in k and "_stderr" not in k}
-        assert metrics <= got, (task, got)
+    _assert_metrics_follow_from_samples(tmp_path / "out", tasks)
     sample_files = list((tmp_path / "out").glob("*/*_samples_*.jsonl"))
     assert len(sample_files) == len(tasks) and set(injected(trace)) == {0.75}
 
@@ -298,12 +433,11 @@ def test_lmms_eval_command_for_each_family(model_type, tmp_path, tiny):
     command = _lmms_eval() + [
         "--model", name, "--model_args", f"pretrained={tiny(model_type)},max_new_tokens=3",
         "--tasks", ",".join(names), "--include_path", str(tmp_path / "tasks"), "--batch_size", "4",
-        "--output_path", str(tmp_path / "out"),
+        "--output_path", str(tmp_path / "out"), "--log_samples",
     ]  # fmt: skip
     run = subprocess.run(command, env=_env(tmp_path, trace), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    results = _results(tmp_path / "out")
-    assert {f"{m},none" for m in METRICS["agci_pope"]} <= set(results["agci_pope_local"])
+    _assert_metrics_follow_from_samples(tmp_path / "out", ["agci_pope", "pope"])
     assert set(injected(trace)) == {0.3}  # the checkpoint's value, no override
 
 
