@@ -1,5 +1,6 @@
 """AGCI_AUTOPATCH=1: a new interpreter patches each supported family when transformers loads it."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,18 +9,25 @@ from pathlib import Path
 
 import pytest
 
-PROBE = (
-    "import sys; from transformers import LlavaForConditionalGeneration, Qwen2_5_VLModel\n"
-    "from transformers.models.llava.modeling_llava import LlavaModel\n"
-    "print(hasattr(LlavaModel.__dict__['get_image_features'], '__agci_original__'),"
-    " hasattr(Qwen2_5_VLModel.__dict__['get_image_features'], '__agci_original__'),"
-    " 'torch' in sys.modules)"
+# Every supported family, in one child: its modeling module imported the ordinary way, then its inner class's
+# get_image_features checked for agci's wrapper (which keeps the original's signature). The families are
+# passed from here, so the child imports nothing of agci itself.
+EVERY_FAMILY = (
+    "import importlib, inspect, json, sys\n"
+    "out = {}\n"
+    "for model_type, module, inner in json.loads(sys.argv[1]):\n"
+    "    f = getattr(importlib.import_module(module), inner).__dict__['get_image_features']\n"
+    "    original = getattr(f, '__agci_original__', None)\n"
+    "    out[model_type] = [original is not None,\n"
+    "                       original is not None and inspect.signature(f) == inspect.signature(original)]\n"
+    "print(json.dumps(out))\n"
 )
 
 
-def _run(code, **env):
+def _run(code, *args, **env):
     full_env = {k: v for k, v in os.environ.items() if k != "AGCI_AUTOPATCH"} | env
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=300)
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=full_env,
+                          timeout=300)  # fmt: skip
 
 
 def test_the_startup_file_is_installed_in_site_packages():
@@ -29,16 +37,26 @@ def test_the_startup_file_is_installed_in_site_packages():
     assert "AGCI_AUTOPATCH" in pth.read_text()
 
 
-def test_autopatch_patches_new_processes_only_when_asked():
-    on = _run(PROBE, AGCI_AUTOPATCH="1")
-    assert on.returncode == 0, on.stderr
-    assert on.stdout.split() == ["True", "True", "True"], on.stdout + on.stderr
-    off = _run(PROBE)
-    assert off.returncode == 0, off.stderr
-    assert off.stdout.split() == ["False", "False", "True"]
-
-
 def test_autopatch_imports_nothing_heavy_at_startup():
     out = _run("import sys; print('torch' in sys.modules, 'transformers' in sys.modules)", AGCI_AUTOPATCH="1")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_autopatch_patches_new_processes_only_when_asked():
+    """Every supported family (the inner class's get_image_features), not just two, and none without
+    the variable."""
+    from agci.patches.families import FAMILIES
+
+    assert {t: f.inner_class for t, f in FAMILIES.items()} == {  # the README's list
+        "llava": "LlavaModel", "llava_next": "LlavaNextModel", "qwen2_5_vl": "Qwen2_5_VLModel",
+        "qwen3_vl": "Qwen3VLModel", "gemma3n": "Gemma3nModel", "internvl": "InternVLModel",
+    }  # fmt: skip
+    families = json.dumps([[t, f.module, f.inner_class] for t, f in FAMILIES.items()])
+    on = _run(EVERY_FAMILY, families, AGCI_AUTOPATCH="1")
+    assert on.returncode == 0, on.stderr
+    assert "patching" not in on.stderr, on.stderr  # a family whose patch failed at import says so on stderr
+    assert json.loads(on.stdout) == {t: [True, True] for t in FAMILIES}, on.stdout
+    off = _run(EVERY_FAMILY, families)
+    assert off.returncode == 0, off.stderr
+    assert json.loads(off.stdout) == {t: [False, False] for t in FAMILIES}, off.stdout

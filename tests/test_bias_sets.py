@@ -1,4 +1,5 @@
-"""Probe sets, sources and summaries of ``agci.bias`` (no model needed)."""
+"""Probe sets, sources and summaries of ``agci.bias`` (no model needed, but for the reference records scored by
+the embedded model)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import pytest
 
 from agci.bias.metrics import bias_figures, occlusion_summary, position_summary
-from agci.bias.probe_sets import MANIFEST, POSITIONS, SetOptions, build, cell_box, rebuild
+from agci.bias.probe_sets import MANIFEST, POSITIONS, SetOptions, build, cell_box, compose, read_records, rebuild
 from agci.bias.sources import load_pairs
 from agci.bias.synthetic import synthetic_pairs
 
@@ -373,3 +374,87 @@ def test_occlusion_mean_map_averages_the_rows_of_its_own_cell():
     assert share[8] == pytest.approx(0.5) and share[1] is None and share[5] is None
     assert s["bias"]["spread"] == pytest.approx(0.3)
     assert (s["bias"]["best_cell"], s["bias"]["worst_cell"]) == ("top_left", "bottom_right")
+
+
+def test_probe_set_command_rebuilds_the_same_files_from_a_manifest(tmp_path, capsys):
+    """`agci probe-set OUT --from-manifest M`: options that are not the defaults (seed, canvas, negatives,
+    pairs) come from the manifest alone, and the rebuilt set is the original byte for byte."""
+    from PIL import Image
+
+    from agci.cli import main
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    built = ["probe-set", str(a), "--source", "synthetic:10", "--seed", "5", "--canvas", "60",
+             "--negatives-per-pair", "2"]  # fmt: skip
+    assert main(built) == 0
+    assert main(["probe-set", str(b), "--from-manifest", str(a / MANIFEST)]) == 0
+    said = f"{b}: 110 position questions (90 Yes, 20 No), 90 similarity samples, 0 pairs skipped"
+    assert said in capsys.readouterr().out
+    for name in ("position.jsonl", "similarity.jsonl"):
+        assert (b / name).read_bytes() == (a / name).read_bytes(), name
+    rows = [json.loads(x) for x in (a / "position.jsonl").read_text().splitlines()]
+    assert len(rows) == 10 * 9 + 10 * 2  # 9 positives and 2 negatives per pair
+    for image in (rows[13]["image"], rows[-1]["image"], rows[13]["image"].replace("images/", "similarity/")):
+        assert (b / image).read_bytes() == (a / image).read_bytes(), image
+    with Image.open(b / rows[13]["image"]) as canvas:
+        assert canvas.size == (60, 60)
+    manifest = json.loads((b / MANIFEST).read_text())
+    assert (manifest["options"]["seed"], manifest["options"]["canvas"], manifest["options"]["negatives_per_pair"]) == (
+        5, 60, 2)  # fmt: skip
+
+
+# The reference's record files: image, caption, position, answer; no cell, usually no id.
+REFERENCE_RECORDS = [
+    {"image": "imgs/red_0.jpg", "caption": "a red circle", "position": "top_left", "answer": "Yes"},
+    {"image": "imgs/red_0.jpg", "caption": "a blue square", "position": "bottom_right", "answer": "No"},
+    {"image": "imgs/green_4.jpg", "caption": "a green star", "position": "center", "answer": "Yes"},
+    {"image": "imgs/green_4.jpg", "caption": "a green star", "position": "right", "answer": "Yes"},
+]
+
+
+def test_reference_records_get_their_cell_from_the_position_and_an_id_from_image_answer_and_index(tmp_path):
+    extra = [
+        {"id": "mine", "image": "imgs/x.jpg", "caption": "c", "position": "left", "answer": "No"},
+        {"image": "imgs/y.jpg", "caption": "c", "position": "center", "cell": 7, "answer": "Yes"},  # its own cell
+        {"image": "imgs/z.jpg", "caption": "c", "position": "middle", "answer": "Yes"},  # not a position: no cell
+    ]
+    rows = REFERENCE_RECORDS + extra
+    want = [  # by hand: POSITIONS.index(position); id = image stem _ answer _ index in the file (0-based)
+        ("red_0_Yes_0", 0), ("red_0_No_1", 8), ("green_4_Yes_2", 4), ("green_4_Yes_3", 5), ("mine", 3),
+        ("y_Yes_5", 7), ("z_Yes_6", None),
+    ]  # fmt: skip
+    (tmp_path / "records.json").write_text(json.dumps(rows, indent=1))
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("records.json", "records.jsonl"):
+        got = read_records(tmp_path / name)
+        assert [(r["id"], r.get("cell")) for r in got] == want, name
+        assert [{k: v for k, v in r.items() if k not in ("id", "cell")} for r in got] == [
+            {k: v for k, v in r.items() if k not in ("id", "cell")} for r in rows
+        ], name  # every other field as it was
+
+
+def test_probe_scores_a_reference_records_file_with_the_right_cells(tmp_path):
+    """`agci probe --data FILE --tasks position --limit 3 --lambda 0` on the reference's records (the embedded
+    model; the images in another folder, given as image_root)."""
+    from agci.bias.runner import ProbeConfig, run_probe
+
+    pairs = synthetic_pairs(9, seed=2)
+    images = [p.load_image(32) for p in pairs]
+    (tmp_path / "root" / "imgs").mkdir(parents=True)
+    compose(images, 0, 84).save(tmp_path / "root" / "imgs" / "red_0.jpg")
+    compose(images, 4, 84).save(tmp_path / "root" / "imgs" / "green_4.jpg")
+    data = tmp_path / "reference.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in REFERENCE_RECORDS))
+    summary = run_probe(ProbeConfig(data=str(data), image_root=str(tmp_path / "root"), out=str(tmp_path / "out"),
+                                    tasks=("position",), limit=3, lambdas=[0.0], progress=False))  # fmt: skip
+    rows = [json.loads(x) for x in (tmp_path / "out" / "lambda_0" / "position.jsonl").read_text().splitlines()]
+    assert sorted((r["id"], r["cell"], r["position"], r["answer"]) for r in rows) == [  # the fourth is past --limit 3
+        ("green_4_Yes_2", 4, "center", "Yes"),
+        ("red_0_No_1", 8, "bottom_right", "No"),
+        ("red_0_Yes_0", 0, "top_left", "Yes"),
+    ]
+    assert all("skipped" not in r and r["prediction"] in ("Yes", "No") and 0 <= r["p_yes"] <= 1 for r in rows), rows
+    pos = summary["lambdas"]["0"]["position"]
+    assert (pos["scored"], pos["skipped"]) == (3, 0)
+    assert pos["positive_count_per_cell"] == [1, 0, 0, 0, 1, 0, 0, 0, 0]
+    assert pos["negative_count_per_cell"] == [0, 0, 0, 0, 0, 0, 0, 0, 1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -551,3 +552,77 @@ def test_refcocog_breakdown_on_hand_made_boxes(tmp_path):
     with Image.open(out / "refcocog_breakdown.png") as png:
         assert png.size == (600, 420)  # 5 x 3.5 inches at 120 dpi
         assert len(png.convert("L").getcolors(maxcolors=1 << 16)) > 2  # bars and labels, not a blank image
+
+
+@pytest.mark.parametrize("kind", ["blip2", "instructblip"])
+def test_extract_no_text_caches_the_queries_alone(tmp_path, inputs, kind, capsys):
+    """`extract --no-text`: the Q-Former runs on the queries alone (InstructBLIP: an empty instruction), so the
+    cache holds other features than with the text, for the same items, in the same (layers, queries, hidden)."""
+    from PIL import Image
+
+    model = getattr(inputs, kind)
+    args = ["resampler-probe", "extract", "--model", str(model), "--task", "vsr", "--data", str(inputs.vsr),
+            "--images", str(inputs.images), "--batch-size", "64"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "text")]) == 0
+    assert main([*args, "--out", str(tmp_path / "queries"), "--no-text"]) == 0
+    assert f"{tmp_path / 'queries'}: 36 items, features [3, 4, 32] (layers, queries, hidden)" in capsys.readouterr().out
+    text, queries = FeatureCache(tmp_path / "text"), FeatureCache(tmp_path / "queries")
+    # the tiny models: 3 Q-Former layers, 4 queries of width 32; 12 VSR rows in each of 3 splits
+    assert (queries.layers, queries.queries, queries.hidden) == (3, 4, 32) and queries.index["shape"] == [3, 4, 32]
+    assert queries.ids == text.ids and len(queries.ids) == 36
+    assert (queries.index["with_text"], text.index["with_text"]) == (False, True)
+    items = [json.loads(line) for line in (tmp_path / "queries" / "items.jsonl").read_text().splitlines()]
+    pictures = [Image.open(inputs.images / it["image"]).convert("RGB") for it in items]
+    adapter = load_adapter(model)
+    with torch.no_grad():
+        alone, with_text = adapter.encode(pictures, None), adapter.encode(pictures, [it["text"] for it in items])
+    for layer in range(3):
+        got = queries.layer(layer)
+        assert got.shape == (36, 4 * 32)
+        torch.testing.assert_close(got, alone[:, layer].flatten(1).half().float())
+        torch.testing.assert_close(text.layer(layer), with_text[:, layer].flatten(1).half().float())
+        assert bool(((got - text.layer(layer)).abs().amax(1) > 1e-2).all()), layer  # every item differs
+
+
+def test_register_adapter_makes_a_new_model_type_loadable(tmp_path, inputs, capsys):
+    """`register_adapter(model_type)` on an adapter class: adapter_type, load_adapter and `extract` accept a
+    checkpoint of that model type (here: the tiny InstructBLIP under another model type name, its config class
+    registered with transformers so that its config can be read)."""
+    from PIL import Image
+    from transformers import AutoConfig, InstructBlipConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from agci.resampler_probes.features import ADAPTERS, InstructBlipQFormer, adapter_type, register_adapter
+
+    name = "agci-test-qformer"
+    renamed = tmp_path / "renamed"
+    shutil.copytree(inputs.instructblip, renamed)
+    config = json.loads((renamed / "config.json").read_text())
+    (renamed / "config.json").write_text(json.dumps({**config, "model_type": name}))
+    AutoConfig.register(name, type("RenamedConfig", (InstructBlipConfig,), {"model_type": name}))
+    try:
+        with pytest.raises(ValueError, match=f"model type '{name}' has no resampler adapter"):
+            adapter_type(renamed)
+
+        @register_adapter(name)
+        class Renamed(InstructBlipQFormer):
+            model_type = name
+
+        assert adapter_type(renamed) == name
+        adapter = load_adapter(renamed)
+        assert type(adapter) is Renamed
+        rng = np.random.default_rng(3)
+        pictures = [Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for _ in range(2)]
+        texts = ["the dog is left of the car", "a car"]
+        with torch.no_grad():  # the same weights as the InstructBLIP it was copied from
+            torch.testing.assert_close(adapter.encode(pictures, texts), load_adapter(inputs.instructblip).encode(
+                pictures, texts), rtol=0, atol=0)  # fmt: skip
+        cache = tmp_path / "cache"
+        assert main(["resampler-probe", "extract", "--model", str(renamed), "--task", "vsr", "--data", str(inputs.vsr),
+                     "--images", str(inputs.images), "--out", str(cache)]) == 0  # fmt: skip
+        assert json.loads((cache / "index.json").read_text())["model_type"] == name
+        assert FeatureCache(cache).index["shape"] == [3, 4, 32]
+    finally:
+        ADAPTERS.pop(name, None)
+        CONFIG_MAPPING._extra_content.pop(name, None)  # transformers has no unregister
+    assert name not in ADAPTERS and name not in CONFIG_MAPPING

@@ -4,11 +4,13 @@ synthetic REFER-format dataset."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -479,3 +481,110 @@ def test_ris_evaluate_weighs_the_crop_by_each_datasets_default_v(tmp_path, monke
     weights.clear()
     assert main([*args[:-1], str(tmp_path / "given"), "--v", "0.5"]) == 0
     assert weights == [0.5, 0.5]  # a given --v wins over the default
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip", "siglip2"])
+def test_long_expressions_are_cut_to_the_text_models_length(kind, encoders, monkeypatch):
+    """An expression longer than the text model's positions (16 in the tiny models) is cut to its first 16
+    tokens, not refused with an index error: the model gets those tokens and the feature is the prefix's."""
+    from agci.ris.pipeline import text_feature
+
+    enc = Encoder.load(str(encoders[kind]))
+    assert enc.model.config.text_config.max_position_embeddings == 16
+    words = ("the red dog on the left of the blue car with the man and the woman in the picture " * 3).split()
+    long, prefix = " ".join(words), " ".join(words[:16])  # 57 words; one token each (CLIP, SigLIP)
+    seen = []
+    get_text_features = enc.model.get_text_features
+
+    def recording(**kw):
+        seen.append(kw["input_ids"].tolist())
+        return get_text_features(**kw)
+
+    monkeypatch.setattr(enc.model, "get_text_features", recording)
+    feature = enc.text_features([long])
+    tokens = enc.processor.tokenizer([long], truncation=False)["input_ids"][0]
+    assert len(tokens) > 16 and seen == [[tokens[:16]]]  # the first 16 tokens, nothing else
+    assert feature.shape == (1, enc.text_features(["a car"]).shape[1]) and torch.isfinite(feature).all()
+    assert feature.norm().item() == pytest.approx(1.0, abs=1e-5)
+    if kind == "siglip2":  # the tiny SigLIP2's tokenizer class does not split text into the fixture's words
+        return
+    assert tokens[:16] == enc.processor.tokenizer.convert_tokens_to_ids(words[:16])
+    torch.testing.assert_close(feature, enc.text_features([prefix]), rtol=0, atol=0)
+    # the pipeline's feature (sentence and head phrase "the red dog") too, in a batch with a short expression
+    both = text_feature(enc, [long, "a car"])
+    torch.testing.assert_close(both, text_feature(enc, [prefix, "a car"]), rtol=1e-5, atol=1e-6)
+
+
+class _FakeSpacy:
+    """A stand-in for spaCy: ``load`` records the pipeline asked for; the parse has the noun chunks given."""
+
+    def __init__(self, chunks: dict[str, list[str]], missing_model: bool = False):
+        self.chunks, self.missing_model, self.loaded, self.parsed = chunks, missing_model, [], []
+
+    def load(self, name):
+        self.loaded.append(name)
+        if self.missing_model:
+            raise OSError(f"[E050] Can't find model '{name}'")
+        return self._parse
+
+    def _parse(self, text):
+        from types import SimpleNamespace
+
+        self.parsed.append(text)
+        return SimpleNamespace(noun_chunks=iter(SimpleNamespace(text=c) for c in self.chunks.get(text, [])))
+
+
+@contextlib.contextmanager
+def _spacy(monkeypatch, fake: _FakeSpacy):
+    """``import spacy`` gives the stand-in within the block; head_phrase's cached pipeline is put back after."""
+    module = types.ModuleType("spacy")
+    module.load = fake.load
+    monkeypatch.setitem(sys.modules, "spacy", module)
+    saved = head_phrase.__dict__.pop("nlp", None)  # head_phrase keeps the loaded pipeline on itself
+    try:
+        yield fake
+    finally:
+        head_phrase.__dict__.pop("nlp", None)
+        if saved is not None:
+            head_phrase.nlp = saved
+        monkeypatch.delitem(sys.modules, "spacy")
+
+
+def test_head_phrase_is_spacys_first_noun_chunk_when_spacy_can_parse(monkeypatch, encoders):
+    """With spaCy and en_core_web_sm importable, the head phrase is the first noun chunk of spaCy's parse (here
+    a stand-in parse, so that this runs without spaCy); the fallback rule would give "a small dog lying"."""
+    from agci.ris.pipeline import text_feature
+
+    text = "a small dog lying next to the sofa"
+    with _spacy(monkeypatch, _FakeSpacy({text: ["a small dog", "the sofa"]})) as fake:
+        assert head_phrase(text) == "a small dog"
+    assert fake.loaded and set(fake.loaded) == {"en_core_web_sm"} and fake.parsed == [text]
+    # no noun chunk in the parse, or spaCy without its English pipeline: the words before the first break word
+    with _spacy(monkeypatch, _FakeSpacy({})):
+        assert head_phrase(text) == "a small dog lying"
+    with _spacy(monkeypatch, _FakeSpacy({text: ["a small dog"]}, missing_model=True)):
+        assert head_phrase(text) == "a small dog lying"
+    # the spaCy phrase is what the text feature mixes in: 0.5 x sentence + 0.5 x head phrase, normalised
+    enc = Encoder.load(str(encoders["clip"]))
+    sentence, head, fallback = enc.text_features([text, "a small dog", "a small dog lying"])
+    with _spacy(monkeypatch, _FakeSpacy({text: ["a small dog", "the sofa"]})):
+        got = text_feature(enc, [text])[0]
+    torch.testing.assert_close(got, torch.nn.functional.normalize(0.5 * sentence + 0.5 * head, dim=-1), rtol=1e-5,
+                               atol=1e-6)  # fmt: skip
+    assert not torch.allclose(got, torch.nn.functional.normalize(0.5 * sentence + 0.5 * fallback, dim=-1), atol=1e-3)
+
+
+def test_head_phrase_with_the_real_spacy():
+    """The same with spaCy itself, where it and its English pipeline are installed (the README's optional
+    dependency); skipped, saying which is missing, otherwise."""
+    try:
+        import spacy
+    except ImportError:
+        pytest.skip("spaCy is not installed: head_phrase uses the fallback rule (pip install spacy)")
+    try:
+        nlp = spacy.load("en_core_web_sm")
+    except OSError:
+        pytest.skip("spaCy's English pipeline is not installed: python -m spacy download en_core_web_sm")
+    text = "a small dog lying next to the sofa"
+    assert [c.text for c in nlp(text).noun_chunks][0] == "a small dog"
+    assert head_phrase(text) == "a small dog"  # the fallback rule would give "a small dog lying"
