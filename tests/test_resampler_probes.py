@@ -584,28 +584,33 @@ def test_extract_no_text_caches_the_queries_alone(tmp_path, inputs, kind, capsys
         assert bool(((got - text.layer(layer)).abs().amax(1) > 1e-2).all()), layer  # every item differs
 
 
-def test_register_adapter_makes_a_new_model_type_loadable(tmp_path, inputs, capsys):
+@pytest.mark.parametrize("base", ["instructblip", "blip2"])
+def test_register_adapter_makes_a_new_model_type_loadable(base, tmp_path, inputs, capsys):
     """`register_adapter(model_type)` on an adapter class: adapter_type, load_adapter and `extract` accept a
-    checkpoint of that model type (here: the tiny InstructBLIP under another model type name, its config class
-    registered with transformers so that its config can be read)."""
+    checkpoint of that model type (here: a tiny InstructBLIP or BLIP-2 under another model type name, its config
+    class registered with transformers so that its config can be read), loaded with the adapter's model_class."""
     from PIL import Image
-    from transformers import AutoConfig, InstructBlipConfig
+    from transformers import AutoConfig, Blip2Config, InstructBlipConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    from agci.resampler_probes.features import ADAPTERS, InstructBlipQFormer, adapter_type, register_adapter
+    from agci.resampler_probes import features
 
-    name = "agci-test-qformer"
+    ADAPTERS, adapter_type, register_adapter = features.ADAPTERS, features.adapter_type, features.register_adapter
+    original = getattr(inputs, base)
+    config_class, adapter_class = {"instructblip": (InstructBlipConfig, features.InstructBlipQFormer),
+                                   "blip2": (Blip2Config, features.Blip2QFormer)}[base]  # fmt: skip
+    name = f"agci-test-{base}"
     renamed = tmp_path / "renamed"
-    shutil.copytree(inputs.instructblip, renamed)
+    shutil.copytree(original, renamed)
     config = json.loads((renamed / "config.json").read_text())
     (renamed / "config.json").write_text(json.dumps({**config, "model_type": name}))
-    AutoConfig.register(name, type("RenamedConfig", (InstructBlipConfig,), {"model_type": name}))
+    AutoConfig.register(name, type("RenamedConfig", (config_class,), {"model_type": name}))
     try:
         with pytest.raises(ValueError, match=f"model type '{name}' has no resampler adapter"):
             adapter_type(renamed)
 
         @register_adapter(name)
-        class Renamed(InstructBlipQFormer):
+        class Renamed(adapter_class):
             model_type = name
 
         assert adapter_type(renamed) == name
@@ -614,8 +619,8 @@ def test_register_adapter_makes_a_new_model_type_loadable(tmp_path, inputs, caps
         rng = np.random.default_rng(3)
         pictures = [Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for _ in range(2)]
         texts = ["the dog is left of the car", "a car"]
-        with torch.no_grad():  # the same weights as the InstructBLIP it was copied from
-            torch.testing.assert_close(adapter.encode(pictures, texts), load_adapter(inputs.instructblip).encode(
+        with torch.no_grad():  # the same weights as the checkpoint it was copied from
+            torch.testing.assert_close(adapter.encode(pictures, texts), load_adapter(original).encode(
                 pictures, texts), rtol=0, atol=0)  # fmt: skip
         cache = tmp_path / "cache"
         assert main(["resampler-probe", "extract", "--model", str(renamed), "--task", "vsr", "--data", str(inputs.vsr),

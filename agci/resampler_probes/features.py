@@ -34,6 +34,7 @@ class ResamplerAdapter:
     ``resampler_parameters()`` are what joint fine-tuning trains."""
 
     model_type: str = ""
+    model_class: str = ""  # the transformers class that load_adapter builds the checkpoint with
 
     def __init__(self, model, processor):
         self.model, self.processor = model.eval(), processor
@@ -73,6 +74,7 @@ class Blip2QFormer(ResamplerAdapter):
     """BLIP-2 stage 1: with text, queries and text tokens share self-attention (the ITM path)."""
 
     model_type = "blip-2"
+    model_class = "Blip2ForImageTextRetrieval"
 
     def encode(self, images, texts=None) -> torch.Tensor:
         m = self.model
@@ -96,6 +98,7 @@ class InstructBlipQFormer(ResamplerAdapter):
     """InstructBLIP: the instruction (the task's text) is the Q-Former's text input."""
 
     model_type = "instructblip"
+    model_class = "InstructBlipForConditionalGeneration"
 
     def encode(self, images, texts=None) -> torch.Tensor:
         image_embeds, image_mask, queries = self._image_and_queries(images)
@@ -131,16 +134,20 @@ def adapter_type(path: str | Path) -> str:
 
 
 def load_adapter(path: str | Path, device: str = "cpu", dtype: str = "float32") -> ResamplerAdapter:
-    """The adapter for a BLIP-2 (stage-1 retrieval) or InstructBLIP checkpoint folder or hub id."""
-    from transformers import AutoProcessor
+    """The registered adapter of a checkpoint's model type (BLIP-2 stage-1 retrieval and InstructBLIP are
+    built in), with the checkpoint loaded through the adapter's ``model_class``."""
+    import transformers
 
     model_type = adapter_type(path)
-    if model_type == "blip-2":
-        from transformers import Blip2ForImageTextRetrieval as cls
-    else:
-        from transformers import InstructBlipForConditionalGeneration as cls
+    adapter = ADAPTERS[model_type]
+    cls = getattr(transformers, adapter.model_class, None)
+    if cls is None:
+        raise ValueError(
+            f"the adapter {adapter.__name__} of {model_type!r} names model_class {adapter.model_class!r}, which "
+            "transformers does not have; set it to the transformers class that loads the checkpoint"
+        )
     model = cls.from_pretrained(path, dtype=torch_dtype(dtype)).to(device)
-    return ADAPTERS[model_type](model, AutoProcessor.from_pretrained(path))
+    return adapter(model, transformers.AutoProcessor.from_pretrained(path))
 
 
 def extract(

@@ -56,6 +56,13 @@ class Encoder:
         return next(self.model.parameters()).device
 
     @property
+    def text_length(self) -> int:
+        """Tokens the text model takes: the tokenizer's length, and never more than its position embeddings
+        (a tokenizer saved without ``model_max_length`` would otherwise pass longer texts through)."""
+        positions = self.model.config.text_config.max_position_embeddings
+        return min(self.processor.tokenizer.model_max_length or positions, positions)
+
+    @property
     def num_layers(self) -> int:
         return self.model.config.vision_config.num_hidden_layers
 
@@ -92,7 +99,8 @@ class Encoder:
         from ..compat import embedding_of
 
         padding = "max_length" if self.family in ("siglip", "siglip2") else True  # SigLIP was trained padded
-        tok = self.processor.tokenizer(list(texts), padding=padding, truncation=True, return_tensors="pt")
+        tok = self.processor.tokenizer(list(texts), padding=padding, truncation=True, max_length=self.text_length,
+                                       return_tensors="pt")  # fmt: skip
         tok = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
         if self.family != "clip":
             tok.pop("attention_mask", None)

@@ -33,7 +33,8 @@ def read_translations(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]
 
 
 def _tokens(encoder: Encoder, texts: list[str]) -> torch.Tensor:
-    tok = encoder.processor.tokenizer(list(texts), padding="max_length", truncation=True, return_tensors="pt")
+    tok = encoder.processor.tokenizer(list(texts), padding="max_length", truncation=True,
+                                      max_length=encoder.text_length, return_tensors="pt")  # fmt: skip
     return tok["input_ids"].to(encoder.device)
 
 

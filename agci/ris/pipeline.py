@@ -29,15 +29,17 @@ def head_phrase(text: str) -> str:
     """The expression's head noun phrase: spaCy's first noun chunk when spaCy and an English model are
     installed; otherwise the words before the first preposition, relative pronoun or verb-like word
     ("the man in red on the left" -> "the man")."""
-    try:
-        import spacy
+    if "nlp" not in head_phrase.__dict__:  # loaded once; None when spaCy or its English model is missing
+        try:
+            import spacy
 
-        nlp = head_phrase.__dict__.setdefault("nlp", spacy.load("en_core_web_sm"))
-        chunks = list(nlp(text).noun_chunks)
+            head_phrase.nlp = spacy.load("en_core_web_sm")
+        except (ImportError, OSError):
+            head_phrase.nlp = None
+    if head_phrase.nlp is not None:
+        chunks = list(head_phrase.nlp(text).noun_chunks)
         if chunks:
             return chunks[0].text
-    except (ImportError, OSError):
-        pass
     words = text.strip().split()
     head = []
     for w in words:
