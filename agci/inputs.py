@@ -43,6 +43,34 @@ def read_json(path: str | Path, what: str):
         raise ValueError(f"{path} is not valid JSON ({exc}); give {what}") from exc
 
 
+def read_jsonl(path: str | Path, what: str = "a JSON Lines file (one JSON object a line)",
+               keys: tuple[str, ...] = ()) -> list[dict]:  # fmt: skip
+    """The rows of a JSON Lines file, each an object with ``keys``; a file that does not exist, a line that
+    is not JSON and a row without one of the keys are refused naming ``PATH:LINE`` and ``what`` to give."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; give {what}")
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a text file ({exc}); give {what}") from exc
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number} is not valid JSON ({exc}); give {what}") from exc
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number} holds a {type(row).__name__}, not an object; give {what}")
+        missing = [k for k in keys if k not in row]
+        if missing:
+            raise ValueError(f"{path}:{number} lacks {', '.join(map(repr, missing))}; give {what}")
+        rows.append(row)
+    return rows
+
+
 def read_pickle(path: str | Path, what: str):
     path = Path(path)
     if not path.is_file():

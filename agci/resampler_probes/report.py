@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..inputs import read_jsonl
 from ..runs import save_figure, write_json, write_text
-from .data import read_jsonl
 
 RESULTS = "the results.jsonl of `agci resampler-probe train` (give the run's --out folder)"
 ITEMS = "the items.jsonl of a feature cache (give the --cache the run trained on)"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..inputs import read_jsonl
 from ..runs import (
     RECORD,
     RunFolder,
@@ -27,7 +28,7 @@ from ..runs import (
     write_json,
     write_text,
 )
-from .data import RefExample, build_rcm, load_refcocog, read_jsonl, write_rcm
+from .data import RefExample, build_rcm, load_refcocog, write_rcm
 from .features import FeatureCache, adapter_type, extract, load_adapter, torch_dtype
 from .probes import TASKS, TrainConfig, train_probe
 
