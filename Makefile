@@ -14,7 +14,7 @@ LF_VENV ?= .venv-lf
 LF_SPEC ?= llamafactory==0.9.5 transformers==5.6.0
 TORCHAUDIO_SPEC ?= torchaudio==2.11.0
 
-.PHONY: setup demo demo-op test test-versions test-llamafactory test-gpu lint bench clean
+.PHONY: setup demo demo-op test test-versions test-llamafactory test-gpu lint bench mutation clean
 
 setup: $(VENV)/.installed
 
@@ -66,5 +66,9 @@ bench: setup  ## op benchmark (small shapes, no Triton on CPU; full table on a G
 	$(BIN)/python benchmarks/bench_op.py
 	$(BIN)/python benchmarks/bench_probe.py
 
+mutation: setup  ## mutmut over the modules that hold the math, each against its own tests; writes mutation/report.md
+	$(BIN)/python -m pip install -q "mutmut==3.8.1"
+	$(BIN)/python mutation/run.py
+
 clean:
-	rm -rf $(VENV) $(LF_VENV) agci-demo agci-probe agci-eval .pytest_cache
+	rm -rf $(VENV) $(LF_VENV) agci-demo agci-probe agci-eval .pytest_cache .mutation-work

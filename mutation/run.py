@@ -1,0 +1,129 @@
+"""Mutation testing of the modules that hold agci's math (``make mutation``; not part of ``make test``).
+
+Each module is mutated by mutmut in its own copy of the working tree, and each mutant is run against that
+module's test files only (mutmut runs just the tests that reach the mutated function). Writes
+``mutation/report.json`` and ``mutation/report.md``: killed / survived / timeout / no test per module, and
+the surviving mutants by name (``mutmut show NAME`` in the module's copy prints the change).
+
+    python mutation/run.py [--minutes 10] [--only agci/bias/metrics.py ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULES = {  # module -> the pytest arguments that select its tests
+    "agci/kernels/reference.py": ["tests/test_op_reference.py"],
+    "agci/patches/core.py": ["tests/test_patches.py"],
+    "agci/bias/metrics.py": ["tests/test_bias_sets.py"],
+    "agci/bias/scoring.py": ["tests/test_bias_probe.py", "-k", "not cli and not distributed and not every_family"],
+    "agci/resampler_probes/report.py": ["tests/test_resampler_probes.py"],
+    "agci/resampler_probes/boxes.py": ["tests/test_resampler_probes.py"],
+    "agci/ris/spatial.py": ["tests/test_ris.py"],
+    "agci/eval/scoring.py": ["tests/test_eval.py", "-k", "not command and not agci_eval and not two_processes"],
+}
+STATUSES = ("killed", "survived", "timeout", "no tests", "suspicious", "skipped", "not checked")
+
+
+def _config(module: str, tests: list[str]) -> str:
+    def toml_list(items):
+        return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+    return (
+        "\n[tool.mutmut]\n"
+        'source_paths = ["agci"]\n'
+        f"only_mutate = {toml_list([module])}\n"
+        f"pytest_add_cli_args = {toml_list(['-p', 'no:cacheprovider', '-q', '-x'])}\n"
+        f"pytest_add_cli_args_test_selection = {toml_list(tests)}\n"
+        'also_copy = ["tests", "agci"]\n'
+    )
+
+
+def run_module(module: str, tests: list[str], work: Path, minutes: float) -> dict:
+    copy = work / module.replace("/", "_").removesuffix(".py")
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".venv*", ".git", "mutants", "mutation", "__pycache__",
+                                                              "agci-*", "*.egg-info", ".mutation-work"))  # fmt: skip
+    with (copy / "pyproject.toml").open("a") as f:
+        f.write(_config(module, tests))
+    env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1")
+    started = time.time()
+    try:
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(os.cpu_count() or 2)], cwd=copy,
+                       env=env, timeout=minutes * 60, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        finished = True
+    except subprocess.TimeoutExpired:
+        finished = False
+    listing = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=copy, env=env,
+                             capture_output=True, text=True).stdout  # fmt: skip
+    prefix = module.removesuffix(".py").replace("/", ".") + "."
+    by_status: dict[str, list[str]] = collections.defaultdict(list)
+    for line in listing.splitlines():
+        name, _, status = line.strip().rpartition(": ")
+        if name.startswith(prefix):
+            by_status[status].append(name)
+    counts = {s: len(by_status.get(s, [])) for s in STATUSES if by_status.get(s)}
+    tested = counts.get("killed", 0) + counts.get("survived", 0) + counts.get("timeout", 0)
+    return {
+        "module": module, "tests": tests, "finished": finished, "minutes": round((time.time() - started) / 60, 1),
+        "counts": counts, "killed_share": round((counts.get("killed", 0) + counts.get("timeout", 0)) / tested, 3)
+        if tested else None, "survived": sorted(by_status.get("survived", [])), "copy": str(copy),
+    }  # fmt: skip
+
+
+def markdown(results: list[dict], versions: dict) -> str:
+    lines = ["# Mutation testing (mutmut)", "",
+             f"mutmut {versions['mutmut']}, Python {versions['python']}, {versions['cpus']} CPUs; "
+             f"run {versions['date']} with `make mutation`.", "",
+             "| module | tests | killed | survived | timeout | no tests | killed share | finished |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in results:
+        c = r["counts"]
+        share = "n/a" if r["killed_share"] is None else f"{100 * r['killed_share']:.0f}%"
+        lines.append(f"| `{r['module']}` | `{' '.join(r['tests'])}` | {c.get('killed', 0)} | {c.get('survived', 0)} | "
+                     f"{c.get('timeout', 0)} | {c.get('no tests', 0)} | {share} | "
+                     f"{'yes' if r['finished'] else 'no, stopped'} ({r['minutes']} min) |")  # fmt: skip
+    lines += ["", "Killed share = (killed + timeout) / (killed + survived + timeout). Surviving mutants, by name:", ""]
+    for r in results:
+        if r["survived"]:
+            lines.append(f"- `{r['module']}`: " + ", ".join(f"`{n.rpartition('.')[2]}`" for n in r["survived"]))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10, help="time limit per module")
+    parser.add_argument("--only", nargs="*", help="modules to run (default: all)")
+    parser.add_argument("--work", default=str(ROOT / ".mutation-work"), help="where the copies go")
+    args = parser.parse_args()
+    import importlib.metadata as md
+    import platform
+
+    modules = {m: t for m, t in MODULES.items() if not args.only or m in args.only}
+    work = Path(args.work)
+    work.mkdir(exist_ok=True)
+    versions = {"mutmut": md.version("mutmut"), "python": platform.python_version(), "cpus": os.cpu_count(),
+                "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    results = []
+    for module, tests in modules.items():
+        print(f"mutating {module} against {' '.join(tests)} ...", flush=True)
+        results.append(run_module(module, tests, work, args.minutes))
+        print(f"  {results[-1]['counts']} in {results[-1]['minutes']} min", flush=True)
+    out = ROOT / "mutation"
+    (out / "report.json").write_text(json.dumps({"versions": versions, "modules": results}, indent=1) + "\n")
+    (out / "report.md").write_text(markdown(results, versions))
+    print(f"wrote {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
