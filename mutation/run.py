@@ -84,15 +84,16 @@ def markdown(results: list[dict], versions: dict) -> str:
     lines = ["# Mutation testing (mutmut)", "",
              f"mutmut {versions['mutmut']}, Python {versions['python']}, {versions['cpus']} CPUs; "
              f"run {versions['date']} with `make mutation`.", "",
-             "| module | tests | killed | survived | timeout | no tests | killed share | finished |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| module | tests | killed | survived | timeout | no tests | not checked | killed share | finished |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results:
         c = r["counts"]
         share = "n/a" if r["killed_share"] is None else f"{100 * r['killed_share']:.0f}%"
         lines.append(f"| `{r['module']}` | `{' '.join(r['tests'])}` | {c.get('killed', 0)} | {c.get('survived', 0)} | "
-                     f"{c.get('timeout', 0)} | {c.get('no tests', 0)} | {share} | "
+                     f"{c.get('timeout', 0)} | {c.get('no tests', 0)} | {c.get('not checked', 0)} | {share} | "
                      f"{'yes' if r['finished'] else 'no, stopped'} ({r['minutes']} min) |")  # fmt: skip
-    lines += ["", "Killed share = (killed + timeout) / (killed + survived + timeout). Surviving mutants, by name:", ""]
+    lines += ["", "Killed share = (killed + timeout) / (killed + survived + timeout); not checked: left when the "
+              "module's time limit ran out. Surviving mutants, by name:", ""]  # fmt: skip
     for r in results:
         if r["survived"]:
             lines.append(f"- `{r['module']}`: " + ", ".join(f"`{n.rpartition('.')[2]}`" for n in r["survived"]))
