@@ -3,7 +3,12 @@
 Each module is mutated by mutmut in its own copy of the working tree, and each mutant is run against that
 module's test files only (mutmut runs just the tests that reach the mutated function). Writes
 ``mutation/report.json`` and ``mutation/report.md``: killed / survived / timeout / no test per module, and
-the surviving mutants by name (``mutmut show NAME`` in the module's copy prints the change).
+the surviving mutants by name (``mutmut show NAME`` in the module's copy prints the change). A run with
+``--only`` replaces those modules' rows and keeps the others'.
+
+Survivors judged equivalent (no test can tell them from the original) are listed with a reason in
+``mutation/equivalent/<module>.json`` (``{"mutant name": "why"}``); the report's goal column counts
+killed among the non-equivalent ones.
 
     python mutation/run.py [--minutes 10] [--only agci/bias/metrics.py ...]
 """
@@ -31,6 +36,7 @@ MODULES = {  # module -> the pytest arguments that select its tests
     "agci/ris/spatial.py": ["tests/test_ris.py"],
     "agci/eval/scoring.py": ["tests/test_eval.py", "-k", "not command and not agci_eval and not two_processes"],
 }
+EQUIVALENT = ROOT / "mutation" / "equivalent"
 STATUSES = ("killed", "survived", "timeout", "no tests", "suspicious", "skipped", "not checked")
 
 
@@ -80,23 +86,52 @@ def run_module(module: str, tests: list[str], work: Path, minutes: float) -> dic
     }  # fmt: skip
 
 
+def equivalents(module: str) -> dict[str, str]:
+    path = EQUIVALENT / (module.removesuffix(".py").replace("/", "_") + ".json")
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def with_equivalents(result: dict) -> dict:
+    """Split the survivors into equivalent (listed with a reason) and not; the share that the goal is about."""
+    known = equivalents(result["module"])
+    short = {n: n.rpartition(".")[2] for n in result["survived"]}
+    result["equivalent"] = {s: known[s] for s in short.values() if s in known}
+    result["survived_not_equivalent"] = sorted(n for n, s in short.items() if s not in known)
+    c = result["counts"]
+    killed = c.get("killed", 0) + c.get("timeout", 0)
+    live = killed + len(result["survived_not_equivalent"])
+    result["killed_share_non_equivalent"] = round(killed / live, 3) if live else None
+    return result
+
+
 def markdown(results: list[dict], versions: dict) -> str:
     lines = ["# Mutation testing (mutmut)", "",
              f"mutmut {versions['mutmut']}, Python {versions['python']}, {versions['cpus']} CPUs; "
              f"run {versions['date']} with `make mutation`.", "",
-             "| module | tests | killed | survived | timeout | no tests | not checked | killed share | finished |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| module | tests | killed | survived | of them equivalent | timeout | no tests | not checked | "
+             "killed share | of non-equivalent | finished |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results:
         c = r["counts"]
+        r = with_equivalents(r)
         share = "n/a" if r["killed_share"] is None else f"{100 * r['killed_share']:.0f}%"
+        goal = "n/a" if r["killed_share_non_equivalent"] is None else f"{100 * r['killed_share_non_equivalent']:.0f}%"
         lines.append(f"| `{r['module']}` | `{' '.join(r['tests'])}` | {c.get('killed', 0)} | {c.get('survived', 0)} | "
-                     f"{c.get('timeout', 0)} | {c.get('no tests', 0)} | {c.get('not checked', 0)} | {share} | "
+                     f"{len(r['equivalent'])} | {c.get('timeout', 0)} | {c.get('no tests', 0)} | "
+                     f"{c.get('not checked', 0)} | {share} | {goal} | "
                      f"{'yes' if r['finished'] else 'no, stopped'} ({r['minutes']} min) |")  # fmt: skip
-    lines += ["", "Killed share = (killed + timeout) / (killed + survived + timeout); not checked: left when the "
-              "module's time limit ran out. Surviving mutants, by name:", ""]  # fmt: skip
+    lines += ["", "Killed share = (killed + timeout) / (killed + survived + timeout); of non-equivalent: the same "
+              "without the survivors listed as equivalent in `mutation/equivalent/` (the goal is 90%). Not checked: "
+              "left when the module's time limit ran out.", "",
+              "Survivors not (yet) judged equivalent:", ""]  # fmt: skip
     for r in results:
-        if r["survived"]:
-            lines.append(f"- `{r['module']}`: " + ", ".join(f"`{n.rpartition('.')[2]}`" for n in r["survived"]))
+        if r["survived_not_equivalent"]:
+            names = (n.rpartition(".")[2] for n in r["survived_not_equivalent"])
+            lines.append(f"- `{r['module']}`: " + ", ".join(f"`{n}`" for n in names))
+    lines += ["", "Equivalent survivors, with the reason:", ""]
+    for r in results:
+        for name, why in sorted(r["equivalent"].items()):
+            lines.append(f"- `{r['module']}` `{name}`: {why}")
     return "\n".join(lines) + "\n"
 
 
@@ -120,6 +155,11 @@ def main() -> int:
         results.append(run_module(module, tests, work, args.minutes))
         print(f"  {results[-1]['counts']} in {results[-1]['minutes']} min", flush=True)
     out = ROOT / "mutation"
+    previous = json.loads((out / "report.json").read_text())["modules"] if (out / "report.json").exists() else []
+    ran = {r["module"] for r in results}
+    results = [r for r in previous if r["module"] not in ran and r["module"] in MODULES] + results
+    results.sort(key=lambda r: list(MODULES).index(r["module"]))
+    results = [with_equivalents(r) for r in results]
     (out / "report.json").write_text(json.dumps({"versions": versions, "modules": results}, indent=1) + "\n")
     (out / "report.md").write_text(markdown(results, versions))
     print(f"wrote {out / 'report.md'}")
