@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import fcntl
 import json
 import os
 import shutil
@@ -54,7 +55,7 @@ def _config(module: str, tests: list[str]) -> str:
     )
 
 
-def run_module(module: str, tests: list[str], work: Path, minutes: float) -> dict:
+def run_module(module: str, tests: list[str], work: Path, minutes: float, children: int) -> dict:
     copy = work / module.replace("/", "_").removesuffix(".py")
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".venv*", ".git", "mutants", "mutation", "__pycache__",
@@ -64,7 +65,7 @@ def run_module(module: str, tests: list[str], work: Path, minutes: float) -> dic
     env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1")
     started = time.time()
     try:
-        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(os.cpu_count() or 2)], cwd=copy,
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children)], cwd=copy,
                        env=env, timeout=minutes * 60, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         finished = True
     except subprocess.TimeoutExpired:
@@ -139,6 +140,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10, help="time limit per module")
     parser.add_argument("--only", nargs="*", help="modules to run (default: all)")
+    parser.add_argument("--children", type=int, default=os.cpu_count() or 2, help="mutants run at once")
     parser.add_argument("--work", default=str(ROOT / ".mutation-work"), help="where the copies go")
     args = parser.parse_args()
     import importlib.metadata as md
@@ -152,9 +154,17 @@ def main() -> int:
     results = []
     for module, tests in modules.items():
         print(f"mutating {module} against {' '.join(tests)} ...", flush=True)
-        results.append(run_module(module, tests, work, args.minutes))
+        results.append(run_module(module, tests, work, args.minutes, args.children))
         print(f"  {results[-1]['counts']} in {results[-1]['minutes']} min", flush=True)
     out = ROOT / "mutation"
+    with (work / ".report-lock").open("w") as lock:  # runs of other modules may finish at the same time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        write_report(out, results, versions)
+    print(f"wrote {out / 'report.md'}")
+    return 0
+
+
+def write_report(out: Path, results: list[dict], versions: dict) -> None:
     previous = json.loads((out / "report.json").read_text())["modules"] if (out / "report.json").exists() else []
     ran = {r["module"] for r in results}
     results = [r for r in previous if r["module"] not in ran and r["module"] in MODULES] + results
@@ -162,8 +172,6 @@ def main() -> int:
     results = [with_equivalents(r) for r in results]
     (out / "report.json").write_text(json.dumps({"versions": versions, "modules": results}, indent=1) + "\n")
     (out / "report.md").write_text(markdown(results, versions))
-    print(f"wrote {out / 'report.md'}")
-    return 0
 
 
 if __name__ == "__main__":
