@@ -48,6 +48,23 @@ def info_command(args) -> int:
     return 0
 
 
+def families_command(args) -> int:
+    from .patches.families import GROUPINGS, HOOKS, markdown_table, text_table
+
+    if args.markdown:
+        print(markdown_table(), end="")
+        return 0
+    print(text_table(), end="")
+    print("\nhook:")
+    for name, what in HOOKS.items():
+        print(f"  {name}: {what}")
+    print("images from:")
+    for name, what in GROUPINGS.items():
+        print(f"  {name}: {what}")
+    print("lmms-eval: also 'agci', which serves every family (read from the checkpoint's config)")
+    return 0
+
+
 def set_lambda_command(args) -> int:
     from .configs import LAMBDA_KEY, validate_lambda
     from .patches.core import check_model_type
@@ -128,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     llamafactory.add_parser(sub)
     resampler_probe_command.add_parser(sub)
     ris_command.add_parser(sub)
+    fam = sub.add_parser("families", help="the supported model families: hook, grouping, versions, integrations")
+    fam.add_argument("--markdown", action="store_true", help="the table as README shows it")
+    fam.set_defaults(func=families_command)
     info = sub.add_parser("info", help="versions, device and which implementation of the op will run")
     info.set_defaults(func=info_command)
     return parser

@@ -21,6 +21,12 @@ def transformers_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
+def transformers_at_least(version: str) -> bool:
+    """The installed transformers is ``version`` ("5.3", "4.57") or newer (a family's ``since``)."""
+    wanted = tuple(int(p) for p in version.split(".")[:2])
+    return transformers_version() >= wanted
+
+
 def check_transformers_supported() -> None:
     major, minor = transformers_version()
     if (major, minor) < (4, 57) or major >= 6:

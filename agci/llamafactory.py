@@ -17,15 +17,11 @@ import subprocess
 from pathlib import Path
 
 from .configs import LAMBDA_KEY, format_lambda, read_lambda
+from .patches.families import FAMILIES
 
-# LLaMA-Factory 0.9.5 template names per model type; the first is what the recipes use.
+# LLaMA-Factory 0.9.5's template names per model type (from the registry); the first is what recipes use.
 TEMPLATES: dict[str, tuple[str, ...]] = {
-    "qwen2_5_vl": ("qwen2_vl",),
-    "qwen3_vl": ("qwen3_vl_nothink", "qwen3_vl"),
-    "gemma3n": ("gemma3n",),
-    "internvl": ("intern_vl",),
-    "llava": ("llava",),
-    "llava_next": ("llava_next", "llava_next_mistral", "llava_next_llama3", "llava_next_qwen", "llava_next_yi"),
+    t: f.llamafactory_templates for t, f in FAMILIES.items() if f.llamafactory_templates
 }
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
@@ -119,7 +115,12 @@ def check_recipe(path: Path) -> dict:
             f"write it first: agci set-lambda {model} 0.5"
         )
     template = recipe.get("template")
-    allowed = TEMPLATES[config.model_type]
+    allowed = TEMPLATES.get(config.model_type)
+    if not allowed:
+        raise ValueError(
+            f"{path}: LLaMA-Factory 0.9.5 has no template for {config.model_type} models; agci's recipes cover "
+            f"{', '.join(TEMPLATES)}"
+        )
     if template not in allowed:
         raise ValueError(
             f"{path}: template {template!r} does not fit a {config.model_type} model; use {' or '.join(allowed)}"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_checkpoints import processed_families_here
 
 from agci.bias.probe_sets import PROMPT, SetOptions, build, read_records
 from agci.bias.runner import ProbeConfig, run_probe
@@ -142,7 +143,7 @@ def test_batched_occlusion_equals_a_generate_per_mask(vlm, probe_set):
         occlusion_map(vlm, image, prompts[0], answer, mask=50)
 
 
-FAMILIES = ["qwen2_5_vl", "qwen3_vl", "gemma3n", "internvl", "llava", "llava_next"]
+FAMILIES = processed_families_here()  # the families whose tiny checkpoints have a real processor
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)

@@ -15,6 +15,8 @@ import pytest
 
 pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install 'agci[eval]')")
 
+from tiny_checkpoints import processed_families_here  # noqa: E402
+
 from agci.eval import TASKS_DIR, scoring, suite  # noqa: E402
 from agci.eval.plugin import MODEL_NAMES  # noqa: E402
 
@@ -157,7 +159,7 @@ def test_entry_point_module_imports_nothing_heavy():
     assert out.strip() == "[]"
 
 
-FAMILIES = ["qwen2_5_vl", "qwen3_vl", "gemma3n", "internvl", "llava", "llava_next"]
+FAMILIES = processed_families_here()  # the families whose tiny checkpoints have a real processor
 _SAVED: dict[str, Path] = {}
 
 
@@ -182,29 +184,29 @@ def tiny_qwen(tiny):
 
 def _model_class(model_type: str):
     from agci.eval import lmms_model
+    from agci.eval.plugin import class_name, model_name_for
 
-    name = next(n for n, types in MODEL_NAMES.items() if model_type in types)
-    return next(c for c in vars(lmms_model).values() if getattr(c, "model_name", None) == name)
+    return getattr(lmms_model, class_name(model_name_for(model_type)))
 
 
 def test_wrong_family_and_unknown_args_are_refused(tiny_qwen):
-    from agci.eval.lmms_model import AGCILlava, AGCIQwen2_5_VL
+    from agci.eval.lmms_model import AGCI_llava, AGCI_qwen2_5_vl
 
     with pytest.raises(ValueError, match="use agci_qwen2_5_vl"):
-        AGCILlava(pretrained=str(tiny_qwen), device="cpu")
+        AGCI_llava(pretrained=str(tiny_qwen), device="cpu")
     with pytest.raises(ValueError, match="unknown model_args \\['lamda'\\]"):
-        AGCIQwen2_5_VL(pretrained=str(tiny_qwen), lamda=0.5)
+        AGCI_qwen2_5_vl(pretrained=str(tiny_qwen), lamda=0.5)
     with pytest.raises(ValueError, match="batch_size must be a whole number"):
-        AGCIQwen2_5_VL(pretrained=str(tiny_qwen), batch_size="auto")
+        AGCI_qwen2_5_vl(pretrained=str(tiny_qwen), batch_size="auto")
     with pytest.raises(ValueError, match="lambda"):
-        AGCIQwen2_5_VL(pretrained=str(tiny_qwen), global_context_broadcast_lambda=-1, device="cpu")
+        AGCI_qwen2_5_vl(pretrained=str(tiny_qwen), global_context_broadcast_lambda=-1, device="cpu")
 
 
 def test_lambda_argument_overrides_the_checkpoint(tiny_qwen):
-    from agci.eval.lmms_model import AGCIQwen2_5_VL
+    from agci.eval.lmms_model import AGCI_qwen2_5_vl
 
-    assert AGCIQwen2_5_VL(pretrained=str(tiny_qwen), device="cpu").global_context_broadcast_lambda == 0.3
-    override = AGCIQwen2_5_VL(pretrained=str(tiny_qwen), global_context_broadcast_lambda="0", device="cpu")
+    assert AGCI_qwen2_5_vl(pretrained=str(tiny_qwen), device="cpu").global_context_broadcast_lambda == 0.3
+    override = AGCI_qwen2_5_vl(pretrained=str(tiny_qwen), global_context_broadcast_lambda="0", device="cpu")
     assert override.global_context_broadcast_lambda == 0.0
 
 
@@ -213,10 +215,10 @@ def test_max_and_min_pixels_reach_the_qwen_processor(tiny_qwen):
     resized image's area, which max_pixels / min_pixels bound (given as strings, as lmms-eval passes them)."""
     from PIL import Image
 
-    from agci.eval.lmms_model import AGCIQwen2_5_VL
+    from agci.eval.lmms_model import AGCI_qwen2_5_vl
 
     def image_tokens(size, **pixels) -> int:
-        model = AGCIQwen2_5_VL(pretrained=str(tiny_qwen), device="cpu", **pixels)
+        model = AGCI_qwen2_5_vl(pretrained=str(tiny_qwen), device="cpu", **pixels)
         inputs = model._inputs([[Image.new("RGB", size, (200, 30, 30))]], ["What is in the image?"])
         return int((inputs["input_ids"] == model.model.config.image_token_id).sum())
 
@@ -231,13 +233,13 @@ def test_system_prompt_reaches_the_model(tiny_qwen, tmp_path, monkeypatch):
     convention), and only when one is given."""
     from PIL import Image
 
-    from agci.eval.lmms_model import AGCIQwen2_5_VL
+    from agci.eval.lmms_model import AGCI_qwen2_5_vl
 
     system = "answer the question with only one word"  # words of the tiny tokenizer's vocabulary
     (tmp_path / "system.txt").write_text(system + "\n")
 
     def prompt_seen(**kwargs) -> str:
-        model = AGCIQwen2_5_VL(pretrained=str(tiny_qwen), device="cpu", **kwargs)
+        model = AGCI_qwen2_5_vl(pretrained=str(tiny_qwen), device="cpu", **kwargs)
         seen = []
         generate = model.model.generate
 
@@ -275,9 +277,9 @@ def test_batched_answers_equal_single_answers(model_type, tiny):
 def test_embedded_llava_batches_too():
     from PIL import Image
 
-    from agci.eval.lmms_model import AGCILlava
+    from agci.eval.lmms_model import AGCI_llava
 
-    model = AGCILlava(pretrained=str(TINY_LLAVA), global_context_broadcast_lambda=0.5, device="cpu", batch_size=3)
+    model = AGCI_llava(pretrained=str(TINY_LLAVA), global_context_broadcast_lambda=0.5, device="cpu", batch_size=3)
     images = [[Image.new("RGB", (42 + 10 * k, 42), c)] for k, c in enumerate([(255, 0, 0), (0, 0, 255), (0, 160, 0)])]
     prompts = ["What is in the image?"] * 3
     batched = model._generate(prompts, images, {"max_new_tokens": 4})
@@ -567,9 +569,9 @@ def test_loglikelihood_scores_the_greedy_answer_highest(tiny_qwen):
     from lmms_eval.api.instance import Instance
     from PIL import Image
 
-    from agci.eval.lmms_model import AGCIQwen2_5_VL
+    from agci.eval.lmms_model import AGCI_qwen2_5_vl
 
-    model = AGCIQwen2_5_VL(pretrained=str(tiny_qwen), global_context_broadcast_lambda=1.0, device="cpu")
+    model = AGCI_qwen2_5_vl(pretrained=str(tiny_qwen), global_context_broadcast_lambda=1.0, device="cpu")
     image = Image.new("RGB", (48, 40), (200, 30, 30))
     model.task_dict = {"t": {"test": [{"image": image}]}}
     context = "Is there a dog in the image?"

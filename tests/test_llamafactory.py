@@ -26,7 +26,10 @@ HERE = Path(__file__).parent
 RECIPES = HERE.parent / "integrations" / "llamafactory" / "recipes"
 RECIPE_FAMILY = {
     "qwen2_5_vl-7b": "qwen2_5_vl", "qwen3_vl-8b": "qwen3_vl", "gemma3n-e4b": "gemma3n", "internvl3-8b": "internvl",
-    "llava_v1_6-mistral-7b": "llava_next", "llava_v1_5-7b": "llava",
+    "llava_v1_6-mistral-7b": "llava_next", "llava_v1_5-7b": "llava", "qwen2_vl-7b": "qwen2_vl",
+    "qwen3_5-9b": "qwen3_5", "glm4_1v-9b": "glm4v", "glm4_6v": "glm46v", "gemma3-12b": "gemma3",
+    "paligemma2-3b-mix-224": "paligemma", "mistral_small_3_1-24b": "mistral3",
+    "qwen3_vl_moe-30b-a3b": "qwen3_vl_moe", "qwen3_5_moe-35b-a3b": "qwen3_5_moe",
 }  # fmt: skip
 sys.path.insert(0, str(HERE))
 
@@ -76,8 +79,10 @@ def test_recipes_are_valid_llamafactory_arguments(recipe):
     from llamafactory.hparams.parser import _parse_infer_args, _parse_train_args
 
     config = lf.read_recipe(recipe)
+    from llamafactory.data.template import TEMPLATES as LLAMAFACTORY_TEMPLATES
+
     family = RECIPE_FAMILY[recipe.stem.removesuffix("_lora_sft").removesuffix("_merge")]
-    assert config["template"] in lf.TEMPLATES[family]
+    assert config["template"] == lf.TEMPLATES[family][0] and config["template"] in LLAMAFACTORY_TEMPLATES
     if "export_dir" in config:
         _parse_infer_args(dict(config))  # unknown keys raise
         assert config["adapter_name_or_path"].startswith("saves/")
@@ -85,6 +90,14 @@ def test_recipes_are_valid_llamafactory_arguments(recipe):
         _parse_train_args({**config, "use_cpu": True})  # the recipes are for GPUs (bf16); parsing only
         assert config["finetuning_type"] == "lora" and config["freeze_vision_tower"]
         assert config["freeze_multi_modal_projector"] and config["dataset"] == "llava_v1_5_agci_10k"
+
+
+def test_every_registered_template_exists_in_llamafactory_and_every_family_with_one_has_a_recipe():
+    from llamafactory.data.template import TEMPLATES as LLAMAFACTORY_TEMPLATES
+
+    for model_type, templates in lf.TEMPLATES.items():
+        assert set(templates) <= set(LLAMAFACTORY_TEMPLATES), model_type
+        assert model_type in RECIPE_FAMILY.values(), f"{model_type} has a template but no recipe"
 
 
 def _write_recipe(path: Path, **fields) -> Path:

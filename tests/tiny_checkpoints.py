@@ -76,6 +76,25 @@ def _finish(model, processor, out: Path, lam: float | None, eos: int) -> Path:
     return out
 
 
+# Qwen-style families: (processor class, model class); they share the tokenizer and template below
+QWEN_PROCESSED = {
+    "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2_5_VLForConditionalGeneration"),
+    "qwen2_vl": ("Qwen2VLProcessor", "Qwen2VLForConditionalGeneration"),
+    "qwen3_vl": ("Qwen3VLProcessor", "Qwen3VLForConditionalGeneration"),
+    "qwen3_vl_moe": ("Qwen3VLProcessor", "Qwen3VLMoeForConditionalGeneration"),
+    "qwen3_5": ("Qwen3VLProcessor", "Qwen3_5ForConditionalGeneration"),
+    "qwen3_5_moe": ("Qwen3VLProcessor", "Qwen3_5MoeForConditionalGeneration"),
+}
+SAVED_WITH_PROCESSOR = ("llava", "llava_next", *QWEN_PROCESSED, "internvl", "gemma3n")
+
+
+def processed_families_here() -> list[str]:
+    """The families that have a tiny checkpoint with a processor and whose tests run on this transformers."""
+    from vlm_cases import families_here
+
+    return [t for t in families_here() if t in SAVED_WITH_PROCESSOR]
+
+
 def save_tiny(model_type: str, out: Path, lam: float | None = None, seed: int = 0) -> Path:
     """A tiny random ``model_type`` checkpoint (tiny_configs.json) with its processor, saved to ``out``."""
     import torch
@@ -99,20 +118,20 @@ def save_tiny(model_type: str, out: Path, lam: float | None = None, seed: int = 
             num_additional_image_tokens=1, chat_template=_template("<image>\n"),
         )  # fmt: skip
         return _finish(model_cls(config_cls(**d)), processor, out, lam, 2)
-    if model_type in ("qwen2_5_vl", "qwen3_vl"):
+    if model_type in QWEN_PROCESSED:
         specials = {"<|image_pad|>": 120, "<|video_pad|>": 121, "<|vision_start|>": 122, "<|vision_end|>": 123,
                     "<|im_start|>": 124, "<|im_end|>": 125}  # fmt: skip
         qwen_cls = tf.Qwen2TokenizerFast if compat.qwen_processors_need_qwen2_tokenizer() else None
         tok = _tokenizer(specials, d["text_config"]["vocab_size"], cls=qwen_cls)
-        if model_type == "qwen2_5_vl":  # 14 px patches
+        processor_name, model_name = QWEN_PROCESSED[model_type]
+        if processor_name != "Qwen3VLProcessor":  # 14 px patches
             pixels = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 9}
-            classes = (tf.Qwen2_5_VLProcessor, tf.Qwen2VLVideoProcessor, tf.Qwen2_5_VLConfig,
-                       tf.Qwen2_5_VLForConditionalGeneration)  # fmt: skip
+            video_cls = tf.Qwen2VLVideoProcessor
         else:  # 16 px patches
             pixels = {"patch_size": 16, "min_pixels": 32 * 32 * 4, "max_pixels": 32 * 32 * 9}
-            classes = (tf.Qwen3VLProcessor, tf.Qwen3VLVideoProcessor, tf.Qwen3VLConfig,
-                       tf.Qwen3VLForConditionalGeneration)  # fmt: skip
-        processor_cls, video_cls, config_cls, model_cls = classes
+            video_cls = tf.Qwen3VLVideoProcessor
+        processor_cls, model_cls = getattr(tf, processor_name), getattr(tf, model_name)
+        config_cls = model_cls.config_class
         processor = processor_cls(
             image_processor=tf.Qwen2VLImageProcessor(**pixels), tokenizer=tok, video_processor=video_cls(**pixels),
             chat_template=QWEN_TEMPLATE,

@@ -12,6 +12,20 @@ from agci import compat
 
 CONFIGS = json.loads((Path(__file__).parent / "fixtures" / "tiny_configs.json").read_text())
 PAD = 0
+OLDER = ("4.57.6", "5.6.0")  # the releases `make test-versions` overlays; anything else is "newest"
+
+
+def version_label() -> str:
+    import transformers
+
+    return transformers.__version__ if transformers.__version__ in OLDER else "newest"
+
+
+def families_here() -> list[str]:
+    """The families whose tests run on the installed transformers: the registry's ``tested`` says where."""
+    from agci.patches.families import FAMILIES
+
+    return [t for t, f in FAMILIES.items() if version_label() in f.tested]
 
 
 @dataclass
@@ -44,12 +58,19 @@ class Case:
             ids.append(torch.cat(parts, 1))
             mask.append(torch.cat(mparts, 1))
         out = {"input_ids": torch.cat(ids), "attention_mask": torch.cat(mask)}
+        if "token_type_ids" in self.samples[0]:  # PaliGemma: 0 over the prompt (its prefix), as its processor gives
+            out["token_type_ids"] = torch.zeros_like(out["input_ids"])
         for key in self.samples[0]:
             if key not in out and key != "mm_token_type_ids":
                 out[key] = torch.cat([s[key] for s in self.samples])
         if "mm_token_type_ids" in self.samples[0]:
             out["mm_token_type_ids"] = (out["input_ids"] == self.image_token).int()
         return out
+
+    def image_inputs(self, batch: dict) -> dict:
+        """The keyword arguments of get_image_features in ``batch``."""
+        text_keys = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+        return {k: v for k, v in batch.items() if k not in text_keys}
 
 
 def _ids(*parts) -> torch.Tensor:
@@ -109,6 +130,71 @@ def build(model_type: str, seed: int = 0, **config_overrides) -> Case:
             {"input_ids": _ids(121, *[120] * 4 * t, 122), "pixel_values": torch.randn(t, 3, 56, 56)} for t in (3, 1)
         ]
         token, tiles = 120, [3, 1]
+    elif model_type in _IMAGES:
+        return _built_from_features(model_type, d)
     else:
         raise ValueError(model_type)
     return Case(model_type, model.eval(), token, samples, tiles)
+
+
+def _qwen_grid(patch: int, grids, channels: int = 3, temporal: int = 2) -> dict:
+    """Flattened patches of images of ``grids`` (h, w in patches), Qwen-style."""
+    pixels = torch.randn(sum(h * w for h, w in grids), channels * temporal * patch * patch)
+    return {"pixel_values": pixels, "image_grid_thw": torch.tensor([[1, h, w] for h, w in grids])}
+
+
+def _padded(sizes, side: int) -> dict:
+    """Images of ``sizes`` (h, w) padded to side x side, with their sizes (Mistral3)."""
+    pixels = torch.zeros(len(sizes), 3, side, side)
+    for i, (h, w) in enumerate(sizes):
+        pixels[i, :, :h, :w] = torch.randn(3, h, w)
+    return {"pixel_values": pixels, "image_sizes": torch.tensor(sizes)}
+
+
+# per family: the image inputs of sample 0 (two images of different sizes where the family allows) and sample 1
+_IMAGES = {
+    **{t: lambda: (_qwen_grid(14, [(4, 4), (4, 6)]), _qwen_grid(14, [(4, 8)]))
+       for t in ("qwen2_vl", "glm4v", "glm46v")},
+    **{t: lambda: (_qwen_grid(16, [(4, 4), (4, 6)]), _qwen_grid(16, [(4, 8)]))
+       for t in ("qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")},
+    "kimi_k25": lambda: tuple(
+        {"pixel_values": torch.randn(sum(h * w for h, w in g), 3, 14, 14),
+         "image_grid_thw": torch.tensor([[1, h, w] for h, w in g])} for g in ([(4, 4), (4, 6)], [(4, 8)])),
+    "gemma3": lambda: ({"pixel_values": torch.randn(2, 3, 32, 32)}, {"pixel_values": torch.randn(1, 3, 32, 32)}),
+    "paligemma": lambda: ({"pixel_values": torch.randn(2, 3, 32, 32)}, {"pixel_values": torch.randn(1, 3, 32, 32)}),
+    "mistral3": lambda: (_padded([(32, 64), (64, 64)], 64), _padded([(64, 48)], 64)),
+    "llava_onevision": lambda: (
+        {"pixel_values": torch.randn(2, 5, 3, 28, 28), "image_sizes": torch.tensor([[40, 60], [30, 30]])},
+        {"pixel_values": torch.randn(1, 5, 3, 28, 28), "image_sizes": torch.tensor([[56, 28]])}),
+}  # fmt: skip
+IMAGE_TOKEN, BEFORE, AFTER = 120, 122, 123
+
+
+def _built_from_features(model_type: str, config: dict) -> Case:
+    """A family built from its registry classes: each image's placeholder run is as long as the features the
+    stock get_image_features returns for it, between two marker tokens (as processors write them)."""
+    import importlib
+    import inspect
+
+    from agci.patches.families import FAMILIES
+
+    family = FAMILIES[model_type]
+    module = importlib.import_module(family.module)
+    outer = getattr(module, family.outer_class)
+    model = outer(outer.config_class(**config)).eval()
+    for param in model.parameters():  # Gemma 3's projector starts at zero: AGCI would have nothing to act on
+        if param.dim() > 1 and not param.detach().abs().sum():
+            torch.nn.init.normal_(param, std=0.02)
+    takes_types = "mm_token_type_ids" in inspect.signature(model.forward).parameters
+    samples = []
+    for images in _IMAGES[model_type]():
+        with torch.no_grad():
+            features = compat.image_features_per_image(model.model.get_image_features(**images))
+        ids = [t for f in features for t in (BEFORE, *[IMAGE_TOKEN] * f.shape[0], AFTER)]
+        sample = {"input_ids": _ids(*ids), **images}
+        if takes_types:
+            sample["mm_token_type_ids"] = (sample["input_ids"] == IMAGE_TOKEN).int()
+        if model_type == "paligemma":  # prefix-LM attention: without it the stock model is not batch-invariant
+            sample["token_type_ids"] = torch.zeros_like(sample["input_ids"])
+        samples.append(sample)
+    return Case(model_type, model, IMAGE_TOKEN, samples)

@@ -319,20 +319,19 @@ def similarity_from_inputs(vlm: LoadedVLM, inputs: dict, captions: list[str], po
 
 
 def _group_tiles(vlm, inputs, features, n_images) -> list[torch.Tensor]:
-    """Tiled families (InternVL) return features per tile; join each image's tiles (counted from the runs of
-    the family's image token)."""
+    """Features per image, by the family's grouping rule (tiles of InternVL, crops of Idefics3 joined)."""
     if len(features) == n_images:
         return list(features)
-    from ..patches.core import tiles_per_image
+    from ..patches.core import image_lengths
     from ..patches.families import FAMILIES
 
     family = FAMILIES[vlm.model.config.model_type]
-    if family.tile_token_attr is None:
+    entries = features
+    if family.grouping == "tile_runs":
+        entries = torch.stack(list(features))
+    lengths = (
+        None if not family.reads_input_ids else image_lengths(family, vlm.model.config, entries, inputs["input_ids"])
+    )
+    if lengths is None or len(lengths) != n_images:
         raise ValueError(f"{family.model_type}: got {len(features)} feature sets for {n_images} images")
-    token_id = getattr(vlm.model.config, family.tile_token_attr)
-    counts = tiles_per_image(inputs["input_ids"], token_id, features[0].shape[0], len(features))
-    out, i = [], 0
-    for t in counts:
-        out.append(torch.cat(list(features[i : i + t])))
-        i += t
-    return out
+    return list(torch.cat([f.reshape(-1, f.shape[-1]) for f in features]).split(lengths))

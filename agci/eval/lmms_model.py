@@ -1,9 +1,10 @@
-"""lmms-eval models with AGCI on, one class for all six families.
+"""lmms-eval models with AGCI on, one class for every supported family.
 
 Every family goes through its own processor and chat template, so one implementation serves them
 all; the registered names (``agci_qwen2_5_vl``, ``agci_llava``, ...) only pin which model types a
-name accepts, so a wrong checkpoint is refused before anything loads. Batches are left padded and
-AGCI is per image, so a sample's answer does not depend on what it is batched with.
+name accepts, so a wrong checkpoint is refused before anything loads; ``agci`` accepts them all.
+Batches are left padded and AGCI is per image, so a sample's answer does not depend on what it is
+batched with.
 
     lmms-eval --model agci_qwen2_5_vl \\
         --model_args pretrained=PATH,global_context_broadcast_lambda=0.5 --tasks pope
@@ -22,7 +23,7 @@ from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
 from ..vlm import chat_messages, processor_inputs
-from .plugin import MODEL_NAMES, model_name_for
+from .plugin import MODEL_NAMES, class_name, model_name_for
 
 log = logging.getLogger(__name__)
 
@@ -263,12 +264,11 @@ _ACCEPTED = tuple(p for p in inspect.signature(AGCIModel.__init__).parameters if
 
 
 def _named(model_name: str) -> type[AGCIModel]:
-    name = f"AGCI_{model_name.removeprefix('agci_')}"
+    name = class_name(model_name)
     return type(name, (AGCIModel,), {"model_name": model_name, "__module__": __name__, "__qualname__": name})
 
 
-AGCIQwen2_5_VL = _named("agci_qwen2_5_vl")
-AGCIQwen3_VL = _named("agci_qwen3_vl")
-AGCIGemma3n = _named("agci_gemma3n")
-AGCIInternVL = _named("agci_internvl")
-AGCILlava = _named("agci_llava")
+# one class per registered name (lmms-eval's manifests point at them by name)
+for _name in MODEL_NAMES:
+    globals()[class_name(_name)] = _named(_name)
+AGCI = globals()["AGCI"]

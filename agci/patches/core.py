@@ -25,11 +25,12 @@ from .families import FAMILIES, SUPPORTED_MODEL_TYPES, Family
 _VIDEO = threading.local()  # set while get_video_features runs, so that its call into get_image_features is skipped
 
 
-def inject(features, lam: float, batch_wide: bool = False, tiles: list[int] | None = None):
-    """AGCI on per-image features as ``get_image_features`` returns them: a list/tuple of ``[n_i, D]``
-    tensors (same type back) or a stacked ``[n, T, D]`` tensor, one image per row, or, with ``tiles``,
-    ``tiles[i]`` consecutive rows per image (InternVL). ``batch_wide``: one mean over all of them, with the
-    reference's formula (scope "reference" of a family whose reference code mixes the batch)."""
+def inject(features, lam: float, batch_wide: bool = False, lengths: list[int] | None = None):
+    """AGCI on features as ``get_image_features`` returns them: a list/tuple of ``[n_i, D]`` tensors (same
+    type back) or a stacked ``[n, T, D]`` tensor, one image per entry or row; with ``lengths``, the tokens of
+    each image, in order, over all entries (families whose entries are tiles or whole samples).
+    ``batch_wide``: one mean over all of them, with the reference's formula (scope "reference" of a family
+    whose reference code mixes the batch)."""
     from ..kernels import global_context_broadcast
     from ..kernels.reference import broadcast_eager_formula
 
@@ -37,20 +38,62 @@ def inject(features, lam: float, batch_wide: bool = False, tiles: list[int] | No
         flat = features.reshape(-1, features.shape[-1])
         if batch_wide:
             return broadcast_eager_formula(flat, lam).view(features.shape)
-        if tiles is not None:
-            per_tile = features.shape[1]
-            return global_context_broadcast(flat, lam, [t * per_tile for t in tiles]).view(features.shape)
+        if lengths is not None:
+            return global_context_broadcast(flat, lam, lengths).view(features.shape)
         return global_context_broadcast(features, lam)  # [N, D] is one image, [n, T, D] n images
     parts = list(features)
     if not parts:
         return features
-    lengths = [p.shape[0] for p in parts]
+    sizes = [p.shape[0] for p in parts]
     packed = torch.cat(parts)
     if batch_wide:
         out = broadcast_eager_formula(packed, lam).to(packed.dtype)
     else:
-        out = global_context_broadcast(packed, lam, lengths)
-    return type(features)(out.split(lengths)) if isinstance(features, tuple) else list(out.split(lengths))
+        out = global_context_broadcast(packed, lam, sizes if lengths is None else lengths)
+    return type(features)(out.split(sizes)) if isinstance(features, tuple) else list(out.split(sizes))
+
+
+def _runs(row: list[int], token_id: int) -> list[tuple[int, int]]:
+    """(start, length) of each unbroken run of ``token_id`` in one row of input_ids."""
+    runs: list[tuple[int, int]] = []
+    for i, t in enumerate(row):
+        if t != token_id:
+            continue
+        if runs and sum(runs[-1]) == i:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    return runs
+
+
+def global_view_lengths(input_ids: torch.Tensor | None, token_id: int, sizes: list[int]) -> list[int]:
+    """Tokens of each image when ``sizes[b]`` tokens come per sample (Idefics3, SmolVLM): in each row, an
+    image is its crop runs of ``token_id`` up to and including its global view, the run that follows the
+    same marker token as the row's last run. Without input_ids, or when the runs do not add up, each
+    sample's tokens count as one image (with a warning in the second case)."""
+    if input_ids is None or input_ids.shape[0] != len(sizes):
+        return [s for s in sizes if s]
+    out = []
+    for row, size in zip(input_ids.tolist(), sizes, strict=True):
+        runs = _runs(row, token_id)
+        if not size and not runs:
+            continue
+        marker = row[runs[-1][0] - 1] if runs and runs[-1][0] > 0 else None
+        images, current = [], 0
+        for start, length in runs:
+            current += length
+            if start > 0 and row[start - 1] == marker:
+                images.append(current)
+                current = 0
+        if current or sum(images) != size:
+            warnings.warn(
+                f"agci: the image-token runs of a sample ({[n for _, n in runs]}) do not end in global views that "
+                f"add up to its {size} image tokens; the sample's images share one global context",
+                stacklevel=4,
+            )
+            images = [size]
+        out += images
+    return out
 
 
 def tiles_per_image(input_ids: torch.Tensor | None, token_id: int, tokens_per_tile: int, n_tiles: int) -> list[int]:
@@ -67,10 +110,22 @@ def tiles_per_image(input_ids: torch.Tensor | None, token_id: int, tokens_per_ti
         warnings.warn(
             f"agci: the image-token runs in input_ids ({runs}) do not match {n_tiles} tiles of {tokens_per_tile} "
             "tokens; each tile gets its own global context",
-            stacklevel=3,
+            stacklevel=4,
         )
         return [1] * n_tiles
     return [r // tokens_per_tile for r in runs]
+
+
+def image_lengths(family: Family, config, features, input_ids: torch.Tensor | None) -> list[int] | None:
+    """Tokens per image over all entries of ``features``, by the family's grouping rule (None: one image
+    per entry, as returned)."""
+    token_id = getattr(config, family.image_token_attr)
+    if family.grouping == "tile_runs" and isinstance(features, torch.Tensor) and features.ndim == 3:
+        per_tile = features.shape[1]
+        return [t * per_tile for t in tiles_per_image(input_ids, token_id, per_tile, features.shape[0])]
+    if family.grouping == "global_view" and isinstance(features, list | tuple):
+        return global_view_lengths(input_ids, token_id, [f.shape[0] for f in features])
+    return None
 
 
 @contextlib.contextmanager
@@ -89,7 +144,8 @@ def _input_ids_of(args, kwargs):
 
 
 def _wrap_forward_keeping_ids(original):
-    """Inner model forward: keep input_ids where get_image_features can find them (InternVL)."""
+    """Inner model forward: keep input_ids where get_image_features can find them (families whose grouping
+    reads them)."""
 
     @functools.wraps(original)
     def forward(self, *args, **kwargs):
@@ -101,7 +157,7 @@ def _wrap_forward_keeping_ids(original):
 
 
 def _wrap_generate_keeping_ids(original):
-    """Outer model generate: 5.x computes image features before the first forward (InternVL)."""
+    """Outer model generate: 5.x may compute image features before the first forward (InternVL)."""
 
     @functools.wraps(original)
     def generate(self, *args, **kwargs):
@@ -127,12 +183,10 @@ def _wrap_image_features(original, family: Family):
         output = original(self, *args, **kwargs)
 
         def apply(features):
-            tiles = None
-            if family.tile_token_attr and isinstance(features, torch.Tensor) and features.ndim == 3:
-                token = getattr(self.config, family.tile_token_attr)
-                ids = self.__dict__.get("_agci_input_ids")
-                tiles = tiles_per_image(ids, token, features.shape[1], features.shape[0])
-            return inject(features, lam, batch_wide, tiles)
+            lengths = None
+            if family.reads_input_ids:
+                lengths = image_lengths(family, self.config, features, self.__dict__.get("_agci_input_ids"))
+            return inject(features, lam, batch_wide, lengths)
 
         output = compat.map_image_features(output, apply)
         return output.to_tuple() if wants_tuple else output
@@ -199,10 +253,24 @@ def check_model_type(model_type: str | None, where: str = "") -> None:
         )
 
 
+def installed_families() -> tuple[str, ...]:
+    """The supported model types that the installed transformers has."""
+    return tuple(t for t, f in FAMILIES.items() if compat.transformers_at_least(f.since))
+
+
 def family_classes(model_type: str) -> tuple[type, type]:
+    """(inner, outer) model classes of ``model_type``; ValueError naming the transformers version that has
+    the family when the installed one does not."""
     check_model_type(model_type)
     compat.check_transformers_supported()
     family = FAMILIES[model_type]
+    if not compat.transformers_at_least(family.since):
+        import transformers
+
+        raise ValueError(
+            f"model type {model_type!r} ({family.name}) needs transformers >= {family.since}, found "
+            f"{transformers.__version__}: pip install -U 'transformers>={family.since}'"
+        )
     module = importlib.import_module(family.module)
     return getattr(module, family.inner_class), getattr(module, family.outer_class)
 
@@ -250,18 +318,19 @@ def _wrappers(family: Family, inner: type) -> list[tuple[str, str, object]]:
     out = [("inner", "get_image_features", functools.partial(_wrap_image_features, family=family))]
     if "get_video_features" in inner.__dict__:
         out.append(("inner", "get_video_features", _wrap_video_features))
-    if family.tile_token_attr:
+    if family.reads_input_ids:
         out += [("inner", "forward", _wrap_forward_keeping_ids), ("outer", "generate", _wrap_generate_keeping_ids)]
     return out
 
 
 def patch(model_types=None) -> PatchHandle:
-    """Make every model of the given types (default: all supported) honour the config key.
+    """Make every model of the given types (default: all supported that the installed transformers has)
+    honour the config key.
 
     Class-level and idempotent: types already patched are left as they are. Returns a handle whose
     ``undo()`` restores exactly what this call changed."""
     if model_types is None:
-        model_types = SUPPORTED_MODEL_TYPES
+        model_types = installed_families()
     elif isinstance(model_types, str):
         model_types = [model_types]
     handle = PatchHandle()
@@ -286,7 +355,7 @@ def unpatch() -> None:
 
 def _inner_model(model: torch.nn.Module):
     inner_classes = {}
-    for model_type in SUPPORTED_MODEL_TYPES:
+    for model_type in installed_families():
         with contextlib.suppress(ImportError, AttributeError):
             inner_classes[family_classes(model_type)[0]] = model_type
     for module in model.modules():

@@ -1,53 +1,141 @@
-"""The supported model families: where their classes live (no torch or transformers import here)."""
+"""The supported model families: everything agci knows about a model type, in one record each.
+
+No torch or transformers import here: the CLI's table, the lmms-eval entry points, the LLaMA-Factory
+recipe checks and the patches all read these records. Adding a family is one record here plus its tiny
+test config (``tests/fixtures/tiny_configs.json``) and its case in ``tests/vlm_cases.py``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+# How the features the hook returns group into images; each rule has one implementation in patches.core.
+GROUPINGS = {
+    "per_image": "one entry per image (a list of [n_i, D] or stacked [n, T, D] rows)",
+    "tile_runs": "one row per tile; an image is one unbroken run of the image token in input_ids",
+    "global_view": "one entry per sample; an image is its crop runs up to and including its global view, "
+    "read from input_ids (the run after the same marker token as the sample's last run)",
+}
+HOOKS = {"get_image_features": "the inner model's get_image_features, after the projector"}
+NO_REFERENCE = "no reference code: the paper's per-image formula (the same as scope image)"
+BATCH_NOTE = "one mean over all images of the batch (after torch.cat of the image embeds): reproduced"
+
 
 @dataclass(frozen=True)
 class Family:
     model_type: str
-    module: str
+    name: str  # as people call it
     inner_class: str
     outer_class: str
-    # Scope "reference" (the authors' code): "batch" = one mean over every image of a get_image_features
-    # call, "image" = one mean per image. The note says what that reproduces and what it does not.
-    reference_mean: str
-    reference_note: str
-    # InternVL: features come per tile; an image is one unbroken run of this token in input_ids.
-    tile_token_attr: str | None = None
+    # first transformers release with the family (major.minor; agci's floor is 4.57, so older ones say 4.57)
+    since: str
+    grouping: str = "per_image"
+    hook: str = "get_image_features"
+    # the config attribute holding the image token id (grouping rules that read input_ids, probes)
+    image_token_attr: str = "image_token_id"
+    videos: bool = False  # the inner model has get_video_features (left alone unless asked)
+    llamafactory_templates: tuple[str, ...] = ()  # LLaMA-Factory 0.9.5's templates for it; () none
+    # scope "reference" (the authors' code): "batch" = one mean over every image of a call, "image" = per image
+    reference_mean: str = "image"
+    reference_note: str = NO_REFERENCE
+    # transformers versions the test suite runs this family on ("newest": what `make setup` installs); the
+    # tests read this, so a family is listed here exactly when its tests ran there
+    tested: tuple[str, ...] = ("newest",)
 
     def __post_init__(self):
         if self.reference_mean not in ("batch", "image"):
             raise ValueError(f"{self.model_type}: reference_mean must be 'batch' or 'image'")
+        if self.grouping not in GROUPINGS:
+            raise ValueError(f"{self.model_type}: grouping must be one of {', '.join(GROUPINGS)}")
+        if self.hook not in HOOKS:
+            raise ValueError(f"{self.model_type}: hook must be one of {', '.join(HOOKS)}")
+
+    @property
+    def module(self) -> str:
+        return f"transformers.models.{self.model_type}.modeling_{self.model_type}"
+
+    @property
+    def lmms_eval_name(self) -> str:
+        return f"agci_{self.model_type}"
+
+    @property
+    def reads_input_ids(self) -> bool:
+        """The grouping needs the input_ids of the forward or generate that asked for the features."""
+        return self.grouping != "per_image"
 
 
-_M = "transformers.models."
-_BATCH_NOTE = "one mean over all images of the batch (after torch.cat of the image embeds): reproduced"
-FAMILIES = {
-    f.model_type: f
-    for f in (
-        Family("llava", _M + "llava.modeling_llava", "LlavaModel", "LlavaForConditionalGeneration",
-               reference_mean="image",
-               reference_note="no reference code (the paper used the original LLaVA code): the paper's per-image "
-               "formula (the same as scope image)"),
-        Family("llava_next", _M + "llava_next.modeling_llava_next", "LlavaNextModel",
-               "LlavaNextForConditionalGeneration", reference_mean="batch",
-               reference_note=_BATCH_NOTE + ", except that the reference's mean also takes the image_newline "
-               "tokens, which transformers adds after get_image_features (the one known deviation)"),
-        Family("qwen2_5_vl", _M + "qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VLModel",
-               "Qwen2_5_VLForConditionalGeneration", reference_mean="batch", reference_note=_BATCH_NOTE),
-        Family("qwen3_vl", _M + "qwen3_vl.modeling_qwen3_vl", "Qwen3VLModel", "Qwen3VLForConditionalGeneration",
-               reference_mean="batch", reference_note=_BATCH_NOTE),
-        Family("gemma3n", _M + "gemma3n.modeling_gemma3n", "Gemma3nModel", "Gemma3nForConditionalGeneration",
-               reference_mean="image",
-               reference_note="[B, N, D], mean over dim 1, one per image: reproduced (the same as scope image)"),
-        Family("internvl", _M + "internvl.modeling_internvl", "InternVLModel", "InternVLForConditionalGeneration",
-               reference_mean="batch",
-               reference_note="one mean over all tiles of the batch: reproduced; the reference also uses lambda "
-               "0.5 whenever lambda > 0, which agci does not: set lambda 0.5 to reproduce its numbers",
-               tile_token_attr="image_token_id"),
-    )
-}  # fmt: skip
+OLD = ("4.57.6", "5.6.0", "newest")
+_FAMILIES = (
+    Family("llava", "LLaVA-1.5", "LlavaModel", "LlavaForConditionalGeneration", since="4.57",
+           llamafactory_templates=("llava",), tested=OLD,
+           reference_note="no reference code (the paper used the original LLaVA code): the paper's per-image "
+           "formula (the same as scope image)"),
+    Family("llava_next", "LLaVA-NeXT", "LlavaNextModel", "LlavaNextForConditionalGeneration", since="4.57",
+           llamafactory_templates=("llava_next", "llava_next_mistral", "llava_next_llama3", "llava_next_qwen",
+                                   "llava_next_yi"),
+           reference_mean="batch", tested=OLD,
+           reference_note=BATCH_NOTE + ", except that the reference's mean also takes the image_newline tokens, "
+           "which transformers adds after get_image_features (the one known deviation)"),
+    Family("qwen2_5_vl", "Qwen2.5-VL", "Qwen2_5_VLModel", "Qwen2_5_VLForConditionalGeneration", since="4.57",
+           videos=True, llamafactory_templates=("qwen2_vl",), reference_mean="batch", reference_note=BATCH_NOTE,
+           tested=OLD),
+    Family("qwen3_vl", "Qwen3-VL", "Qwen3VLModel", "Qwen3VLForConditionalGeneration", since="4.57", videos=True,
+           llamafactory_templates=("qwen3_vl_nothink", "qwen3_vl"), reference_mean="batch",
+           reference_note=BATCH_NOTE, tested=OLD),
+    Family("gemma3n", "Gemma 3n", "Gemma3nModel", "Gemma3nForConditionalGeneration", since="4.57",
+           llamafactory_templates=("gemma3n",), tested=OLD,
+           reference_note="[B, N, D], mean over dim 1, one per image: reproduced (the same as scope image)"),
+    Family("internvl", "InternVL", "InternVLModel", "InternVLForConditionalGeneration", since="4.57",
+           grouping="tile_runs", llamafactory_templates=("intern_vl",), reference_mean="batch",
+           tested=OLD,
+           reference_note="one mean over all tiles of the batch: reproduced; the reference also uses lambda 0.5 "
+           "whenever lambda > 0, which agci does not: set lambda 0.5 to reproduce its numbers"),
+    Family("qwen2_vl", "Qwen2-VL", "Qwen2VLModel", "Qwen2VLForConditionalGeneration", since="4.57", videos=True,
+           llamafactory_templates=("qwen2_vl",)),
+    Family("qwen3_vl_moe", "Qwen3-VL-MoE", "Qwen3VLMoeModel", "Qwen3VLMoeForConditionalGeneration", since="4.57",
+           videos=True, llamafactory_templates=("qwen3_vl_nothink", "qwen3_vl")),
+    Family("qwen3_5", "Qwen3.5", "Qwen3_5Model", "Qwen3_5ForConditionalGeneration", since="5.2", videos=True,
+           llamafactory_templates=("qwen3_5", "qwen3_5_nothink")),
+    Family("qwen3_5_moe", "Qwen3.5-MoE", "Qwen3_5MoeModel", "Qwen3_5MoeForConditionalGeneration", since="5.2",
+           videos=True, llamafactory_templates=("qwen3_5", "qwen3_5_nothink")),
+    Family("glm4v", "GLM-4.1V", "Glm4vModel", "Glm4vForConditionalGeneration", since="4.57", videos=True,
+           llamafactory_templates=("glm4v",)),
+    Family("glm46v", "GLM-4.6V", "Glm46VModel", "Glm46VForConditionalGeneration", since="5.0", videos=True,
+           llamafactory_templates=("glm4_5v",)),  # LLaMA-Factory lists GLM-4.6V under glm4_5v
+    Family("kimi_k25", "Kimi K2.5", "Kimi_K25Model", "Kimi_K25ForConditionalGeneration", since="5.13", videos=True),
+    Family("gemma3", "Gemma 3", "Gemma3Model", "Gemma3ForConditionalGeneration", since="4.57",
+           llamafactory_templates=("gemma3",)),
+    Family("paligemma", "PaliGemma", "PaliGemmaModel", "PaliGemmaForConditionalGeneration", since="4.57",
+           llamafactory_templates=("paligemma", "paligemma_chat")),
+    Family("mistral3", "Mistral Small 3.1+", "Mistral3Model", "Mistral3ForConditionalGeneration", since="4.57",
+           llamafactory_templates=("mistral_small", "ministral3")),
+    Family("llava_onevision", "LLaVA-OneVision", "LlavaOnevisionModel", "LlavaOnevisionForConditionalGeneration",
+           since="4.57", videos=True),
+)  # fmt: skip
+FAMILIES = {f.model_type: f for f in _FAMILIES}
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
+
+TABLE_COLUMNS = ("model type", "family", "hook", "images from", "transformers", "lmms-eval", "LLaMA-Factory",
+                 "tested on")  # fmt: skip
+
+
+def table_rows() -> list[tuple[str, ...]]:
+    """One row per family, as ``agci families`` and README's support table show it."""
+    return [
+        (f.model_type, f.name, f.hook, f.grouping, f">= {f.since}", f.lmms_eval_name,
+         ", ".join(f.llamafactory_templates) or "none in 0.9.5", ", ".join(f.tested))
+        for f in FAMILIES.values()
+    ]  # fmt: skip
+
+
+def markdown_table() -> str:
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    for row in table_rows():
+        lines.append("| " + " | ".join(f"`{c}`" if i in (0, 5) else c for i, c in enumerate(row)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def text_table() -> str:
+    rows = [TABLE_COLUMNS, *table_rows()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows) + "\n"

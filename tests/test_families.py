@@ -1,0 +1,92 @@
+"""The family registry: every entry has what the rest of the package reads, and the tables match it."""
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from vlm_cases import CONFIGS, families_here
+
+from agci import compat
+from agci.patches import core
+from agci.patches.families import FAMILIES, GROUPINGS, markdown_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("model_type", list(FAMILIES))
+def test_every_family_has_what_the_package_reads(model_type):
+    family = FAMILIES[model_type]
+    assert family.grouping in GROUPINGS and family.name and family.tested
+    assert model_type in CONFIGS, "add the family's tiny config to tests/fixtures/tiny_configs.json"
+    if not compat.transformers_at_least(family.since):
+        pytest.skip(f"transformers here is older than {family.since}, which {model_type} needs")
+    module = importlib.import_module(family.module)
+    inner, outer = getattr(module, family.inner_class), getattr(module, family.outer_class)
+    assert family.hook in inner.__dict__, f"{family.inner_class} defines no {family.hook}"
+    assert family.videos == ("get_video_features" in inner.__dict__)
+    config = outer.config_class(**CONFIGS[model_type])
+    assert config.model_type == model_type
+    assert isinstance(getattr(config, family.image_token_attr), int)
+    from agci.eval import lmms_model
+    from agci.eval.plugin import MODEL_NAMES, class_name
+
+    assert model_type in MODEL_NAMES[family.lmms_eval_name] and model_type in MODEL_NAMES["agci"]
+    assert getattr(lmms_model, class_name(family.lmms_eval_name)).model_name == family.lmms_eval_name
+
+
+def test_the_newest_transformers_runs_every_family():
+    """No family may be registered without its tests on the newest transformers."""
+    assert all("newest" in f.tested for f in FAMILIES.values())
+    from vlm_cases import version_label
+
+    if version_label() == "newest":
+        assert families_here() == list(FAMILIES)
+
+
+def test_a_family_newer_than_the_installed_transformers_is_refused_naming_the_version(monkeypatch):
+    monkeypatch.setattr(compat, "transformers_version", lambda: (4, 57))
+    assert "qwen3_5" not in core.installed_families() and "qwen2_5_vl" in core.installed_families()
+    with pytest.raises(ValueError, match=r"qwen3_5.*needs transformers >= 5\.2.*pip install -U 'transformers>=5\.2'"):
+        core.family_classes("qwen3_5")
+    with pytest.raises(ValueError, match="not supported; supported: llava, llava_next"):
+        core.family_classes("blip_2")
+
+
+def test_readme_support_table_is_the_registry():
+    readme = (ROOT / "README.md").read_text()
+    start, end = "<!-- families:start (agci families --markdown) -->\n", "<!-- families:end -->"
+    assert start in readme and end in readme
+    assert readme.split(start)[1].split(end)[0] == markdown_table()
+
+
+def test_agci_families_prints_every_family():
+    agci = str(Path(sys.executable).parent / "agci")
+    out = subprocess.run([agci, "families"], capture_output=True, text=True, check=True).stdout
+    for t, f in FAMILIES.items():
+        assert any(line.split()[:1] == [t] and f.lmms_eval_name in line for line in out.splitlines()), t
+    md = subprocess.run([agci, "families", "--markdown"], capture_output=True, text=True, check=True).stdout
+    assert md == markdown_table()
+
+
+# -- grouping rules, on input_ids written by hand ---------------------------------------------------------
+T, G, R1, R2, F = 9, 50, 51, 52, 53  # image token, <global-img>, <row_1_col_1>, <row_1_col_2>, <fake_token>
+
+
+def test_global_view_groups_crops_with_their_global_view():
+    # sample 0: an image of two crops (2 tokens each) then its global view, then an image with no crops;
+    # sample 1 (left padded): one image of two crops and its global view
+    one = [1, F, R1, T, T, F, R2, T, T, F, G, T, T, F, 7, F, G, T, T, F, 8]
+    two = [0] * 6 + [1, F, R1, T, T, F, R2, T, T, F, G, T, T, F, 8]
+    ids = torch.tensor([one, two])
+    assert core.global_view_lengths(ids, T, [8, 6]) == [6, 2, 6]
+    assert core.global_view_lengths(None, T, [8, 6]) == [8, 6]  # no input_ids: a sample is one image
+    with pytest.warns(UserWarning, match="do not end in global views"):
+        assert core.global_view_lengths(ids, T, [9, 6]) == [9, 6]
+
+
+def test_a_sample_without_images_adds_no_image():
+    ids = torch.tensor([[0, 1, 5, 6, 7, 8], [1, F, G, T, T, F]])
+    assert core.global_view_lengths(ids, T, [0, 2]) == [2]
