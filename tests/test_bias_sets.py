@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from agci.bias.metrics import bias_figures, occlusion_summary, position_summary
+from agci.bias.metrics import bias_figures, occlusion_summary, position_summary, position_test, similarity_summary
 from agci.bias.probe_sets import MANIFEST, POSITIONS, SetOptions, build, cell_box, compose, read_records, rebuild
 from agci.bias.sources import load_pairs
 from agci.bias.synthetic import synthetic_pairs
@@ -458,3 +458,66 @@ def test_probe_scores_a_reference_records_file_with_the_right_cells(tmp_path):
     assert (pos["scored"], pos["skipped"]) == (3, 0)
     assert pos["positive_count_per_cell"] == [1, 0, 0, 0, 1, 0, 0, 0, 0]
     assert pos["negative_count_per_cell"] == [0, 0, 0, 0, 0, 0, 0, 0, 1]
+
+
+NO_FIGURES = {"spread": None, "std": None, "centre_minus_border": None, "best_cell": None, "worst_cell": None}
+
+
+def test_bias_figures_need_two_known_cells_and_a_known_centre_for_the_centre_figure():
+    assert bias_figures([None] * 9) == NO_FIGURES
+    assert bias_figures([None] * 8 + [0.5]) == NO_FIGURES
+    two = [0.2, None, None, None, 0.8, None, None, None, None]  # exactly two known: mean 0.5
+    assert bias_figures(two) == {"spread": pytest.approx(0.6), "std": pytest.approx(0.3),
+                                 "centre_minus_border": pytest.approx(0.6), "best_cell": "center",
+                                 "worst_cell": "top_left"}  # fmt: skip
+    no_centre = [0.2, None, None, None, None, None, None, None, 0.6]
+    assert bias_figures(no_centre) == {"spread": pytest.approx(0.4), "std": pytest.approx(0.2),
+                                       "centre_minus_border": None, "best_cell": "bottom_right",
+                                       "worst_cell": "top_left"}  # fmt: skip
+
+
+def test_position_test_names_itself_and_its_degrees_of_freedom():
+    rows = [{"pair": "p", "cell": c, "answer": "Yes", "prediction": "Yes" if c else "No"} for c in range(9)]
+    test = position_test(rows)
+    # one pair, found in 8 cells: columns 0 + 8 x 1, T = 8, Q = 8 (9 * 8 - 64) / (9 * 8 - 64) = 8
+    assert test == {"test": "Cochran's Q", "pairs": 1, "df": 8, "q": pytest.approx(8.0),
+                    "p_value": pytest.approx(math.exp(-4) * (1 + 4 + 8 + 64 / 6))}  # fmt: skip
+
+
+def test_skipped_reasons_are_counted_per_reason():
+    rows = [{"id": "a", "cell": 0, "answer": "Yes", "skipped": "missing image: a.jpg"},
+            {"id": "b", "cell": 1, "answer": "No", "skipped": "missing image: b.jpg"},
+            {"id": "c", "cell": 2, "answer": "Yes", "skipped": "unreadable image: c.jpg"}]  # fmt: skip
+    s = position_summary(rows)
+    assert s == {"questions": 3, "scored": 0, "skipped": 3,
+                 "skipped_reasons": {"missing image": 2, "unreadable image": 1}}  # fmt: skip
+
+
+def test_occlusion_share_of_a_middle_cell_leaves_out_the_squares_above_and_left_of_it():
+    """Target in the centre cell of a 3 x 3 map: only square (1, 1) is inside it; the squares above and to
+    its left are not. A cell whose drops are all <= 0 has no share."""
+    rows = [
+        {"id": "a", "cell": 4, "drops": [[0.0, 0.3, 0.0], [0.3, 0.4, 0.0], [0.0, 0.0, 0.0]]},
+        {"id": "b", "cell": 0, "drops": [[0.0, -0.1, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, -0.2]]},
+    ]
+    s = occlusion_summary(rows)
+    share = s["target_cell_share_per_cell"]
+    assert share[4] == pytest.approx(0.4) and share[0] is None
+    assert share[:4] + share[5:] == [None] * 8
+    assert s["bias"] == NO_FIGURES  # one known share
+
+
+def test_similarity_summary_means_per_cell_and_bias_figures():
+    rows = [{"id": "a", "cell": 0, "similarity": 0.2}, {"id": "b", "cell": 0, "similarity": 0.4},
+            {"id": "c", "cell": 4, "similarity": 0.9}, {"id": "d", "cell": 8, "similarity": 0.6},
+            {"id": "e", "cell": 3, "skipped": "missing image: e.jpg"}]  # fmt: skip
+    s = similarity_summary(rows)
+    assert (s["scored"], s["skipped"]) == (4, 1)
+    none = None
+    assert s["mean_similarity_per_cell"] == [pytest.approx(0.3), none, none, none, 0.9, none, none, none, 0.6]
+    # known 0.3, 0.9, 0.6: mean 0.6, std sqrt((0.09 + 0.09 + 0) / 3), centre minus the border mean 0.45
+    assert s["bias"] == {"spread": pytest.approx(0.6), "std": pytest.approx(math.sqrt(0.06)),
+                         "centre_minus_border": pytest.approx(0.45), "best_cell": "center",
+                         "worst_cell": "top_left"}  # fmt: skip
+    assert similarity_summary([]) == {"scored": 0, "skipped": 0, "mean_similarity_per_cell": [None] * 9,
+                                      "bias": NO_FIGURES}  # fmt: skip

@@ -202,3 +202,25 @@ def test_eager_formula_of_reference_repo_equals_ours_for_one_image():
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_eps_threshold_is_on_the_product_of_the_norms():
+    # 1-D tokens: the norm of X_i is abs(X_i) exactly, and cos is exactly 1 wherever it is taken.
+    assert 1e-4 * 1e-4 == reference.EPS  # |X||g| of a lone token 1e-4 is EPS itself: cos taken as 0, w = 1
+    lam = 0.5
+    x = torch.tensor([[1e-4], [1.2e-4], [1.0], [3.0]], dtype=torch.float64)
+    y = agci.global_context_broadcast(x, lam, [1, 1, 2], impl="reference")  # unequal lengths: the packed path
+    # 1e-4: weight 1, Y = X + lam * g; 1.2e-4: g is the token itself (a mean over 1, not 2), |X||g| = 1.44e-8
+    # > EPS, cos = 1, Y = X; the pair: cos = 1, Y = X
+    assert y.flatten().tolist() == [1e-4 + lam * 1e-4, 1.2e-4, 1.0, 3.0]
+    alone = agci.global_context_broadcast(x[:1], lam, impl="reference")  # one [N, D] image: the uniform path
+    assert alone.item() == 1e-4 + lam * 1e-4
+
+
+@pytest.mark.parametrize(
+    "dtype,expected",
+    [(torch.float64, torch.float64), (torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+     (torch.float16, torch.float32)],
+)  # fmt: skip
+def test_compute_dtype_is_float32_except_for_float64(dtype, expected):
+    assert reference.compute_dtype(dtype) == expected
