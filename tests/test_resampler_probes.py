@@ -1,4 +1,4 @@
-"""Resampler probes: boxes, the RCM builder, the feature cache, probes on planted signals, and the
+"""Resampler probes: the RCM builder, the feature cache, probes on planted signals, and the
 ``agci resampler-probe`` steps end to end on tiny random BLIP-2 / InstructBLIP models."""
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from agci.cli import main
-from agci.resampler_probes import boxes
 from agci.resampler_probes.data import CELL_NAMES, RefExample, build_rcm, load_refcocog
 from agci.resampler_probes.features import FeatureCache, extract, load_adapter
 from agci.resampler_probes.probes import TrainConfig, build_probe, train_probe
@@ -25,22 +24,6 @@ from agci.runs import RunFolder
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-
-
-def test_iou_and_giou_on_known_boxes():
-    a = torch.tensor([0.0, 0.0, 2.0, 2.0])
-    assert boxes.iou(a, a).item() == 1.0 and boxes.giou(a, a).item() == 1.0
-    b = torch.tensor([1.0, 1.0, 3.0, 3.0])  # overlap 1, union 7, hull 9
-    assert boxes.iou(a, b).item() == pytest.approx(1 / 7)
-    assert boxes.giou(a, b).item() == pytest.approx(1 / 7 - 2 / 9)
-    c = torch.tensor([3.0, 0.0, 4.0, 1.0])  # disjoint: union 5, hull 8
-    assert boxes.iou(a, c).item() == 0.0 and boxes.giou(a, c).item() == pytest.approx(-3 / 8)
-    assert boxes.xywh_to_cxcywh([10, 20, 30, 40], 100, 200) == [0.25, 0.2, 0.3, 0.2]
-    t = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
-    assert boxes.box_loss(t, t, 2.0, 5.0).item() == pytest.approx(0.0, abs=1e-6)
-    shifted = torch.tensor([[0.6, 0.5, 0.2, 0.2]])  # iou 1/3, hull = union: giou 1/3; l1 0.1
-    assert boxes.box_loss(shifted, t, 2.0, 5.0).item() == pytest.approx(2 * (2 / 3) + 5 * 0.1, abs=1e-5)
-    assert boxes.accuracy_at(torch.cat([t, shifted]), torch.cat([t, t]), 0.5) == 0.5
 
 
 def _synthetic_refer(root: Path, per_cell=(12, 9, 9), extra_centre=6, image_size=(64, 48)):
@@ -487,71 +470,6 @@ def test_train_refuses_bad_options_before_writing(tmp_path, capsys):
         TrainConfig(task="vsr", weight_decay=-1)
     assert main([*train, "--patience", "1", "--giou-weight", "0"]) == 0  # the edges run
     assert len((out / "results.jsonl").read_text().splitlines()) == 3
-
-
-def test_kendall_tau_on_hand_ranked_groups():
-    from agci.resampler_probes.report import _kendall
-
-    acc = [0.2, 0.5, 0.9]
-    # 3 groups: 3! = 6 orders; tau = 1 for one of them and -1 for one, so the two-sided exact p is 2/6
-    assert _kendall(acc, [1, 2, 3]) == {"tau": 1.0, "p": round(1 / 3, 4), "n": 3}
-    assert _kendall(acc, [3, 2, 1]) == {"tau": -1.0, "p": round(1 / 3, 4), "n": 3}
-    # one discordant pair of three: (2 - 1) / 3; every one of the 6 orders has |tau| >= 1/3, so p = 1
-    assert _kendall(acc, [1, 3, 2]) == {"tau": round(1 / 3, 4), "p": 1.0, "n": 3}
-    # 4 groups: pairs (0,1) and (1,2) discordant, the other 4 concordant: (4 - 2) / 6
-    assert _kendall([0.1, 0.4, 0.3, 0.8], [2, 1, 3, 4])["tau"] == round(1 / 3, 4)
-    assert _kendall([0.1, 0.4, 0.3, 0.8], [5, 5, 5, 5]) == {"tau": None, "p": None, "n": 4}  # undefined: no order
-    assert _kendall([0.1, 0.4], [1, 2]) == {"tau": None, "p": None, "n": 2}  # too few groups
-
-
-def test_refcocog_breakdown_on_hand_made_boxes(tmp_path):
-    """Three super-categories (one named by its category, its super-category being empty) with training
-    boxes of unequal width and height: counts, mean areas (w x h), mean centre distances and Kendall's tau
-    of each against the accuracy, all worked out by hand."""
-    from PIL import Image
-
-    from agci.resampler_probes.report import breakdown
-
-    def item(i, split, supercategory, target, category="thing"):
-        return {"id": i, "split": split, "target": target, "category": category, "supercategory": supercategory}
-
-    items = [
-        item("a1", "train", "animal", [0.5, 0.5, 0.2, 0.5]),  # area 0.1, centre distance 0
-        item("k1", "train", "", [0.8, 0.9, 0.4, 0.1], "kite"),  # area 0.04, distance 0.5 (0.3, 0.4)
-        item("k2", "train", "", [0.2, 0.1, 0.2, 0.3], "kite"),  # area 0.06, distance 0.5
-        item("v1", "train", "vehicle", [0.2, 0.1, 0.1, 0.2]),  # area 0.02, distance 0.5
-        item("v2", "train", "vehicle", [0.5, 0.8, 0.3, 0.1]),  # area 0.03, distance 0.3
-        item("v3", "train", "vehicle", [0.5, 0.3, 0.5, 0.4]),  # area 0.2, distance 0.2
-        item("av", "val", "animal", [0.9, 0.9, 0.9, 0.1]),  # not training items: counted nowhere
-        *[item(f"t{k}", "test", s, [0.95, 0.05, 0.9, 0.9], c) for k, (s, c) in
-          enumerate([("animal", "dog"), ("animal", "cat"), ("", "kite"), ("", "kite"), ("vehicle", "car"),
-                     ("vehicle", "bus")])],
-    ]  # fmt: skip
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "items.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
-    correct = {"t0": False, "t1": False, "t2": True, "t3": False, "t4": True, "t5": True}
-    predictions = tmp_path / "predictions.jsonl"
-    predictions.write_text("".join(json.dumps({"id": i, "correct": c}) + "\n" for i, c in correct.items()))
-    out = tmp_path / "report"
-    summary = breakdown(cache, predictions, "refcocog", out)
-    groups = summary["groups"]
-    assert list(groups) == ["animal", "kite", "vehicle"]
-    assert [groups[g]["accuracy"] for g in groups] == [0.0, 0.5, 1.0]
-    assert [groups[g]["test_items"] for g in groups] == [2, 2, 2]
-    assert [groups[g]["train_count"] for g in groups] == [1, 2, 3]
-    assert [groups[g]["mean_area"] for g in groups] == pytest.approx([0.1, 0.05, 0.25 / 3])
-    assert [groups[g]["mean_centre_distance"] for g in groups] == pytest.approx([0.0, 0.5, 1.0 / 3])
-    tau = summary["kendall_tau"]
-    assert tau["train_count"] == {"tau": 1.0, "p": round(1 / 3, 4), "n": 3}  # counts rise with accuracy
-    # areas 0.1, 0.05, 0.083 against accuracies 0, 0.5, 1: two pairs discordant, one concordant
-    assert tau["mean_area"] == {"tau": round(-1 / 3, 4), "p": 1.0, "n": 3}
-    # distances 0, 0.5, 0.33: only the kite-vehicle pair is discordant
-    assert tau["mean_centre_distance"] == {"tau": round(1 / 3, 4), "p": 1.0, "n": 3}
-    assert json.loads((out / "refcocog_breakdown.json").read_text()) == summary
-    with Image.open(out / "refcocog_breakdown.png") as png:
-        assert png.size == (600, 420)  # 5 x 3.5 inches at 120 dpi
-        assert len(png.convert("L").getcolors(maxcolors=1 << 16)) > 2  # bars and labels, not a blank image
 
 
 @pytest.mark.parametrize("kind", ["blip2", "instructblip"])
