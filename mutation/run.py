@@ -34,8 +34,8 @@ MODULES = {  # module -> the pytest arguments that select its tests
     "agci/bias/scoring.py": ["tests/test_bias_probe.py", "-k", "not cli and not distributed and not every_family"],
     "agci/resampler_probes/report.py": ["tests/test_resampler_report.py"],
     "agci/resampler_probes/boxes.py": ["tests/test_resampler_report.py"],
-    "agci/ris/spatial.py": ["tests/test_ris.py"],
-    "agci/eval/scoring.py": ["tests/test_eval.py", "-k", "not command and not agci_eval and not two_processes"],
+    "agci/ris/spatial.py": ["tests/test_ris_spatial.py"],
+    "agci/eval/scoring.py": ["tests/test_eval_scoring.py"],
 }
 EQUIVALENT = ROOT / "mutation" / "equivalent"
 STATUSES = ("killed", "survived", "timeout", "no tests", "suspicious", "skipped", "not checked")

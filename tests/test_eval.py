@@ -44,23 +44,8 @@ def _task_utils(folder: str):
     return module
 
 
-# -- scoring on known predictions ---------------------------------------------------------------------
+# -- scoring on known predictions (the pure functions: tests/test_eval_scoring.py) ----------------------
 CRPE_Q = "What is in the image?\nA. a dog\nB. a cat\nC. a horse\nD. a bird\nAnswer with the option's letter."
-
-
-@pytest.mark.parametrize(
-    "prediction, expected",
-    [("B", "B"), ("(C)", "C"), ("D. a bird", "D"), ("A: a dog", "A"), ("a cat", "B"), ("A cat.", "B"),
-     ("I think B", ""), ("", ""), ("E", "")],
-)  # fmt: skip
-def test_crpe_choice(prediction, expected):
-    assert scoring.crpe_choice(prediction, CRPE_Q) == expected
-
-
-def test_crpe_circular_accuracy_needs_all_four_rotations():
-    records = [{"block": 0, "correct": True}] * 4 + [{"block": 1, "correct": c} for c in (True, True, False, True)]
-    assert scoring.crpe_circular_accuracy(records) == 0.5
-    assert scoring.crpe_circular_accuracy([]) == 0.0
 
 
 def test_crpe_docs_split_by_category_and_numbered_in_blocks_of_four():
@@ -80,32 +65,6 @@ def test_crpe_missing_image_names_the_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("AGCI_CRPE_IMAGES", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="AGCI_CRPE_IMAGES"):
         _task_utils("agci_crpe").crpe_doc_to_visual({"image": "coco/val2017/1.jpg"})
-
-
-def test_hallusion_offline_scores():
-    docs = [  # (category, subcategory, set, figure, question, truth) and the answer given
-        (("VD", "illusion", "0", "0", "0", "1"), "Yes"),
-        (("VD", "illusion", "0", "1", "0", "0"), "yes, it is"),
-        (("VS", "chart", "1", "0", "0", "1"), "No."),
-        (("VS", "chart", "1", "1", "0", "0"), "No, it is not."),
-        (("VD", "illusion", "2", "0", "1", "1"), "I would say yes"),
-    ]
-    keys = ("category", "subcategory", "set_id", "figure_id", "question_id", "gt_answer")
-    records = [scoring.hallusion_record(dict(zip(keys, d, strict=True)), a) for d, a in docs]
-    assert [r["correct"] for r in records] == [True, False, False, True, True]
-    # aAcc 3/5; fAcc over 4 figures (VS figure 0 left out), 3 all right; qAcc over 3 questions, 1 all right
-    assert scoring.hallusion_scores(records) == {"aAcc": 60.0, "fAcc": 75.0, "qAcc": 33.3333}
-    assert scoring.yes_no("Not sure") == "unknown"
-
-
-def test_pope_scores_llava_rule():
-    answers = ["Yes", "Yes, there is a dog.", "There is no dog.", "No", "It is not there. Yes."]
-    truths = ["yes", "no", "yes", "no", "no"]
-    parsed = [scoring.pope_answer(a) for a in answers]
-    assert parsed == ["yes", "yes", "no", "no", "no"]
-    s = scoring.pope_scores([{"answer": a, "truth": t} for a, t in zip(parsed, truths, strict=True)])
-    # tp 1, fp 1, fn 1, tn 2
-    assert s == {"accuracy": 0.6, "precision": 0.5, "recall": 0.5, "f1": 0.5, "yes_ratio": 0.4}
 
 
 def test_builtin_pope_scoring_on_known_answers():

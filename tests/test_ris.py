@@ -21,42 +21,14 @@ from agci.cli import main
 from agci.ris.encoders import Encoder
 from agci.ris.evaluate import ground_truth
 from agci.ris.pipeline import _relation_score, head_phrase, rerank, select_candidates
-from agci.ris.spatial import cluster, mask_iou, spatial_map, summarise
+from agci.ris.spatial import spatial_map
 from agci.runs import RunFolder
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 
-def _grids(regions):
-    return [r.int().tolist() for r in regions]
-
-
-def test_cluster_grows_merges_and_orders_regions():
-    m = torch.tensor([[0.9, 0.8, 0, 0, 0], [0, 0, 0, 0, 0.7], [0, 0, 0, 0, 0.6], [0.5, 0, 0, 0, 0],
-                      [0, 0, 0.95, 0, 0]])  # fmt: skip
-    regions = cluster(m, k=5)
-    assert len(regions) == 4 and regions[0][4, 2] and regions[1][0, 0] and regions[1][0, 1]
-    assert regions[2][1, 4] and regions[2][2, 4] and regions[3][3, 0]
-    assert len(cluster(m, k=2)) == 2  # the first k by their best patch
-    bridge = torch.tensor([[0.9, 0, 0.85], [0, 0.8, 0], [0, 0, 0]])  # (1,1) joins the two corners
-    assert _grids(cluster(bridge)) == [[[1, 0, 1], [0, 1, 0], [0, 0, 0]]]
-    flat = torch.full((3, 3), 0.5)
-    flat[1, 1] = 0.6  # after min-max scaling every other patch is 0: only the peak passes tau
-    assert _grids(cluster(flat)) == [[[0, 0, 0], [0, 1, 0], [0, 0, 0]]]
-
-
-def test_metrics_on_known_masks():
-    a = torch.zeros(4, 4, dtype=torch.bool)
-    a[:2, :2] = True
-    b = torch.zeros(4, 4, dtype=torch.bool)
-    b[:2, :1] = True
-    assert mask_iou(a, b) == 0.5 and mask_iou(a, a) == 1.0
-    s = summarise([2, 4, 0], [4, 4, 8])  # IoUs 0.5, 1, 0
-    assert s["mIoU"] == pytest.approx(0.5) and s["oIoU"] == pytest.approx(6 / 16)
-    assert s["Prec@0.5"] == pytest.approx(2 / 3) and s["Prec@0.9"] == pytest.approx(1 / 3) and s["n"] == 3
-    with pytest.raises(ValueError, match="no expressions"):
-        summarise([], [])
+# the clustering and the metrics on hand-built tensors: tests/test_ris_spatial.py
 
 
 def test_candidates_and_reranking_on_known_scores():
