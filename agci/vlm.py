@@ -114,9 +114,11 @@ def chat_messages(
 
 
 def model_inputs(model: torch.nn.Module, batch) -> dict:
-    """A processor's output ready for ``model``: on its device, floats in its dtype, and without the
-    ``token_type_ids`` that some tokenizers return for models whose forward (and generate) refuses them."""
+    """A processor's output ready for ``model``: on its device, floats in its dtype, without the
+    ``token_type_ids`` that some tokenizers return for models whose forward (and generate) refuses them,
+    and without ``labels`` (PaliGemma's processor returns them; they are for training)."""
     batch = dict(batch)
+    batch.pop("labels", None)
     if "token_type_ids" in batch and "token_type_ids" not in inspect.signature(model.forward).parameters:
         batch.pop("token_type_ids")
     param = next(model.parameters())

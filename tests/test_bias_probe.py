@@ -180,7 +180,8 @@ def test_agci_probe_runs_on_every_family(tmp_path, probe_set, model_type):
         assert tasks["position"]["scored"] == 12 and tasks["similarity"]["scored"] == 12, tasks
         assert tasks["occlusion"]["scored"] == 1, tasks["occlusion"]
     rows = [json.loads(x) for x in _lines(tmp_path / "out" / "lambda_0.25" / "occlusion.jsonl")]
-    assert len(rows[0]["answer_ids"]) == 3 and len(rows[0]["drops"]) == 2 == len(rows[0]["drops"][0])
+    # up to 3 new tokens: an answer ends early at a special token (a random model may generate one)
+    assert 1 <= len(rows[0]["answer_ids"]) <= 3 and len(rows[0]["drops"]) == 2 == len(rows[0]["drops"][0])
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)

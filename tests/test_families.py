@@ -90,3 +90,10 @@ def test_global_view_groups_crops_with_their_global_view():
 def test_a_sample_without_images_adds_no_image():
     ids = torch.tensor([[0, 1, 5, 6, 7, 8], [1, F, G, T, T, F]])
     assert core.global_view_lengths(ids, T, [0, 2]) == [2]
+
+
+def test_every_family_has_a_tiny_checkpoint_with_its_processor_or_a_stated_reason():
+    from tiny_checkpoints import NO_TINY_PROCESSOR, SAVED_WITH_PROCESSOR
+
+    for model_type in FAMILIES:
+        assert (model_type in SAVED_WITH_PROCESSOR) != (model_type in NO_TINY_PROCESSOR), model_type

@@ -33,7 +33,9 @@ def _embeds_reaching_language_model(model, inputs):
     def hook(module, args, kwargs):
         seen["embeds"] = kwargs["inputs_embeds"].detach().clone()
 
-    handle = _inner(model).language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    inner = _inner(model)
+    language_model = getattr(inner, "language_model", None) or inner.text_model  # Idefics3: text_model
+    handle = language_model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         with torch.no_grad():
             model(**inputs)

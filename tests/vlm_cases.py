@@ -35,9 +35,12 @@ class Case:
     image_token: int
     samples: list[dict] = field(default_factory=list)  # per-sample inputs (batch of one)
     tiles: list[int] | None = None  # InternVL: tiles per image, in batch order
+    image_tokens: list[int] | None = None  # Idefics3, SmolVLM: tokens per image over all of the batch's entries
 
     def per_image(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-tile features (InternVL) joined into per-image ones; others pass through."""
+        """Per-tile (InternVL) or per-sample (Idefics3) features split into per-image ones; others pass through."""
+        if self.image_tokens is not None:
+            return list(torch.cat([f.reshape(-1, f.shape[-1]) for f in features]).split(self.image_tokens))
         if self.tiles is None:
             return features
         out, i = [], 0
@@ -62,7 +65,7 @@ class Case:
             out["token_type_ids"] = torch.zeros_like(out["input_ids"])
         for key in self.samples[0]:
             if key not in out and key != "mm_token_type_ids":
-                out[key] = torch.cat([s[key] for s in self.samples])
+                out[key] = torch.cat(_padded_views([s[key] for s in self.samples]))
         if "mm_token_type_ids" in self.samples[0]:
             out["mm_token_type_ids"] = (out["input_ids"] == self.image_token).int()
         return out
@@ -71,6 +74,14 @@ class Case:
         """The keyword arguments of get_image_features in ``batch``."""
         text_keys = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
         return {k: v for k, v in batch.items() if k not in text_keys}
+
+
+def _padded_views(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Idefics3-style [1, views, C, H, W] pixel values padded with all-zero views to the batch's most."""
+    if tensors[0].ndim != 5 or len({t.shape[1] for t in tensors}) == 1:
+        return tensors
+    most = max(t.shape[1] for t in tensors)
+    return [torch.nn.functional.pad(t, (0, 0, 0, 0, 0, 0, 0, most - t.shape[1])) for t in tensors]
 
 
 def _ids(*parts) -> torch.Tensor:
@@ -168,6 +179,41 @@ _IMAGES = {
         {"pixel_values": torch.randn(1, 5, 3, 28, 28), "image_sizes": torch.tensor([[56, 28]])}),
 }  # fmt: skip
 IMAGE_TOKEN, BEFORE, AFTER = 120, 122, 123
+# Idefics3, SmolVLM: views (crops + the global view) of each image, per sample; the pixel values hold them all
+_VIEWS = {t: ([3, 1], [2]) for t in ("idefics3", "smolvlm")}
+_IMAGES.update({t: lambda: ({"pixel_values": torch.randn(1, 4, 3, 32, 32)},
+                            {"pixel_values": torch.randn(1, 2, 3, 32, 32)}) for t in _VIEWS})  # fmt: skip
+
+
+def _gemma4_images() -> tuple[dict, dict]:
+    """Gemma 4's own image processor (patches with their positions); 8 px patches, 2 x 2 pooling."""
+    from PIL import Image
+    from transformers import Gemma4ImageProcessor
+
+    processor = Gemma4ImageProcessor(patch_size=8, max_soft_tokens=70, pooling_kernel_size=2)
+    colours = torch.randint(0, 255, (3, 3)).tolist()
+
+    def encode(sizes):
+        images = [Image.new("RGB", size, tuple(c)) for size, c in zip(sizes, colours, strict=False)]
+        out = processor(images, return_tensors="pt")
+        return {"pixel_values": out["pixel_values"], "image_position_ids": out["image_position_ids"]}
+
+    return encode([(32, 16), (24, 24)]), encode([(16, 32)])
+
+
+_IMAGES["gemma4"] = _gemma4_images
+FAKE, GLOBAL, ROW = 110, 111, 112  # <fake_token_around_image>, <global-img>, <row_1_col_1> (then 113, ...)
+
+
+def _view_ids(views: list[int], tokens_per_view: int) -> list[int]:
+    """input_ids of images of ``views`` views as Idefics3's processor writes them: each crop after its row/col
+    token, then the global view after <global-img>."""
+    ids = []
+    for n in views:
+        for crop in range(n - 1):
+            ids += [FAKE, ROW + crop, *[IMAGE_TOKEN] * tokens_per_view]
+        ids += [FAKE, GLOBAL, *[IMAGE_TOKEN] * tokens_per_view, FAKE, 5]
+    return ids
 
 
 def _built_from_features(model_type: str, config: dict) -> Case:
@@ -186,15 +232,26 @@ def _built_from_features(model_type: str, config: dict) -> Case:
         if param.dim() > 1 and not param.detach().abs().sum():
             torch.nn.init.normal_(param, std=0.02)
     takes_types = "mm_token_type_ids" in inspect.signature(model.forward).parameters
-    samples = []
-    for images in _IMAGES[model_type]():
+    samples, image_tokens = [], []
+    for i, images in enumerate(_IMAGES[model_type]()):
         with torch.no_grad():
             features = compat.image_features_per_image(model.model.get_image_features(**images))
-        ids = [t for f in features for t in (BEFORE, *[IMAGE_TOKEN] * f.shape[0], AFTER)]
+        if model_type in _VIEWS:
+            views = _VIEWS[model_type][i]
+            per_view = sum(f.shape[0] for f in features) // sum(views)  # one entry per sample, or per view
+            ids = _view_ids(views, per_view)
+            image_tokens += [n * per_view for n in views]
+        else:
+            sizes = [f.shape[0] for f in features]
+            if "image_position_ids" in images:  # Gemma 4 (up to 5.6 one [N, D] for all images): sizes from positions
+                pooling = model.config.vision_config.pooling_kernel_size
+                sizes = [int((p != -1).all(-1).sum()) // pooling**2 for p in images["image_position_ids"]]
+                image_tokens += sizes
+            ids = [t for n in sizes for t in (BEFORE, *[IMAGE_TOKEN] * n, AFTER)]
         sample = {"input_ids": _ids(*ids), **images}
         if takes_types:
             sample["mm_token_type_ids"] = (sample["input_ids"] == IMAGE_TOKEN).int()
         if model_type == "paligemma":  # prefix-LM attention: without it the stock model is not batch-invariant
             sample["token_type_ids"] = torch.zeros_like(sample["input_ids"])
         samples.append(sample)
-    return Case(model_type, model, IMAGE_TOKEN, samples)
+    return Case(model_type, model, IMAGE_TOKEN, samples, image_tokens=image_tokens or None)

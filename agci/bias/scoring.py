@@ -150,12 +150,14 @@ def generate_from_inputs(vlm: LoadedVLM, inputs: dict, max_new_tokens: int = 128
     """:func:`generate_answers` on inputs already encoded."""
     with vlm.tokenizer_lock:
         pad, eos = vlm.tokenizer.pad_token_id, vlm.tokenizer.eos_token_id
+        # an answer ends at the first special token: scored again, an image placeholder would ask for an image
+        stop = {pad, eos, *vlm.tokenizer.all_special_ids}
     out = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
     new = out[:, inputs["input_ids"].shape[1] :]
     with vlm.tokenizer_lock:
         texts = vlm.tokenizer.batch_decode(new, skip_special_tokens=True)
     return [
-        {"prediction": parse_answer(t), "generated": t, "answer_ids": _until(ids.tolist(), {pad, eos})}
+        {"prediction": parse_answer(t), "generated": t, "answer_ids": _until(ids.tolist(), stop)}
         for t, ids in zip(texts, new, strict=False)
     ]
 
@@ -278,7 +280,7 @@ def occlusion_map_by_generation(vlm: LoadedVLM, image, prompt: str, mask: int = 
 def _feature_kwargs(vlm: LoadedVLM, inputs: dict) -> dict:
     params = inspect.signature(vlm.model.get_image_features).parameters
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    keys = ("pixel_values", "image_sizes", "image_grid_thw", "pixel_attention_mask")
+    keys = ("pixel_values", "image_sizes", "image_grid_thw", "pixel_attention_mask", "image_position_ids")
     return {k: inputs[k] for k in keys if k in inputs and (k in params or (accepts_any and k == "pixel_values"))}
 
 

@@ -125,7 +125,18 @@ def image_lengths(family: Family, config, features, input_ids: torch.Tensor | No
         return [t * per_tile for t in tiles_per_image(input_ids, token_id, per_tile, features.shape[0])]
     if family.grouping == "global_view" and isinstance(features, list | tuple):
         return global_view_lengths(input_ids, token_id, [f.shape[0] for f in features])
+    if family.grouping == "global_view" and isinstance(features, torch.Tensor) and input_ids is not None:
+        # transformers 5.6 and older: every sample's views stacked in one tensor
+        per_row = (input_ids == token_id).sum(1).tolist()
+        if sum(per_row) == features.shape[0] * features.shape[1]:
+            return global_view_lengths(input_ids, token_id, per_row)
     return None
+
+
+def pooled_patch_lengths(position_ids: torch.Tensor, pooling: int) -> list[int]:
+    """Tokens per image from patch positions ((-1, -1) marks padding), ``pooling`` x ``pooling`` patches per
+    token: Gemma 4 before transformers split its features per image."""
+    return ((position_ids != -1).all(-1).sum(-1) // pooling**2).tolist()
 
 
 @contextlib.contextmanager
@@ -186,6 +197,9 @@ def _wrap_image_features(original, family: Family):
             lengths = None
             if family.reads_input_ids:
                 lengths = image_lengths(family, self.config, features, self.__dict__.get("_agci_input_ids"))
+            elif family.sizes_argument and isinstance(features, torch.Tensor) and features.ndim == 2:
+                positions = kwargs.get(family.sizes_argument, args[1] if len(args) > 1 else None)
+                lengths = pooled_patch_lengths(positions, self.config.vision_config.pooling_kernel_size)
             return inject(features, lam, batch_wide, lengths)
 
         output = compat.map_image_features(output, apply)

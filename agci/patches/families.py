@@ -34,6 +34,9 @@ class Family:
     # the config attribute holding the image token id (grouping rules that read input_ids, probes)
     image_token_attr: str = "image_token_id"
     videos: bool = False  # the inner model has get_video_features (left alone unless asked)
+    # where older releases return all images' tokens as one [N, D] tensor: the hooked method's argument that
+    # gives each image's size (Gemma 4 up to transformers 5.6: image_position_ids)
+    sizes_argument: str | None = None
     llamafactory_templates: tuple[str, ...] = ()  # LLaMA-Factory 0.9.5's templates for it; () none
     # scope "reference" (the authors' code): "batch" = one mean over every image of a call, "image" = per image
     reference_mean: str = "image"
@@ -65,6 +68,7 @@ class Family:
 
 
 OLD = ("4.57.6", "5.6.0", "newest")
+NEW = ("5.6.0", "newest")  # families whose tiny configs use 5.x's rope_parameters, or that 4.57 lacks
 _FAMILIES = (
     Family("llava", "LLaVA-1.5", "LlavaModel", "LlavaForConditionalGeneration", since="4.57",
            llamafactory_templates=("llava",), tested=OLD,
@@ -91,26 +95,33 @@ _FAMILIES = (
            reference_note="one mean over all tiles of the batch: reproduced; the reference also uses lambda 0.5 "
            "whenever lambda > 0, which agci does not: set lambda 0.5 to reproduce its numbers"),
     Family("qwen2_vl", "Qwen2-VL", "Qwen2VLModel", "Qwen2VLForConditionalGeneration", since="4.57", videos=True,
-           llamafactory_templates=("qwen2_vl",)),
+           llamafactory_templates=("qwen2_vl",), tested=NEW),
     Family("qwen3_vl_moe", "Qwen3-VL-MoE", "Qwen3VLMoeModel", "Qwen3VLMoeForConditionalGeneration", since="4.57",
-           videos=True, llamafactory_templates=("qwen3_vl_nothink", "qwen3_vl")),
+           videos=True, llamafactory_templates=("qwen3_vl_nothink", "qwen3_vl"), tested=NEW),
     Family("qwen3_5", "Qwen3.5", "Qwen3_5Model", "Qwen3_5ForConditionalGeneration", since="5.2", videos=True,
-           llamafactory_templates=("qwen3_5", "qwen3_5_nothink")),
+           llamafactory_templates=("qwen3_5", "qwen3_5_nothink"), tested=NEW),
     Family("qwen3_5_moe", "Qwen3.5-MoE", "Qwen3_5MoeModel", "Qwen3_5MoeForConditionalGeneration", since="5.2",
-           videos=True, llamafactory_templates=("qwen3_5", "qwen3_5_nothink")),
+           videos=True, llamafactory_templates=("qwen3_5", "qwen3_5_nothink"), tested=NEW),
     Family("glm4v", "GLM-4.1V", "Glm4vModel", "Glm4vForConditionalGeneration", since="4.57", videos=True,
-           llamafactory_templates=("glm4v",)),
+           llamafactory_templates=("glm4v",), tested=NEW),
     Family("glm46v", "GLM-4.6V", "Glm46VModel", "Glm46VForConditionalGeneration", since="5.0", videos=True,
-           llamafactory_templates=("glm4_5v",)),  # LLaMA-Factory lists GLM-4.6V under glm4_5v
+           llamafactory_templates=("glm4_5v",), tested=NEW),  # LLaMA-Factory lists GLM-4.6V under glm4_5v
     Family("kimi_k25", "Kimi K2.5", "Kimi_K25Model", "Kimi_K25ForConditionalGeneration", since="5.13", videos=True),
     Family("gemma3", "Gemma 3", "Gemma3Model", "Gemma3ForConditionalGeneration", since="4.57",
-           llamafactory_templates=("gemma3",)),
+           llamafactory_templates=("gemma3",), tested=OLD),
+    Family("gemma4", "Gemma 4", "Gemma4Model", "Gemma4ForConditionalGeneration", since="5.5", videos=True,
+           sizes_argument="image_position_ids",
+           llamafactory_templates=("gemma4", "gemma4n"), tested=NEW),
     Family("paligemma", "PaliGemma", "PaliGemmaModel", "PaliGemmaForConditionalGeneration", since="4.57",
-           llamafactory_templates=("paligemma", "paligemma_chat")),
+           llamafactory_templates=("paligemma", "paligemma_chat"), tested=OLD),
     Family("mistral3", "Mistral Small 3.1+", "Mistral3Model", "Mistral3ForConditionalGeneration", since="4.57",
-           llamafactory_templates=("mistral_small", "ministral3")),
+           llamafactory_templates=("mistral_small", "ministral3"), tested=OLD),
     Family("llava_onevision", "LLaVA-OneVision", "LlavaOnevisionModel", "LlavaOnevisionForConditionalGeneration",
-           since="4.57", videos=True),
+           since="4.57", videos=True, tested=OLD),
+    Family("idefics3", "Idefics3", "Idefics3Model", "Idefics3ForConditionalGeneration", since="4.57",
+           grouping="global_view", tested=OLD),
+    Family("smolvlm", "SmolVLM", "SmolVLMModel", "SmolVLMForConditionalGeneration", since="4.57",
+           grouping="global_view", tested=OLD),
 )  # fmt: skip
 FAMILIES = {f.model_type: f for f in _FAMILIES}
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
