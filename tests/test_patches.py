@@ -143,7 +143,7 @@ def test_patch_handle_undoes_only_its_own_changes_and_works_as_a_context_manager
     assert not hasattr(inner.__dict__["get_image_features"], "__agci_original__")
 
 
-@pytest.mark.parametrize("model_type", ["llava", "qwen2_5_vl"])
+@pytest.mark.parametrize("model_type", FAMILIES)
 def test_apply_agci_patches_one_instance_and_revert_removes_it(model_type):
     case = build(model_type)
     other = build(model_type)
@@ -165,6 +165,21 @@ def test_apply_agci_patches_one_instance_and_revert_removes_it(model_type):
         assert "get_image_features" not in _inner(other.model).__dict__
         agci.revert_agci(case.model)
         assert torch.equal(case.model(**inputs).logits, stock)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_save_and_auto_load_keep_the_key_and_the_patched_logits(model_type, tmp_path):
+    case = build(model_type, global_context_broadcast_lambda=0.6)
+    inputs = case.batch()
+    agci.apply_agci(case.model)
+    with torch.no_grad():
+        patched = case.model(**inputs).logits
+    case.model.save_pretrained(tmp_path / "ckpt")
+    agci.revert_agci(case.model)
+    loaded = agci.AutoAGCIModelForImageTextToText.from_pretrained(tmp_path / "ckpt").eval()
+    assert type(loaded) is type(case.model) and loaded.config.global_context_broadcast_lambda == 0.6
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, patched, rtol=1e-5, atol=1e-6)
 
 
 def test_apply_agci_reaches_the_model_inside_a_wrapper():
