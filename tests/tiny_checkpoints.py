@@ -54,6 +54,25 @@ def _tokenizer(specials: dict[str, int], vocab_size: int, named: dict[str, str] 
     return tok
 
 
+def _byte_level_tokenizer(specials: list[str]):
+    """A byte-level BPE trained on WORDS (about 550 tokens, each word one token): for model types whose
+    tokenizer class transformers rebuilds from the vocabulary and merges (Qwen3.5). ``specials`` get the ids
+    after <pad>, <s>, </s>, <unk>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<pad>", "<s>", "</s>", "<unk>", *specials],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )  # fmt: skip
+    core.train_from_iterator([" ".join(WORDS)] * 50 + [w for w in WORDS for _ in range(20)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", padding_side="left")  # fmt: skip
+
+
 def _template(image: str) -> str:
     """A plain chat template whose image part renders as ``image``."""
     return (
@@ -88,18 +107,12 @@ QWEN_PROCESSED = {
     "qwen3_5": ("Qwen3VLProcessor", "Qwen3_5ForConditionalGeneration"),
     "qwen3_5_moe": ("Qwen3VLProcessor", "Qwen3_5MoeForConditionalGeneration"),
 }
-SAVED_WITH_PROCESSOR = ("llava", "llava_next", "qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "internvl",
+SAVED_WITH_PROCESSOR = ("llava", "llava_next", "qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5",
+                        "qwen3_5_moe", "internvl",
                         "gemma3n", "gemma3", "paligemma", "llava_onevision", "mistral3", "idefics3",
                         "smolvlm", "glm4v", "glm46v", "gemma4", "kimi_k25")  # fmt: skip
 # The families whose probe and lmms-eval tests cannot run on a tiny checkpoint here, and why
-NO_TINY_PROCESSOR = {
-    **{
-        t: "transformers loads its own byte-level BPE tokenizer for this model type whatever the checkpoint names "
-        "(MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS), so the tests' word-level tokenizer cannot stand in; the "
-        "processor class (Qwen3VLProcessor) is the one tested with qwen3_vl and qwen3_vl_moe"
-        for t in ("qwen3_5", "qwen3_5_moe")
-    },
-}
+NO_TINY_PROCESSOR: dict[str, str] = {}
 
 
 FIRST_SIX = ("llava", "llava_next", "qwen2_5_vl", "qwen3_vl", "gemma3n", "internvl")
@@ -141,7 +154,14 @@ def save_tiny(model_type: str, out: Path, lam: float | None = None, seed: int = 
         specials = {"<|image_pad|>": 120, "<|video_pad|>": 121, "<|vision_start|>": 122, "<|vision_end|>": 123,
                     "<|im_start|>": 124, "<|im_end|>": 125}  # fmt: skip
         qwen_cls = tf.Qwen2TokenizerFast if compat.qwen_processors_need_qwen2_tokenizer() else None
-        tok = _tokenizer(specials, d["text_config"]["vocab_size"], cls=qwen_cls)
+        if model_type.startswith("qwen3_5"):  # transformers rebuilds Qwen3.5's BPE from the vocabulary and merges
+            tok = _byte_level_tokenizer(list(specials))
+            specials = {name: tok.convert_tokens_to_ids(name) for name in specials}
+            ids = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+            d = {**d, **dict(zip(ids, specials.values(), strict=False)),
+                 "text_config": {**d["text_config"], "vocab_size": 640}}  # fmt: skip
+        else:
+            tok = _tokenizer(specials, d["text_config"]["vocab_size"], cls=qwen_cls)
         processor_name, model_name = QWEN_PROCESSED[model_type]
         if processor_name != "Qwen3VLProcessor":  # 14 px patches
             pixels = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 9}
@@ -156,8 +176,8 @@ def save_tiny(model_type: str, out: Path, lam: float | None = None, seed: int = 
             chat_template=QWEN_TEMPLATE,
         )  # fmt: skip
         config = config_cls(**d)
-        config.text_config.eos_token_id = 125
-        return _finish(model_cls(config), processor, out, lam, 125)
+        config.text_config.eos_token_id = specials["<|im_end|>"]
+        return _finish(model_cls(config), processor, out, lam, specials["<|im_end|>"])
     if model_type == "internvl":
         specials = {"<IMG_CONTEXT>": 120, "<img>": 121, "</img>": 122, "<image>": 123, "<video>": 124}
         named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
