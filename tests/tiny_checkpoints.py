@@ -110,7 +110,8 @@ QWEN_PROCESSED = {
 SAVED_WITH_PROCESSOR = ("llava", "llava_next", "qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5",
                         "qwen3_5_moe", "internvl",
                         "gemma3n", "gemma3", "paligemma", "llava_onevision", "mistral3", "idefics3",
-                        "smolvlm", "glm4v", "glm46v", "gemma4", "kimi_k25")  # fmt: skip
+                        "smolvlm", "glm4v", "glm46v", "gemma4", "kimi_k25", "aya_vision",
+                        "llava_next_video")  # fmt: skip
 # The families whose probe and lmms-eval tests cannot run on a tiny checkpoint here, and why
 NO_TINY_PROCESSOR: dict[str, str] = {}
 
@@ -301,7 +302,31 @@ def _kimi_k25(d, tf):
     ), tf.Kimi_K25ForConditionalGeneration  # fmt: skip
 
 
+def _aya_vision(d, tf):
+    """Tiles of 32 px (up to 4, then the global view), 4 tokens each, as Aya Vision's processor writes them."""
+    specials = {"<|IMG_PATCH|>": 120, "<|START_OF_IMG|>": 122, "<|END_OF_IMG|>": 123, "<|IMG_LINE_BREAK|>": 124,
+                "<image>": 125}  # fmt: skip
+    image_processor = tf.GotOcr2ImageProcessor(size={"height": 32, "width": 32}, crop_to_patches=True,
+                                               min_patches=1, max_patches=4)  # fmt: skip
+    return tf.AyaVisionProcessor(
+        image_processor=image_processor, tokenizer=_tokenizer(specials, 128, {"image_token": "<image>"}),
+        patch_size=8, img_size=32, downsample_factor=2, chat_template=_template("<image>"),
+    ), tf.AyaVisionForConditionalGeneration  # fmt: skip
+
+
+def _llava_next_video(d, tf):
+    tok = _tokenizer({"<image>": 120, "<video>": 121}, 128, {"image_token": "<image>", "video_token": "<video>"})
+    common = {"size": {"shortest_edge": 28}, "crop_size": {"height": 28, "width": 28}}
+    return tf.LlavaNextVideoProcessor(
+        video_processor=tf.LlavaNextVideoVideoProcessor(**common), tokenizer=tok,
+        image_processor=tf.LlavaNextImageProcessor(**common, image_grid_pinpoints=d["image_grid_pinpoints"]),
+        patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=_template("<image>\n"),
+    ), tf.LlavaNextVideoForConditionalGeneration  # fmt: skip
+
+
 _BUILDERS = {
+    "aya_vision": _aya_vision, "llava_next_video": _llava_next_video,
     "kimi_k25": _kimi_k25,
     "glm4v": lambda d, tf: _glm(d, tf, "glm4v"), "glm46v": lambda d, tf: _glm(d, tf, "glm46v"), "gemma4": _gemma4,
     "gemma3": _gemma3, "paligemma": _paligemma, "llava_onevision": _llava_onevision, "mistral3": _mistral3,

@@ -180,9 +180,17 @@ _IMAGES = {
 }  # fmt: skip
 IMAGE_TOKEN, BEFORE, AFTER = 120, 122, 123
 # Idefics3, SmolVLM: views (crops + the global view) of each image, per sample; the pixel values hold them all
-_VIEWS = {t: ([3, 1], [2]) for t in ("idefics3", "smolvlm")}
-_IMAGES.update({t: lambda: ({"pixel_values": torch.randn(1, 4, 3, 32, 32)},
-                            {"pixel_values": torch.randn(1, 2, 3, 32, 32)}) for t in _VIEWS})  # fmt: skip
+_VIEWS = {t: ([3, 1], [2]) for t in ("idefics3", "smolvlm", "aya_vision")}
+_IMAGES.update(
+    {
+        t: lambda: ({"pixel_values": torch.randn(1, 4, 3, 32, 32)}, {"pixel_values": torch.randn(1, 2, 3, 32, 32)})
+        for t in ("idefics3", "smolvlm")
+    }
+)
+# Aya Vision: every tile of the batch in one [tiles, C, H, W]
+_IMAGES["aya_vision"] = lambda: ({"pixel_values": torch.randn(4, 3, 32, 32)},
+                                 {"pixel_values": torch.randn(2, 3, 32, 32)})  # fmt: skip
+_IMAGES["llava_next_video"] = _IMAGES["llava_onevision"]
 
 
 def _gemma4_images() -> tuple[dict, dict]:
@@ -238,7 +246,8 @@ def _built_from_features(model_type: str, config: dict) -> Case:
             features = compat.image_features_per_image(model.model.get_image_features(**images))
         if model_type in _VIEWS:
             views = _VIEWS[model_type][i]
-            per_view = sum(f.shape[0] for f in features) // sum(views)  # one entry per sample, or per view
+            tokens = sum(f.numel() // f.shape[-1] for f in features)  # per sample or per view, 2-D to 4-D
+            per_view = tokens // sum(views)
             ids = _view_ids(views, per_view)
             image_tokens += [n * per_view for n in views]
         else:

@@ -329,7 +329,7 @@ def _group_tiles(vlm, inputs, features, n_images) -> list[torch.Tensor]:
 
     family = FAMILIES[vlm.model.config.model_type]
     entries = features
-    if family.grouping == "tile_runs":
+    if family.grouping == "tile_runs" or len({f.shape for f in features}) == 1:  # rows of one stacked tensor
         entries = torch.stack(list(features))
     lengths = (
         None if not family.reads_input_ids else image_lengths(family, vlm.model.config, entries, inputs["input_ids"])

@@ -126,9 +126,9 @@ def image_lengths(family: Family, config, features, input_ids: torch.Tensor | No
     if family.grouping == "global_view" and isinstance(features, list | tuple):
         return global_view_lengths(input_ids, token_id, [f.shape[0] for f in features])
     if family.grouping == "global_view" and isinstance(features, torch.Tensor) and input_ids is not None:
-        # transformers 5.6 and older: every sample's views stacked in one tensor
+        # every sample's views stacked in one tensor (Aya Vision; Idefics3 up to transformers 5.6)
         per_row = (input_ids == token_id).sum(1).tolist()
-        if sum(per_row) == features.shape[0] * features.shape[1]:
+        if sum(per_row) == features.numel() // features.shape[-1]:
             return global_view_lengths(input_ids, token_id, per_row)
     return None
 

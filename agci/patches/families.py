@@ -122,6 +122,12 @@ _FAMILIES = (
            grouping="global_view", tested=OLD),
     Family("smolvlm", "SmolVLM", "SmolVLMModel", "SmolVLMForConditionalGeneration", since="4.57",
            grouping="global_view", tested=OLD),
+    Family("aya_vision", "Aya Vision", "AyaVisionModel", "AyaVisionForConditionalGeneration", since="4.57",
+           grouping="global_view", tested=OLD),
+    Family("llava_next_video", "LLaVA-NeXT-Video", "LlavaNextVideoModel", "LlavaNextVideoForConditionalGeneration",
+           since="4.57", videos=True,
+           llamafactory_templates=("llava_next_video", "llava_next_video_mistral", "llava_next_video_yi"),
+           tested=OLD),
 )  # fmt: skip
 FAMILIES = {f.model_type: f for f in _FAMILIES}
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
