@@ -161,6 +161,19 @@ def test_wrong_family_and_unknown_args_are_refused(tiny_qwen):
         AGCI_qwen2_5_vl(pretrained=str(tiny_qwen), global_context_broadcast_lambda=-1, device="cpu")
 
 
+def test_the_generic_name_serves_every_family_and_refuses_an_unsupported_type(tiny, tmp_path):
+    from agci.eval.lmms_model import AGCI
+
+    for model_type in ("llava", "qwen2_5_vl"):
+        model = AGCI(pretrained=str(tiny(model_type)), device="cpu")
+        assert model.model.config.model_type == model_type and model.model_name == "agci"
+    config = json.loads((tiny("llava") / "config.json").read_text())
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    with pytest.raises(ValueError, match="model type 'llama' is not supported; supported: llava, llava_next"):
+        AGCI(pretrained=str(tmp_path / "other"), device="cpu")
+
+
 def test_lambda_argument_overrides_the_checkpoint(tiny_qwen):
     from agci.eval.lmms_model import AGCI_qwen2_5_vl
 
