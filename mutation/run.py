@@ -31,7 +31,12 @@ MODULES = {  # module -> the pytest arguments that select its tests
     "agci/kernels/reference.py": ["tests/test_op_reference.py"],
     "agci/patches/core.py": ["tests/test_patches.py", "tests/test_patches_units.py"],
     "agci/bias/metrics.py": ["tests/test_bias_sets.py"],
-    "agci/bias/scoring.py": ["tests/test_bias_probe.py", "-k", "not cli and not distributed and not every_family"],
+    "agci/bias/scoring.py": [
+        "tests/test_scoring_units.py",
+        "tests/test_bias_probe.py",
+        "-k",
+        "not cli and not distributed and not every_family",
+    ],
     "agci/resampler_probes/report.py": ["tests/test_resampler_probes.py"],
     "agci/resampler_probes/boxes.py": ["tests/test_resampler_probes.py"],
     "agci/ris/spatial.py": ["tests/test_ris.py"],
