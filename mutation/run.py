@@ -29,9 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = {  # module -> the pytest arguments that select its tests
     "agci/kernels/reference.py": ["tests/test_op_reference.py"],
-    "agci/patches/core.py": ["tests/test_patches.py"],
+    "agci/patches/core.py": ["tests/test_patches.py", "tests/test_patches_units.py"],
     "agci/bias/metrics.py": ["tests/test_bias_sets.py"],
-    "agci/bias/scoring.py": ["tests/test_bias_probe.py", "-k", "not cli and not distributed and not every_family"],
+    "agci/bias/scoring.py": ["tests/test_scoring_units.py", "tests/test_bias_probe.py", "-k",
+                             "not cli and not distributed and not every_family"],  # fmt: skip
     "agci/resampler_probes/report.py": ["tests/test_resampler_report.py"],
     "agci/resampler_probes/boxes.py": ["tests/test_resampler_report.py"],
     "agci/ris/spatial.py": ["tests/test_ris_spatial.py"],

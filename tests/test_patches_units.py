@@ -1,0 +1,363 @@
+"""agci.patches.core piece by piece: the pure helpers with hand-worked inputs, and the patch bookkeeping on tiny
+models (kills the mutants tests/test_patches.py leaves alive)."""
+
+import gc
+import sys
+import types
+import warnings
+
+import pytest
+import torch
+from conftest import per_image_formula
+from vlm_cases import build
+
+import agci
+from agci import compat
+from agci.patches import core
+from agci.patches.families import FAMILIES, Family
+
+TOKEN = 9  # the image token of the hand-made input_ids
+CROP, GLOBAL = 50, 60  # markers before a crop run and before the global view run
+
+
+@pytest.fixture(autouse=True)
+def _clean_patches():
+    agci.unpatch()
+    yield
+    agci.unpatch()
+
+
+def _inner(model):
+    return core._inner_model(model)[0]
+
+
+def _close(got, expected):
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+# inject
+
+
+def test_inject_on_tensors_one_image_per_row_or_by_lengths_or_batch_wide():
+    torch.manual_seed(0)
+    one = torch.randn(5, 4)
+    _close(core.inject(one, 0.7), per_image_formula(one, 0.7, [5]))
+    rows = torch.randn(3, 2, 4)
+    flat = rows.reshape(6, 4)
+    _close(core.inject(rows, 0.7).reshape(6, 4), per_image_formula(flat, 0.7, [2, 2, 2]))
+    by_lengths = core.inject(rows, 0.7, lengths=[4, 2])
+    assert by_lengths.shape == (3, 2, 4)
+    _close(by_lengths.reshape(6, 4), per_image_formula(flat, 0.7, [4, 2]))
+    wide = core.inject(rows, 0.7, batch_wide=True)
+    assert wide.shape == (3, 2, 4)
+    _close(wide.reshape(6, 4), per_image_formula(flat, 0.7, [6]))
+
+
+def test_inject_on_lists_and_tuples_keeps_the_container_and_the_sizes():
+    torch.manual_seed(1)
+    parts = [torch.randn(3, 4), torch.randn(2, 4)]
+    flat = torch.cat(parts)
+    out = core.inject(parts, 0.5)
+    assert type(out) is list and [p.shape[0] for p in out] == [3, 2]
+    _close(torch.cat(out), per_image_formula(flat, 0.5, [3, 2]))
+    out = core.inject(tuple(parts), 0.5)
+    assert type(out) is tuple and [p.shape[0] for p in out] == [3, 2]
+    _close(torch.cat(out), per_image_formula(flat, 0.5, [3, 2]))
+    out = core.inject(parts, 0.5, lengths=[1, 4])  # images that straddle the entries
+    assert [p.shape[0] for p in out] == [3, 2]
+    _close(torch.cat(out), per_image_formula(flat, 0.5, [1, 4]))
+    out = core.inject(tuple(parts), 0.5, batch_wide=True)
+    assert type(out) is tuple and [p.shape[0] for p in out] == [3, 2]
+    _close(torch.cat(out), per_image_formula(flat, 0.5, [5]))
+    empty = []
+    assert core.inject(empty, 0.5) is empty
+
+
+def test_inject_batch_wide_keeps_a_half_precision_dtype():
+    torch.manual_seed(2)
+    parts = [torch.randn(3, 4, dtype=torch.bfloat16), torch.randn(2, 4, dtype=torch.bfloat16)]
+    out = core.inject(parts, 0.5, batch_wide=True)
+    assert all(p.dtype == torch.bfloat16 for p in out)
+    torch.testing.assert_close(
+        torch.cat(out).double(), per_image_formula(torch.cat(parts), 0.5, [5]), rtol=2e-2, atol=2e-2
+    )
+
+
+# runs of the image token
+
+
+def test_runs_gives_start_and_length_of_each_unbroken_run():
+    assert core._runs([], TOKEN) == []
+    assert core._runs([5, 6], TOKEN) == []
+    assert core._runs([TOKEN, TOKEN, 5], TOKEN) == [(0, 2)]
+    assert core._runs([5, TOKEN, TOKEN, TOKEN, 5, TOKEN, 7, TOKEN, TOKEN], TOKEN) == [(1, 3), (5, 1), (7, 2)]
+
+
+def test_tiles_per_image_counts_a_run_that_starts_the_batch():
+    ids = torch.tensor([[TOKEN] * 4 + [5, 5], [5, TOKEN, TOKEN, TOKEN, TOKEN, 5]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert core.tiles_per_image(ids, TOKEN, 2, 4) == [2, 2]
+        assert core.tiles_per_image(torch.tensor([[TOKEN] * 6]), TOKEN, 2, 3) == [3]
+
+
+def test_tiles_per_image_warns_naming_the_runs_and_the_tiles():
+    ids = torch.tensor([[5, TOKEN, TOKEN, TOKEN, 5]])
+    with pytest.warns(UserWarning, match=r"runs in input_ids \(\[3\]\) do not match 2 tiles of 2 tokens; each tile"):
+        assert core.tiles_per_image(ids, TOKEN, 2, 2) == [1, 1]
+
+
+def _idefics_row(*images, pad=0):
+    """A row of ``pad`` pad tokens, then each image as crop runs (marker CROP) and its global view (GLOBAL)."""
+    row = [0] * pad + [1]
+    for crops, global_view in images:
+        for c in crops:
+            row += [CROP] + [TOKEN] * c
+        row += [GLOBAL] + [TOKEN] * global_view
+    return row + [2]
+
+
+def test_global_view_lengths_splits_each_row_after_its_global_views():
+    rows = [_idefics_row(([2, 2], 3), ([1], 2)), _idefics_row(([4], 1), pad=8)]
+    assert len(rows[0]) == len(rows[1])
+    ids = torch.tensor(rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert core.global_view_lengths(ids, TOKEN, [10, 5]) == [7, 3, 5]
+        # a sample without an image: skipped, and the next one read
+        no_image = torch.tensor([[1] + [5] * 6, _idefics_row(([2], 1))])
+        assert core.global_view_lengths(no_image, TOKEN, [0, 3]) == [3]
+        # the last run right after the row's first token, which is its marker
+        assert core.global_view_lengths(torch.tensor([[GLOBAL, TOKEN, TOKEN]]), TOKEN, [2]) == [2]
+        # a run at the start of a row that ends with the marker: not closed by the row's last token
+        assert core.global_view_lengths(torch.tensor([[TOKEN, GLOBAL, TOKEN, GLOBAL]]), TOKEN, [2]) == [2]
+        # an image alone, its global view only, after no crop marker
+        assert core.global_view_lengths(torch.tensor([_idefics_row(([], 4))]), TOKEN, [4]) == [4]
+
+
+def test_global_view_lengths_without_input_ids_or_rows_counts_each_sample_as_one_image():
+    assert core.global_view_lengths(None, TOKEN, [6, 0, 4]) == [6, 4]
+    one_row = torch.tensor([_idefics_row(([2], 1))])
+    assert core.global_view_lengths(one_row, TOKEN, [3, 3]) == [3, 3]  # 1 row for 2 samples
+
+
+def test_global_view_lengths_warns_and_keeps_the_sample_whole_when_the_runs_do_not_add_up():
+    rows = torch.tensor([_idefics_row(([2], 3)), _idefics_row(([2], 3))])
+    with pytest.warns(
+        UserWarning, match=r"image-token runs of a sample \(\[2, 3\]\) .* its 6 image tokens; the sample"
+    ):
+        assert core.global_view_lengths(rows, TOKEN, [5, 6]) == [5, 6]
+    # the last run starts the row: no marker, so nothing closes an image
+    starts = torch.tensor([[TOKEN, TOKEN, 5]])
+    with pytest.warns(UserWarning, match="do not end in global views"):
+        assert core.global_view_lengths(starts, TOKEN, [2]) == [2]
+    # image tokens in the row of a sample said to have none
+    rows = torch.tensor([_idefics_row(([2], 1)), _idefics_row(([], 3), pad=1)])
+    with pytest.warns(UserWarning, match=r"\(\[3\]\) do not end in global views that add up to its 0 image tokens"):
+        assert core.global_view_lengths(rows, TOKEN, [3, 0]) == [3, 0]
+    # a sample with image tokens but none in its row
+    with pytest.warns(UserWarning, match="do not end in global views"):
+        assert core.global_view_lengths(torch.tensor([[1, 5, 6]]), TOKEN, [4]) == [4]
+
+
+def test_image_lengths_follows_the_family_grouping():
+    config = types.SimpleNamespace(image_token_id=TOKEN)
+    tiles = torch.zeros(3, 2, 4)  # 3 tiles of 2 tokens
+    ids = torch.tensor([[5, TOKEN, TOKEN, TOKEN, TOKEN, 5, TOKEN, TOKEN]])
+    assert core.image_lengths(FAMILIES["internvl"], config, tiles, ids) == [4, 2]
+    assert core.image_lengths(FAMILIES["internvl"], config, list(tiles), ids) is None  # not stacked
+    assert core.image_lengths(FAMILIES["internvl"], config, torch.zeros(6, 4), ids) is None  # not [n, T, D]
+    assert core.image_lengths(FAMILIES["llava"], config, tiles, ids) is None
+    idefics = Family("idefics_like", "Idefics-like", "A", "B", since="4.57", grouping="global_view")
+    samples = [torch.zeros(10, 4)]
+    row = torch.tensor([_idefics_row(([2, 2], 3), ([1], 2))])
+    assert core.image_lengths(idefics, config, samples, row) == [7, 3]
+    assert core.image_lengths(idefics, config, tuple(samples), row) == [7, 3]
+    assert core.image_lengths(idefics, config, torch.zeros(1, 10, 4), row) is None
+
+
+def test_input_ids_are_found_by_keyword_or_first_argument():
+    ids = torch.tensor([[1, 2]])
+    assert core._input_ids_of((ids,), {}) is ids
+    assert core._input_ids_of((ids, "other"), {}) is ids
+    assert core._input_ids_of((), {"input_ids": ids}) is ids
+    assert core._input_ids_of((), {}) is None
+    assert core._input_ids_of(([1, 2],), {}) is None  # not a tensor
+
+
+# registry, checks and handles
+
+
+def test_check_model_type_names_the_supported_types_after_the_prefix():
+    core.check_model_type("llava")
+    with pytest.raises(ValueError, match=r"^model type 'blip-2' is not supported; supported: llava, llava_next, "):
+        core.check_model_type("blip-2")
+    with pytest.raises(ValueError, match=r"^--model: model type None is not supported"):
+        core.check_model_type(None, where="--model: ")
+
+
+def test_family_classes_and_installed_families(monkeypatch):
+    import transformers
+
+    assert core.family_classes("llava") == (transformers.LlavaModel, transformers.LlavaForConditionalGeneration)
+    assert core.installed_families() == tuple(FAMILIES)  # every family is in the installed transformers
+    with pytest.raises(ValueError, match="not supported"):
+        core.family_classes("blip-2")
+    monkeypatch.setattr(compat, "transformers_version", lambda: (5, 1))  # before Qwen3.5 (5.2)
+    assert "qwen3_5" not in core.installed_families() and "llava" in core.installed_families()
+    found = transformers.__version__
+    with pytest.raises(
+        ValueError,
+        match=rf"'qwen3_5' \(Qwen3.5\) needs transformers >= 5.2, found {found}: pip install -U "
+        r"'transformers>=5.2'",
+    ):
+        core.family_classes("qwen3_5")
+
+
+class _Target:
+    kept = "original"
+
+
+def test_patch_handle_puts_back_and_removes_in_reverse_order():
+    handle = core.PatchHandle()
+    handle._set(_Target, "kept", "first")
+    handle._set(_Target, "kept", "second")
+    handle._set(_Target, "added", "new")
+    assert (_Target.kept, _Target.added) == ("second", "new")
+    assert handle.model_types == []
+    with handle:
+        pass
+    assert _Target.kept == "original" and "added" not in _Target.__dict__
+    assert handle.changes == []
+
+
+def test_the_lambda_property_reads_and_writes_the_config_and_documents_it():
+    prop = core._lambda_property()
+    assert "model.config" in prop.__doc__
+    owner = types.SimpleNamespace(config=types.SimpleNamespace())
+    assert prop.fget(owner) == 0.0
+    prop.fset(owner, 0.25)
+    assert owner.config.global_context_broadcast_lambda == 0.25 and prop.fget(owner) == 0.25
+    with pytest.raises(ValueError, match="global_context_broadcast_lambda"):
+        prop.fset(owner, -1)
+
+
+# patch / unpatch
+
+
+def test_patch_skips_a_patched_type_and_goes_on_with_the_next():
+    with agci.patch("llava"):
+        with agci.patch(["llava", "internvl"]) as second:
+            assert second.model_types == ["internvl"]
+            inner, _ = core.family_classes("internvl")
+            assert hasattr(inner.__dict__["get_image_features"], "__agci_original__")
+
+
+def test_patch_wrappers_link_to_the_originals_and_a_patched_class_still_builds():
+    internvl_inner, internvl_outer = core.family_classes("internvl")
+    qwen_inner, _ = core.family_classes("qwen2_5_vl")
+    before = {
+        "forward": internvl_inner.__dict__["forward"],
+        "generate": internvl_outer.generate,
+        "__init__": internvl_inner.__dict__["__init__"],
+        "get_video_features": qwen_inner.__dict__["get_video_features"],
+    }
+    with agci.patch(["internvl", "qwen2_5_vl"]):
+        assert internvl_inner.__dict__["forward"].__agci_original__ is before["forward"]
+        assert internvl_outer.__dict__["generate"].__agci_original__ is before["generate"]
+        assert internvl_inner.__dict__["__init__"].__agci_original__ is before["__init__"]
+        assert qwen_inner.__dict__["get_video_features"].__agci_original__ is before["get_video_features"]
+        case = build("internvl", global_context_broadcast_lambda=0.5)  # the wrapped __init__ builds it
+        assert case.model.global_context_broadcast_lambda == 0.5
+        with pytest.raises(ValueError, match="global_context_broadcast_lambda must be >= 0"):
+            build("internvl", global_context_broadcast_lambda=-1.0)
+
+
+# apply_agci / revert_agci
+
+
+def test_apply_agci_on_a_class_patched_model_does_not_inject_twice():
+    case = build("llava", global_context_broadcast_lambda=0.5)
+    inputs = case.batch()
+    with agci.patch("llava"), torch.no_grad():
+        once = case.model(**inputs).logits
+        agci.apply_agci(case.model)
+        assert "get_image_features" not in _inner(case.model).__dict__
+        assert torch.equal(case.model(**inputs).logits, once)
+
+
+def test_apply_agci_twice_keeps_the_first_wrapper():
+    case = build("llava")
+    agci.apply_agci(case.model, 0.5)
+    first = _inner(case.model).__dict__["get_image_features"]
+    agci.apply_agci(case.model, 0.25)
+    assert _inner(case.model).__dict__["get_image_features"] is first
+    assert case.model.config.global_context_broadcast_lambda == 0.25
+
+
+def test_apply_agci_refuses_a_bad_lambda_already_in_the_config():
+    case = build("llava")
+    case.model.config.global_context_broadcast_lambda = -2.0
+    with pytest.raises(ValueError, match="global_context_broadcast_lambda must be >= 0"):
+        agci.apply_agci(case.model)
+
+
+def test_apply_agci_on_the_inner_model_alone():
+    case = build("llava", global_context_broadcast_lambda=0.6)
+    inner = case.model.model
+    pixels = case.batch()["pixel_values"]
+    with torch.no_grad():
+        stock = compat.image_features_per_image(inner.get_image_features(pixel_values=pixels))
+        assert agci.apply_agci(inner) is inner
+        injected = compat.image_features_per_image(inner.get_image_features(pixel_values=pixels))
+    _close(torch.cat(list(injected)), per_image_formula(torch.cat(list(stock)), 0.6, [s.shape[0] for s in stock]))
+    agci.revert_agci(inner)
+    assert "get_image_features" not in inner.__dict__
+
+
+def test_apply_agci_patches_the_video_features_of_the_instance_and_revert_removes_them():
+    case = build("qwen2_5_vl", global_context_broadcast_lambda=0.6, global_context_broadcast_videos=True)
+    inner = _inner(case.model)
+    pixels = torch.cat([s["pixel_values"] for s in case.samples])
+    grid = torch.cat([s["image_grid_thw"] for s in case.samples])
+    with torch.no_grad():
+        stock = compat.image_features_per_image(inner.get_video_features(pixels, grid))
+        agci.apply_agci(case.model)
+        assert "get_video_features" in inner.__dict__
+        injected = compat.image_features_per_image(inner.get_video_features(pixels, grid))
+    _close(torch.cat(list(injected)), per_image_formula(torch.cat(list(stock)), 0.6, [v.shape[0] for v in stock]))
+    agci.revert_agci(case.model)
+    assert not {"get_image_features", "get_video_features"} & set(inner.__dict__)
+
+
+def test_the_class_property_stays_while_any_instance_is_patched():
+    gc.collect()
+    first, second = build("llava"), build("llava")
+    outer = type(first.model)
+    agci.apply_agci(first.model, 0.5)
+    agci.apply_agci(second.model, 0.25)
+    agci.revert_agci(second.model)  # the later one goes first
+    assert first.model.global_context_broadcast_lambda == 0.5
+    agci.revert_agci(first.model)
+    assert agci.LAMBDA_KEY not in outer.__dict__
+
+
+def test_no_supported_model_is_named_with_its_modules():
+    with pytest.raises(ValueError, match=r"inside Linear \(modules include \['Linear'\]\); agci supports model "
+                       r"types llava, llava_next, "):  # fmt: skip
+        agci.apply_agci(torch.nn.Linear(2, 2))
+    layers = [torch.nn.Linear(1, 1), torch.nn.ReLU(), torch.nn.Tanh(), torch.nn.GELU(), torch.nn.SiLU(),
+              torch.nn.Sigmoid(), torch.nn.Identity(), torch.nn.Dropout(), torch.nn.Softmax()]  # fmt: skip
+    names = sorted({type(m).__name__ for m in layers} | {"Sequential"})  # 10 names: the first 8 are shown
+    with pytest.raises(ValueError) as raised:
+        agci.apply_agci(torch.nn.Sequential(*layers))
+    assert f"modules include {names[:8]});" in str(raised.value)
+
+
+def test_a_family_missing_from_transformers_does_not_hide_the_others(monkeypatch):
+    # one family's module cannot be imported, another's lacks its class: the llava model is still found
+    monkeypatch.setitem(sys.modules, FAMILIES["gemma3"].module, None)
+    qwen_module = sys.modules[core.family_classes("qwen2_vl")[0].__module__]
+    monkeypatch.delattr(qwen_module, FAMILIES["qwen2_vl"].inner_class)
+    case = build("llava")
+    assert core._inner_model(case.model) == (case.model.model, "llava")
