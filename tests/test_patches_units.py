@@ -173,7 +173,11 @@ def test_image_lengths_follows_the_family_grouping():
     row = torch.tensor([_idefics_row(([2, 2], 3), ([1], 2))])
     assert core.image_lengths(idefics, config, samples, row) == [7, 3]
     assert core.image_lengths(idefics, config, tuple(samples), row) == [7, 3]
-    assert core.image_lengths(idefics, config, torch.zeros(1, 10, 4), row) is None
+    # the batch's views stacked in one tensor (Aya Vision; Idefics3 up to 5.6), 3-D or 4-D
+    assert core.image_lengths(idefics, config, torch.zeros(1, 10, 4), row) == [7, 3]
+    assert core.image_lengths(idefics, config, torch.zeros(5, 1, 2, 4), row) == [7, 3]
+    assert core.image_lengths(idefics, config, torch.zeros(1, 9, 4), row) is None  # not the row's 10 tokens
+    assert core.image_lengths(idefics, config, torch.zeros(1, 10, 4), None) is None
 
 
 def test_input_ids_are_found_by_keyword_or_first_argument():
