@@ -104,7 +104,11 @@ def test_entry_point_names_every_family():
     ]
     from agci.patches.core import SUPPORTED_MODEL_TYPES
 
-    assert sorted(t for types in MODEL_NAMES.values() for t in types) == sorted(SUPPORTED_MODEL_TYPES)
+    assert MODEL_NAMES["agci"] == SUPPORTED_MODEL_TYPES  # the generic name serves every family
+    assert MODEL_NAMES["agci_llava"] == ("llava", "llava_next")  # as before the registry
+    assert {n: ts for n, ts in MODEL_NAMES.items() if n not in ("agci", "agci_llava")} == {
+        f"agci_{t}": (t,) for t in SUPPORTED_MODEL_TYPES if t != "llava"
+    }
     for name in MODEL_NAMES:
         cls = get_model(name)
         assert cls.model_name == name and cls.is_simple
