@@ -365,3 +365,13 @@ def test_a_family_missing_from_transformers_does_not_hide_the_others(monkeypatch
     monkeypatch.delattr(qwen_module, FAMILIES["qwen2_vl"].inner_class)
     case = build("llava")
     assert core._inner_model(case.model) == (case.model.model, "llava")
+
+
+def test_pooled_patch_lengths_count_real_patches_per_pooled_token():
+    # Gemma 4 up to transformers 5.6: one [N, D] for all images; padding patches sit at (-1, -1)
+    positions = torch.full((2, 6, 2), -1)
+    positions[0, :4] = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1]])  # 4 real patches, 2 x 2 pooling: 1 token
+    positions[1, :] = torch.arange(12).view(6, 2)  # 6 real patches (no padding)
+    positions[1, 5, 0] = -1  # a -1 in either coordinate marks padding, as transformers 5.24 counts it
+    assert core.pooled_patch_lengths(positions, 2) == [1, 1]
+    assert core.pooled_patch_lengths(positions, 1) == [4, 5]
