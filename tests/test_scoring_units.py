@@ -374,3 +374,34 @@ def test_generation_runs_max_new_tokens_steps_128_by_default(vlm):
     finally:
         handle.remove()
         config.eos_token_id = saved
+
+
+def test_feature_kwargs_pass_gemma4s_patch_positions():
+    def gemma4(pixel_values, image_position_ids=None, **kwargs):
+        pass
+
+    inputs = {"pixel_values": 1, "image_position_ids": 5, "input_ids": 6}
+    assert scoring._feature_kwargs(_with_features(gemma4), inputs) == {"pixel_values": 1, "image_position_ids": 5}
+
+
+# Idefics3-style rows (image token 9): <row> crop runs, then <global-img>=50 and the global view; 0 pads
+_CROPS_THEN_GLOBAL = [0, 0, 0, 0, 1, 7, 9, 9, 50, 9, 9, 3, 50, 9, 9, 3]  # image of 1 crop + global, image of global
+_ONE_IMAGE = [1, 7, 9, 9, 8, 9, 9, 50, 9, 9, 3, 4, 4, 4, 4, 4]  # 2 crops + global
+
+
+def test_group_tiles_splits_each_sample_of_a_global_view_family_into_its_images():
+    ids = torch.tensor([_CROPS_THEN_GLOBAL, _ONE_IMAGE])
+    per_sample = [torch.arange(12.0).view(6, 2), 100 + torch.arange(12.0).view(6, 2)]  # Idefics3: [tokens, D]
+    images = scoring._group_tiles(_family_vlm("idefics3"), {"input_ids": ids}, per_sample, 3)
+    assert [i.shape[0] for i in images] == [4, 2, 6]
+    assert torch.equal(images[0], per_sample[0][:4]) and torch.equal(images[2], per_sample[1])
+    # Aya Vision: one row per tile of the whole batch (6 tiles of 2 tokens), more rows than samples
+    tiles = torch.arange(24.0).view(6, 2, 2)
+    images = scoring._group_tiles(_family_vlm("aya_vision"), {"input_ids": ids}, list(tiles), 3)
+    assert [i.shape[0] for i in images] == [4, 2, 6]
+    assert torch.equal(images[1], tiles[2]) and torch.equal(images[2], tiles[3:].reshape(6, 2))
+    # samples of different lengths cannot be stacked: the per-sample path
+    uneven = [torch.zeros(6, 2), torch.zeros(4, 2)]
+    short = torch.tensor([_CROPS_THEN_GLOBAL, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 50, 9, 9, 9, 9]])
+    assert [i.shape[0] for i in scoring._group_tiles(_family_vlm("idefics3"), {"input_ids": short}, uneven, 3)] == [
+        4, 2, 4]  # fmt: skip
