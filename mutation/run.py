@@ -8,7 +8,8 @@ the surviving mutants by name (``mutmut show NAME`` in the module's copy prints 
 
 Survivors judged equivalent (no test can tell them from the original) are listed with a reason in
 ``mutation/equivalent/<module>.json`` (``{"mutant name": "why"}``); the report's goal column counts
-killed among the non-equivalent ones.
+killed among the non-equivalent ones. Non-equivalent survivors left alive on purpose are listed with the
+reason in ``mutation/left/<module>.json`` and still count against the goal.
 
     python mutation/run.py [--minutes 10] [--only agci/bias/metrics.py ...]
 """
@@ -31,14 +32,19 @@ MODULES = {  # module -> the pytest arguments that select its tests
     "agci/kernels/reference.py": ["tests/test_op_reference.py"],
     "agci/patches/core.py": ["tests/test_patches.py", "tests/test_patches_units.py"],
     "agci/bias/metrics.py": ["tests/test_bias_sets.py"],
-    "agci/bias/scoring.py": ["tests/test_scoring_units.py", "tests/test_bias_probe.py", "-k",
-                             "not cli and not distributed and not every_family"],  # fmt: skip
+    "agci/bias/scoring.py": [
+        "tests/test_scoring_units.py",
+        "tests/test_bias_probe.py",
+        "-k",
+        "not cli and not distributed and not every_family",
+    ],  # fmt: skip
     "agci/resampler_probes/report.py": ["tests/test_resampler_report.py"],
     "agci/resampler_probes/boxes.py": ["tests/test_resampler_report.py"],
     "agci/ris/spatial.py": ["tests/test_ris_spatial.py"],
     "agci/eval/scoring.py": ["tests/test_eval_scoring.py"],
 }
 EQUIVALENT = ROOT / "mutation" / "equivalent"
+LEFT = ROOT / "mutation" / "left"  # survivors that are not equivalent but left alive on purpose, with why
 STATUSES = ("killed", "survived", "timeout", "no tests", "suspicious", "skipped", "not checked")
 
 
@@ -88,8 +94,8 @@ def run_module(module: str, tests: list[str], work: Path, minutes: float, childr
     }  # fmt: skip
 
 
-def equivalents(module: str) -> dict[str, str]:
-    path = EQUIVALENT / (module.removesuffix(".py").replace("/", "_") + ".json")
+def equivalents(module: str, folder: Path = EQUIVALENT) -> dict[str, str]:
+    path = folder / (module.removesuffix(".py").replace("/", "_") + ".json")
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -128,8 +134,10 @@ def markdown(results: list[dict], versions: dict) -> str:
               "Survivors not (yet) judged equivalent:", ""]  # fmt: skip
     for r in results:
         if r["survived_not_equivalent"]:
+            why = equivalents(r["module"], LEFT)
             names = (n.rpartition(".")[2] for n in r["survived_not_equivalent"])
-            lines.append(f"- `{r['module']}`: " + ", ".join(f"`{n}`" for n in names))
+            lines.append(f"- `{r['module']}`: " + ", ".join(f"`{n}`" + (f" ({why[n]})" if n in why else "")
+                                                          for n in names))  # fmt: skip
     lines += ["", "Equivalent survivors, with the reason:", ""]
     for r in results:
         for name, why in sorted(r["equivalent"].items()):

@@ -400,6 +400,9 @@ def test_group_tiles_splits_each_sample_of_a_global_view_family_into_its_images(
     images = scoring._group_tiles(_family_vlm("aya_vision"), {"input_ids": ids}, list(tiles), 3)
     assert [i.shape[0] for i in images] == [4, 2, 6]
     assert torch.equal(images[1], tiles[2]) and torch.equal(images[2], tiles[3:].reshape(6, 2))
+    # Aya Vision on transformers 5.6 and older: one 4-D [tiles, h, w, D] tensor
+    images = scoring._group_tiles(_family_vlm("aya_vision"), {"input_ids": ids}, [tiles.view(6, 1, 2, 2)], 3)
+    assert [i.shape for i in images] == [(4, 2), (2, 2), (6, 2)] and torch.equal(images[1], tiles[2])
     # samples of different lengths cannot be stacked: the per-sample path
     uneven = [torch.zeros(6, 2), torch.zeros(4, 2)]
     short = torch.tensor([_CROPS_THEN_GLOBAL, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 50, 9, 9, 9, 9]])
