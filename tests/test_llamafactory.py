@@ -83,7 +83,7 @@ def test_recipes_are_valid_llamafactory_arguments(recipe):
     from llamafactory.data.template import TEMPLATES as LLAMAFACTORY_TEMPLATES
 
     family = RECIPE_FAMILY[recipe.stem.removesuffix("_lora_sft").removesuffix("_merge")]
-    assert config["template"] == lf.TEMPLATES[family][0] and config["template"] in LLAMAFACTORY_TEMPLATES
+    assert config["template"] in lf.TEMPLATES[family] and config["template"] in LLAMAFACTORY_TEMPLATES
     if "export_dir" in config:
         _parse_infer_args(dict(config))  # unknown keys raise
         assert config["adapter_name_or_path"].startswith("saves/")
