@@ -25,9 +25,12 @@ def test_every_family_has_what_the_package_reads(model_type):
         pytest.skip(f"transformers here is older than {family.since}, which {model_type} needs")
     module = importlib.import_module(family.module)
     inner, outer = getattr(module, family.inner_class), getattr(module, family.outer_class)
-    assert family.hook in inner.__dict__, f"{family.inner_class} defines no {family.hook}"
-    assert family.videos == ("get_video_features" in inner.__dict__)
+    hooked, method = core.hooked_method(model_type)
+    assert method in hooked.__dict__, f"{hooked.__name__} defines no {method}"
+    assert "get_image_features" in inner.__dict__ and family.videos == ("get_video_features" in inner.__dict__)
     config = outer.config_class(**CONFIGS[model_type])
+    if family.hook == "multi_modal_projector":  # the module the hook wraps is the inner model's projector
+        assert type(getattr(core._inner_model(outer(config))[0], family.hook)) is hooked
     assert config.model_type == model_type
     assert isinstance(getattr(config, family.image_token_attr), int)
     from agci.eval import lmms_model
@@ -44,6 +47,45 @@ def test_the_newest_transformers_runs_every_family():
 
     if version_label() == "newest":
         assert families_here() == list(FAMILIES)
+
+
+@pytest.mark.parametrize("model_type", [t for t, f in FAMILIES.items() if f.broken])
+def test_a_family_is_marked_broken_exactly_where_its_stock_model_fails(model_type):
+    """``Family.broken`` names releases where transformers' own model fails; on such a release here, the stock
+    tiny model must fail with that error (else the record is out of date). Elsewhere the patch tests run it."""
+    import transformers
+    from vlm_cases import build
+
+    family = FAMILIES[model_type]
+    if not family.broken_in(transformers.__version__):
+        pytest.skip(f"transformers {transformers.__version__} is not one where {model_type} is marked broken")
+    case = build(model_type)
+    with pytest.raises(Exception) as failure:
+        case.model(**case.batch())
+    assert str(failure.value) in family.broken.error, failure.value
+
+
+def test_a_family_broken_on_the_installed_release_is_refused_naming_the_bug_and_the_fix(monkeypatch):
+    import transformers
+
+    import agci
+
+    family = FAMILIES["llama4"]
+    monkeypatch.setattr(transformers, "__version__", family.broken.releases[0])
+    assert "llama4" not in core.installed_families() and "llama4" in core.present_families()
+    message = r"'llama4' \(Llama 4\) does not run on transformers 5\.24\.0, with or without agci: .*image_outputs"
+    with pytest.raises(RuntimeError, match=message + r".*pip install -U 'transformers>=5\.25'"):
+        agci.patch("llama4")
+    with pytest.raises(RuntimeError, match=message):
+        agci.AutoAGCIModelForImageTextToText.from_config(transformers.Llama4Config(**CONFIGS["llama4"]))
+    with agci.patch() as handle:  # every family that runs here: the broken one is left out, without an error
+        assert "llama4" not in handle.model_types and "llava" in handle.model_types
+    monkeypatch.undo()
+    model = transformers.Llama4ForConditionalGeneration(transformers.Llama4Config(**CONFIGS["llama4"]))
+    monkeypatch.setattr(transformers, "__version__", family.broken.releases[0])
+    with pytest.raises(RuntimeError, match=message):
+        agci.apply_agci(model, 0.5)
+    assert "forward" not in model.__dict__
 
 
 def test_a_family_newer_than_the_installed_transformers_is_refused_naming_the_version(monkeypatch):

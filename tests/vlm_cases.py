@@ -28,6 +28,25 @@ def families_here() -> list[str]:
     return [t for t, f in FAMILIES.items() if version_label() in f.tested]
 
 
+def family_params() -> list:
+    """``families_here()`` for ``pytest.mark.parametrize``: a family whose own model fails on the installed
+    transformers (``Family.broken``) is skipped with the transformers bug as the reason."""
+    import pytest
+    import transformers
+
+    from agci.patches.families import FAMILIES
+
+    out = []
+    for t in families_here():
+        broken = FAMILIES[t].broken
+        if FAMILIES[t].broken_in(transformers.__version__):
+            reason = f"transformers {transformers.__version__}'s own {t} fails (a transformers bug): {broken.error}"
+            out.append(pytest.param(t, marks=pytest.mark.skip(reason=reason)))
+        else:
+            out.append(t)
+    return out
+
+
 @dataclass
 class Case:
     model_type: str
@@ -70,10 +89,36 @@ class Case:
             out["mm_token_type_ids"] = (out["input_ids"] == self.image_token).int()
         return out
 
+    def stock_features(self, batch: dict) -> list[torch.Tensor]:
+        """What the family's hook gets from the stock model for ``batch``, per entry: get_image_features' output
+        or (Llama 4) the projector's, unpatched."""
+        from agci.patches.core import _inner_model
+        from agci.patches.families import FAMILIES
+
+        inner = _inner_model(self.model)[0]
+        with torch.no_grad():
+            if FAMILIES[self.model_type].hook == "multi_modal_projector":
+                import inspect
+
+                get = _unwrapped(type(inner).get_image_features)
+                extra = {}  # up to transformers 5.6 a required argument, which the model's forward passes as None
+                if "vision_feature_select_strategy" in inspect.signature(get).parameters:
+                    extra["vision_feature_select_strategy"] = None
+                vision = get(inner, **self.image_inputs(batch), **extra)
+                vision = getattr(vision, "last_hidden_state", vision)  # 4.57 returns the tensor
+                projector = inner.multi_modal_projector
+                return [_unwrapped(type(projector).forward)(projector, vision.reshape(-1, vision.shape[-1]))]
+            original = _unwrapped(type(inner).get_image_features)
+            return compat.image_features_per_image(original(inner, **self.image_inputs(batch)))
+
     def image_inputs(self, batch: dict) -> dict:
         """The keyword arguments of get_image_features in ``batch``."""
         text_keys = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
         return {k: v for k, v in batch.items() if k not in text_keys}
+
+
+def _unwrapped(method):
+    return getattr(method, "__agci_original__", method)
 
 
 def _padded_views(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -141,6 +186,8 @@ def build(model_type: str, seed: int = 0, **config_overrides) -> Case:
             {"input_ids": _ids(121, *[120] * 4 * t, 122), "pixel_values": torch.randn(t, 3, 56, 56)} for t in (3, 1)
         ]
         token, tiles = 120, [3, 1]
+    elif model_type == "llama4":
+        return _llama4_case(d)
     elif model_type in _IMAGES:
         return _built_from_features(model_type, d)
     else:
@@ -264,3 +311,42 @@ def _built_from_features(model_type: str, config: dict) -> Case:
             sample["token_type_ids"] = torch.zeros_like(sample["input_ids"])
         samples.append(sample)
     return Case(model_type, model, IMAGE_TOKEN, samples, image_tokens=image_tokens or None)
+
+
+LLAMA4_MARKER, TILE_X, TILE_Y = 123, 124, 125  # <|image|> (before each global view), <|tile_x/y_separator|>
+
+
+def _llama4_ids(grids: list[tuple[int, int]], per_tile: int) -> list[int]:
+    """input_ids of images of ``grids`` (rows, cols of crops) as Llama4Processor writes them: between
+    <|image_start|> and <|image_end|>, the crops row by row (when more than one), then <|image|> and the global
+    view (the only tile of a one-crop image)."""
+    ids = []
+    for rows, cols in grids:
+        ids.append(BEFORE_L4)
+        if rows * cols > 1:
+            for _ in range(rows):
+                for x in range(cols):
+                    ids += [IMAGE_TOKEN] * per_tile + ([TILE_X] if x < cols - 1 else [])
+                ids.append(TILE_Y)
+        ids += [LLAMA4_MARKER, *[IMAGE_TOKEN] * per_tile, AFTER_L4]
+    return ids
+
+
+BEFORE_L4, AFTER_L4 = 121, 122  # <|image_start|>, <|image_end|> (boi/eoi in the tiny config)
+
+
+def _llama4_case(config: dict) -> Case:
+    """Sample 0: an image of 1 x 2 crops (plus its global view) and a one-tile image; sample 1: 2 x 1 crops.
+    Tiles are 32 px, 4 tokens each after the pixel shuffle; pixel_values holds every tile of the batch."""
+    import transformers
+
+    model = transformers.Llama4ForConditionalGeneration(transformers.Llama4Config(**config)).eval()
+    per_tile = (config["vision_config"]["image_size"] // config["vision_config"]["patch_size"]) ** 2 // 4
+    samples, image_tokens = [], []
+    for grids in ([(1, 2), (1, 1)], [(2, 1)]):
+        tiles = [r * c + (r * c > 1) for r, c in grids]
+        image_tokens += [t * per_tile for t in tiles]
+        samples.append(
+            {"input_ids": _ids(*_llama4_ids(grids, per_tile)), "pixel_values": torch.randn(sum(tiles), 3, 32, 32)}
+        )
+    return Case("llama4", model, IMAGE_TOKEN, samples, image_tokens=image_tokens)

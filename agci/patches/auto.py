@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ..configs import read_lambda, read_scope, write_lambda
-from .core import apply_agci, check_model_type
+from .core import apply_agci, check_model_type, check_runs
 
 
 def _checked_config(config, global_context_broadcast_lambda):
     check_model_type(config.model_type)
+    check_runs(config.model_type)  # before any weight is loaded: a release whose own model of the type fails
     if global_context_broadcast_lambda is not None:
         write_lambda(config, global_context_broadcast_lambda)
     read_lambda(config)

@@ -23,6 +23,7 @@ from ..configs import LAMBDA_KEY, read_lambda, read_scope, read_videos, write_la
 from .families import FAMILIES, SUPPORTED_MODEL_TYPES, Family
 
 _VIDEO = threading.local()  # set while get_video_features runs, so that its call into get_image_features is skipped
+_PROJECTING = threading.local()  # (model, input_ids) while the forward of a model hooked at its projector runs
 
 
 def inject(features, lam: float, batch_wide: bool = False, lengths: list[int] | None = None):
@@ -209,6 +210,46 @@ def _wrap_image_features(original, family: Family):
     return get_image_features
 
 
+def _wrap_forward_feeding_projector(original):
+    """Forward of a model hooked at its multi_modal_projector: the projector, called inside, finds the model (its
+    config) and the input_ids here."""
+
+    @functools.wraps(original)
+    def forward(self, *args, **kwargs):
+        previous = getattr(_PROJECTING, "context", None)
+        _PROJECTING.context = (self, _input_ids_of(args, kwargs))
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            _PROJECTING.context = previous
+
+    forward.__agci_original__ = original
+    return forward
+
+
+def _wrap_projector(original, family: Family):
+    """The projector's forward: AGCI on its output (one [N, D] tensor of every image token of the batch, as
+    Llama 4 projects them), grouped into images by the family's rule. Outside the model's forward (no model to
+    read lambda from) the projector is left alone."""
+
+    @functools.wraps(original)
+    def forward(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        context = getattr(_PROJECTING, "context", None)
+        if context is None:
+            return output
+        model, input_ids = context
+        lam = read_lambda(model.config)
+        if lam == 0.0:
+            return output
+        batch_wide = read_scope(model.config) == "reference" and family.reference_mean == "batch"
+        lengths = image_lengths(family, model.config, output, input_ids)
+        return inject(output, lam, batch_wide, lengths)
+
+    forward.__agci_original__ = original
+    return forward
+
+
 def _wrap_video_features(original):
     """Videos are left alone (also where get_video_features calls get_image_features, as in Qwen3-VL)
     unless ``global_context_broadcast_videos`` is true: then each video gets its own context, whatever the
@@ -267,9 +308,16 @@ def check_model_type(model_type: str | None, where: str = "") -> None:
         )
 
 
-def installed_families() -> tuple[str, ...]:
-    """The supported model types that the installed transformers has."""
+def present_families() -> tuple[str, ...]:
+    """The supported model types that the installed transformers has (including those it has broken)."""
     return tuple(t for t, f in FAMILIES.items() if compat.transformers_at_least(f.since))
+
+
+def installed_families() -> tuple[str, ...]:
+    """The supported model types that the installed transformers has and runs (what ``patch()`` patches)."""
+    import transformers
+
+    return tuple(t for t in present_families() if not FAMILIES[t].broken_in(transformers.__version__))
 
 
 def family_classes(model_type: str) -> tuple[type, type]:
@@ -287,6 +335,35 @@ def family_classes(model_type: str) -> tuple[type, type]:
         )
     module = importlib.import_module(family.module)
     return getattr(module, family.inner_class), getattr(module, family.outer_class)
+
+
+def hook_class(model_type: str) -> type | None:
+    """The class of the module the family's hook wraps, when it is not the inner model (Llama 4's projector)."""
+    family = FAMILIES[model_type]
+    if family.hook_class is None:
+        return None
+    return getattr(importlib.import_module(family.module), family.hook_class)
+
+
+def hooked_method(model_type: str) -> tuple[type, str]:
+    """(class, method name) that the family's hook wraps: the inner model's get_image_features, or the projector's
+    forward."""
+    if FAMILIES[model_type].hook == "multi_modal_projector":
+        return hook_class(model_type), "forward"
+    return family_classes(model_type)[0], "get_image_features"
+
+
+def check_runs(model_type: str) -> None:
+    """Raise RuntimeError naming the transformers bug and the fix when the installed transformers is a release
+    on which the family's own model fails (``Family.broken``): patched or not, the model could not run."""
+    import transformers
+
+    family = FAMILIES[model_type]
+    if family.broken_in(transformers.__version__):
+        raise RuntimeError(
+            f"model type {model_type!r} ({family.name}) does not run on transformers {transformers.__version__}, "
+            f"with or without agci: {family.broken.error} (a transformers bug). {family.broken.fix}"
+        )
 
 
 class PatchHandle:
@@ -328,7 +405,11 @@ def _is_wrapped(cls: type, name: str) -> bool:
 
 
 def _wrappers(family: Family, inner: type) -> list[tuple[str, str, object]]:
-    """(``"inner"`` or ``"outer"``, method name, wrapper factory) for one family."""
+    """(``"inner"``, ``"outer"`` or ``"hook"`` (the module of ``hook_class``), method name, wrapper factory) for
+    one family; the first is the hook itself (what tells that a class or instance is patched)."""
+    if family.hook == "multi_modal_projector":
+        return [("hook", "forward", functools.partial(_wrap_projector, family=family)),
+                ("inner", "forward", _wrap_forward_feeding_projector)]  # fmt: skip
     out = [("inner", "get_image_features", functools.partial(_wrap_image_features, family=family))]
     if "get_video_features" in inner.__dict__:
         out.append(("inner", "get_video_features", _wrap_video_features))
@@ -350,10 +431,12 @@ def patch(model_types=None) -> PatchHandle:
     handle = PatchHandle()
     for model_type in model_types:
         inner, outer = family_classes(model_type)
-        if _is_wrapped(inner, "get_image_features"):
+        check_runs(model_type)
+        if _is_wrapped(*hooked_method(model_type)):
             continue
+        classes = {"inner": inner, "outer": outer, "hook": hook_class(model_type)}
         for where, name, wrap in _wrappers(FAMILIES[model_type], inner):
-            cls = inner if where == "inner" else outer
+            cls = classes[where]
             handle._set(cls, name, wrap(getattr(cls, name)))
         handle._set(inner, "__init__", _wrap_init(inner.__init__))
         handle._set(outer, LAMBDA_KEY, _lambda_property())  # undo() puts back an apply_agci property
@@ -369,7 +452,7 @@ def unpatch() -> None:
 
 def _inner_model(model: torch.nn.Module):
     inner_classes = {}
-    for model_type in installed_families():
+    for model_type in present_families():
         with contextlib.suppress(ImportError, AttributeError):
             inner_classes[family_classes(model_type)[0]] = model_type
     for module in model.modules():
@@ -391,17 +474,24 @@ def apply_agci(model: torch.nn.Module, global_context_broadcast_lambda: float | 
     class carries it (a plain proxy to each instance's config) while any of its instances is patched; it
     goes when the last one is reverted (:func:`revert_agci`) or garbage-collected. Returns ``model``."""
     inner, model_type = _inner_model(model)
+    check_runs(model_type)
     if global_context_broadcast_lambda is not None:
         write_lambda(inner.config, global_context_broadcast_lambda)
     read_lambda(inner.config)
-    if _is_wrapped(type(inner), "get_image_features") or "get_image_features" in inner.__dict__:
+    wrappers = _wrappers(FAMILIES[model_type], type(inner))
+    hooked = hook_class(model_type)
+    hook_modules = [m for m in inner.modules() if isinstance(m, hooked)] if hooked else []
+    first = hook_modules[0] if wrappers[0][0] == "hook" and hook_modules else inner
+    if _is_wrapped(type(first), wrappers[0][1]) or wrappers[0][1] in first.__dict__:
         return model  # patched already, by class or earlier on this instance
     _, outer = family_classes(model_type)
     outer_instance = next((m for m in model.modules() if isinstance(m, outer)), None)
-    for where, name, wrap in _wrappers(FAMILIES[model_type], type(inner)):
-        target = inner if where == "inner" else outer_instance
-        if target is not None:
-            target.__dict__[name] = types.MethodType(wrap(getattr(type(target), name)), target)
+    for where, name, wrap in wrappers:
+        # the hooked modules: every projector inside (PEFT's modules_to_save keeps a copy beside the original)
+        targets = {"inner": [inner], "outer": [outer_instance], "hook": hook_modules}[where]
+        for target in targets:
+            if target is not None:
+                target.__dict__[name] = types.MethodType(wrap(getattr(type(target), name)), target)
     if outer_instance is not None:
         _track_instance(outer, outer_instance)
     return model

@@ -16,9 +16,24 @@ GROUPINGS = {
     "global_view": "one entry per sample; an image is its crop runs up to and including its global view, "
     "read from input_ids (the run after the same marker token as the sample's last run)",
 }
-HOOKS = {"get_image_features": "the inner model's get_image_features, after the projector"}
+HOOKS = {
+    "get_image_features": "the inner model's get_image_features, after the projector",
+    "multi_modal_projector": "the output of the inner model's multi_modal_projector module while the model's forward "
+    "runs (where get_image_features returns features from before the projector: Llama 4)",
+}
 NO_REFERENCE = "no reference code: the paper's per-image formula (the same as scope image)"
 BATCH_NOTE = "one mean over all images of the batch (after torch.cat of the image embeds): reproduced"
+
+
+@dataclass(frozen=True)
+class Broken:
+    """transformers releases on which the family's own model fails, whatever agci does (a transformers bug).
+    agci refuses the family there, naming ``error`` and ``fix``; the tests skip it there, after checking that the
+    stock model really fails so."""
+
+    releases: tuple[str, ...]  # exact versions ("5.24.0"): a later patch release may fix it
+    error: str  # what the stock model raises there
+    fix: str  # the pip command that gets a release where it runs
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,8 @@ class Family:
     since: str
     grouping: str = "per_image"
     hook: str = "get_image_features"
+    # the class of the module whose forward the hook wraps, when that is not the inner model (multi_modal_projector)
+    hook_class: str | None = None
     # the config attribute holding the image token id (grouping rules that read input_ids, probes)
     image_token_attr: str = "image_token_id"
     videos: bool = False  # the inner model has get_video_features (left alone unless asked)
@@ -44,6 +61,7 @@ class Family:
     # transformers versions the test suite runs this family on ("newest": what `make setup` installs); the
     # tests read this, so a family is listed here exactly when its tests ran there
     tested: tuple[str, ...] = ("newest",)
+    broken: Broken | None = None  # releases where transformers' own model of the family fails
 
     def __post_init__(self):
         if self.reference_mean not in ("batch", "image"):
@@ -52,6 +70,8 @@ class Family:
             raise ValueError(f"{self.model_type}: grouping must be one of {', '.join(GROUPINGS)}")
         if self.hook not in HOOKS:
             raise ValueError(f"{self.model_type}: hook must be one of {', '.join(HOOKS)}")
+        if (self.hook == "multi_modal_projector") != (self.hook_class is not None):
+            raise ValueError(f"{self.model_type}: hook_class names the projector's class, for that hook only")
 
     @property
     def module(self) -> str:
@@ -60,6 +80,11 @@ class Family:
     @property
     def lmms_eval_name(self) -> str:
         return f"agci_{self.model_type}"
+
+    def broken_in(self, version: str) -> bool:
+        """transformers ``version`` (exact, as ``transformers.__version__``) is one where the family's own model
+        fails."""
+        return self.broken is not None and version in self.broken.releases
 
     @property
     def reads_input_ids(self) -> bool:
@@ -128,6 +153,13 @@ _FAMILIES = (
            since="4.57", videos=True,
            llamafactory_templates=("llava_next_video", "llava_next_video_mistral", "llava_next_video_yi"),
            tested=OLD),
+    # no inner model: the outer class holds the vision model, the projector and the language model
+    Family("llama4", "Llama 4", "Llama4ForConditionalGeneration", "Llama4ForConditionalGeneration", since="4.57",
+           hook="multi_modal_projector", hook_class="Llama4MultiModalProjector", grouping="global_view",
+           llamafactory_templates=("llama4",), tested=OLD,
+           broken=Broken(("5.24.0",), "Llama4ForConditionalGeneration.forward raises AttributeError: "
+                         "'MoeCausalLMOutputWithPast' object has no attribute 'image_outputs' on every call",
+                         "pip install -U 'transformers>=5.25' (or 'transformers==5.6.0', LLaMA-Factory 0.9.5's)")),
 )  # fmt: skip
 FAMILIES = {f.model_type: f for f in _FAMILIES}
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
@@ -136,23 +168,39 @@ TABLE_COLUMNS = ("model type", "family", "hook", "images from", "transformers", 
                  "tested on")  # fmt: skip
 
 
+def _versions(f: Family) -> str:
+    return f">= {f.since}" + (f", not {', '.join(f.broken.releases)}" if f.broken else "")
+
+
 def table_rows() -> list[tuple[str, ...]]:
     """One row per family, as ``agci families`` and README's support table show it."""
     return [
-        (f.model_type, f.name, f.hook, f.grouping, f">= {f.since}", f.lmms_eval_name,
+        (f.model_type, f.name, f.hook, f.grouping, _versions(f), f.lmms_eval_name,
          ", ".join(f.llamafactory_templates) or "none in 0.9.5", ", ".join(f.tested))
         for f in FAMILIES.values()
     ]  # fmt: skip
+
+
+def broken_notes() -> list[str]:
+    """One line per family with releases where transformers' own model fails (the "not" in the table)."""
+    return [
+        f"{f.model_type} does not run on transformers {', '.join(f.broken.releases)}: {f.broken.error} (a transformers "
+        f"bug; agci refuses the family there and its tests skip it): {f.broken.fix}"
+        for f in FAMILIES.values()
+        if f.broken
+    ]
 
 
 def markdown_table() -> str:
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     for row in table_rows():
         lines.append("| " + " | ".join(f"`{c}`" if i in (0, 5) else c for i, c in enumerate(row)) + " |")
-    return "\n".join(lines) + "\n"
+    notes = [f"- `{n.replace(' ', '` ', 1)}" for n in broken_notes()]
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def text_table() -> str:
     rows = [TABLE_COLUMNS, *table_rows()]
     widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_COLUMNS))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows) + "\n"
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines + [f"\n{n}" for n in broken_notes()]) + "\n"
