@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-# Every supported family, in one child: its modeling module imported the ordinary way, then its inner class's
-# get_image_features checked for agci's wrapper (which keeps the original's signature). The families are
-# passed from here, so the child imports nothing of agci itself.
+# Every supported family, in one child: its modeling module imported the ordinary way, then the method its hook
+# wraps (the inner class's get_image_features, or Llama 4's projector's forward) checked for agci's wrapper (which
+# keeps the original's signature). The families are passed from here, so the child imports nothing of agci itself.
 EVERY_FAMILY = (
     "import importlib, inspect, json, sys\n"
     "out = {}\n"
-    "for model_type, module, inner in json.loads(sys.argv[1]):\n"
-    "    f = getattr(importlib.import_module(module), inner).__dict__['get_image_features']\n"
+    "for model_type, module, cls, method in json.loads(sys.argv[1]):\n"
+    "    f = getattr(importlib.import_module(module), cls).__dict__[method]\n"
     "    original = getattr(f, '__agci_original__', None)\n"
     "    out[model_type] = [original is not None,\n"
     "                       original is not None and inspect.signature(f) == inspect.signature(original)]\n"
@@ -44,14 +44,14 @@ def test_autopatch_imports_nothing_heavy_at_startup():
 
 
 def test_autopatch_patches_new_processes_only_when_asked():
-    """Every supported family (the inner class's get_image_features), not just two, and none without
-    the variable."""
-    from agci.patches.core import installed_families
+    """Every supported family (the method its hook wraps), not just two, and none without the variable."""
+    from agci.patches.core import hooked_method, installed_families
     from agci.patches.families import FAMILIES
 
     here = installed_families()
     assert len(here) >= 6
-    families = json.dumps([[t, FAMILIES[t].module, FAMILIES[t].inner_class] for t in here])
+    hooks = {t: hooked_method(t) for t in here}
+    families = json.dumps([[t, FAMILIES[t].module, hooks[t][0].__name__, hooks[t][1]] for t in here])
     on = _run(EVERY_FAMILY, families, AGCI_AUTOPATCH="1")
     assert on.returncode == 0, on.stderr
     assert "patching" not in on.stderr, on.stderr  # a family whose patch failed at import says so on stderr

@@ -101,9 +101,9 @@ class Case:
                 import inspect
 
                 get = _unwrapped(type(inner).get_image_features)
-                extra = {}  # up to transformers 5.6 a required argument, which the model's forward passes as None
+                extra = {}  # up to transformers 5.6 a required argument, which the forward reads from the config
                 if "vision_feature_select_strategy" in inspect.signature(get).parameters:
-                    extra["vision_feature_select_strategy"] = None
+                    extra["vision_feature_select_strategy"] = inner.config.vision_config.vision_feature_select_strategy
                 vision = get(inner, **self.image_inputs(batch), **extra)
                 vision = getattr(vision, "last_hidden_state", vision)  # 4.57 returns the tensor
                 projector = inner.multi_modal_projector
