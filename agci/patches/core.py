@@ -210,12 +210,13 @@ def _wrap_image_features(original, family: Family):
     return get_image_features
 
 
-def _wrap_forward_feeding_projector(original):
-    """Forward of a model hooked at its multi_modal_projector: the projector, called inside, finds the model (its
-    config) and the input_ids here."""
+def _wrap_feeding_projector(original):
+    """Forward (and generate) of a model hooked at its multi_modal_projector: the projector, called inside, finds
+    the model (its config) and the input_ids here. generate too: since transformers 5.25 it projects the images
+    before the first forward (get_image_features applies the projector there)."""
 
     @functools.wraps(original)
-    def forward(self, *args, **kwargs):
+    def method(self, *args, **kwargs):
         previous = getattr(_PROJECTING, "context", None)
         _PROJECTING.context = (self, _input_ids_of(args, kwargs))
         try:
@@ -223,14 +224,15 @@ def _wrap_forward_feeding_projector(original):
         finally:
             _PROJECTING.context = previous
 
-    forward.__agci_original__ = original
-    return forward
+    method.__agci_original__ = original
+    return method
 
 
 def _wrap_projector(original, family: Family):
-    """The projector's forward: AGCI on its output (one [N, D] tensor of every image token of the batch, as
-    Llama 4 projects them), grouped into images by the family's rule. Outside the model's forward (no model to
-    read lambda from) the projector is left alone."""
+    """The projector's forward: AGCI on its output (every image token of the batch: [N, D] as Llama 4's forward
+    projects them, [tiles, T, D] from its get_image_features since transformers 5.25), grouped into images by the
+    family's rule. Outside the model's forward and generate (no model to read lambda from, no input_ids) the
+    projector is left alone."""
 
     @functools.wraps(original)
     def forward(self, *args, **kwargs):
@@ -408,8 +410,9 @@ def _wrappers(family: Family, inner: type) -> list[tuple[str, str, object]]:
     """(``"inner"``, ``"outer"`` or ``"hook"`` (the module of ``hook_class``), method name, wrapper factory) for
     one family; the first is the hook itself (what tells that a class or instance is patched)."""
     if family.hook == "multi_modal_projector":
-        return [("hook", "forward", functools.partial(_wrap_projector, family=family)),
-                ("inner", "forward", _wrap_forward_feeding_projector)]  # fmt: skip
+        projector = functools.partial(_wrap_projector, family=family)
+        return [("hook", "forward", projector), ("inner", "forward", _wrap_feeding_projector),
+                ("outer", "generate", _wrap_feeding_projector)]  # fmt: skip
     out = [("inner", "get_image_features", functools.partial(_wrap_image_features, family=family))]
     if "get_video_features" in inner.__dict__:
         out.append(("inner", "get_video_features", _wrap_video_features))
