@@ -30,7 +30,7 @@ RECIPE_FAMILY = {
     "qwen3_5-9b": "qwen3_5", "glm4_1v-9b": "glm4v", "glm4_6v": "glm46v", "gemma3-12b": "gemma3",
     "paligemma2-3b-mix-224": "paligemma", "mistral_small_3_1-24b": "mistral3",
     "qwen3_vl_moe-30b-a3b": "qwen3_vl_moe", "qwen3_5_moe-35b-a3b": "qwen3_5_moe", "gemma4-31b": "gemma4",
-    "llava_next_video-7b": "llava_next_video",
+    "llava_next_video-7b": "llava_next_video", "llama4-scout-17b-16e": "llama4",
 }  # fmt: skip
 sys.path.insert(0, str(HERE))
 

@@ -489,3 +489,28 @@ def test_revert_agci_of_the_last_patched_instance_removes_the_class_property():
     del second
     gc.collect()
     assert agci.LAMBDA_KEY not in outer.__dict__
+
+
+@pytest.mark.skipif("llama4" not in families_here(), reason="llama4's tests do not run on this transformers")
+def test_llama4_images_group_as_its_processor_writes_them():
+    """The real Llama4Processor's input_ids (crops row by row, then <|image|> and the global view; a one-crop image
+    is its global view alone) group into images by global_view, and match the hand-written cases."""
+    import transformers as tf
+    from PIL import Image
+    from tiny_checkpoints import _tokenizer
+    from vlm_cases import _llama4_ids
+
+    specials = {"<|patch|>": 120, "<|image_start|>": 121, "<|image_end|>": 122, "<|image|>": 123,
+                "<|tile_x_separator|>": 124, "<|tile_y_separator|>": 125}  # fmt: skip
+    tokenizer = _tokenizer(specials, 128, {"image_token": "<|image|>"})
+    image_processor = getattr(tf, "Llama4ImageProcessor", None) or tf.Llama4ImageProcessorFast
+    processor = tf.Llama4Processor(image_processor=image_processor(size={"height": 32, "width": 32}, max_patches=4),
+                                   tokenizer=tokenizer, patch_size=8)  # fmt: skip
+    images = [Image.new("RGB", (64, 32)), Image.new("RGB", (20, 20)), Image.new("RGB", (32, 70))]
+    out = processor(images=images, text=["a <|image|> b <|image|> c", "<|image|> what"], return_tensors="pt",
+                    padding=True)  # fmt: skip
+    assert out["pixel_values"].shape[0] == 3 + 1 + 4  # 1 x 2 crops + global, one tile, 3 x 1 crops + global
+    per_row = (out["input_ids"] == 120).sum(1).tolist()
+    assert core.global_view_lengths(out["input_ids"], 120, per_row) == [12, 4, 16]
+    rows = out["input_ids"].tolist()
+    assert rows[0][1:18] == _llama4_ids([(1, 2)], 4) and rows[1][4:26] == _llama4_ids([(3, 1)], 4)

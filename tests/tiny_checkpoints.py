@@ -113,7 +113,11 @@ SAVED_WITH_PROCESSOR = ("llava", "llava_next", "qwen2_5_vl", "qwen2_vl", "qwen3_
                         "smolvlm", "glm4v", "glm46v", "gemma4", "kimi_k25", "aya_vision",
                         "llava_next_video")  # fmt: skip
 # The families whose probe and lmms-eval tests cannot run on a tiny checkpoint here, and why
-NO_TINY_PROCESSOR: dict[str, str] = {}
+NO_TINY_PROCESSOR: dict[str, str] = {
+    "llama4": "Llama4Processor builds offline with a tiny tokenizer (tests/test_patches.py checks its token layout), "
+    "but the probes' similarity reads get_image_features, which returns features from before Llama 4's projector up "
+    "to transformers 5.24, and the newest here (5.24.0) cannot run the model: not done yet",
+}
 
 
 FIRST_SIX = ("llava", "llava_next", "qwen2_5_vl", "qwen3_vl", "gemma3n", "internvl")
