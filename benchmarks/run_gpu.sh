@@ -23,6 +23,13 @@ DRY=0
 [ "${1:-}" = "--dry-run" ] && DRY=1
 PY=${PYTHON:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# Wheels carried to the GPU machine (e.g. the transformers release the CPU suite ran on; the lent H200 image
+# had transformers 5.17.0) are installed beside this checkout first, if there are any in .whl/.
+if [ $DRY = 0 ] && compgen -G ".whl/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/agci-site .whl/*.whl ||
+    { echo "FAILED: installing the carried wheels in .whl/"; exit 1; }
+  export PYTHONPATH=$PYTHONPATH:/tmp/agci-site
+fi
 if [ $DRY = 1 ]; then
   export TRITON_INTERPRET=1 AGCI_GPU_TESTS_ON_CPU=1 CUDA_VISIBLE_DEVICES=""
   device=cpu-dry-run
