@@ -55,7 +55,7 @@ $(LF_VENV)/.installed: pyproject.toml Makefile
 test-llamafactory: $(LF_VENV)/.installed  ## llamafactory-cli train/export with AGCI, end to end on CPU, in .venv-lf
 	$(LF_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_llamafactory.py
 
-test-gpu:  ## on a CUDA machine: kernel tests compiled, at real sizes, then the op benchmark
+test-gpu:  ## on a CUDA machine (~7 min): kernel and all-family patch tests, op, 7B end-to-end and 7B probe benchmarks; --dry-run on CPU: bash benchmarks/run_gpu.sh --dry-run
 	bash benchmarks/run_gpu.sh
 
 lint: setup

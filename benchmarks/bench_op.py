@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import agci  # noqa: E402
 from agci.kernels import reference  # noqa: E402
@@ -49,6 +50,7 @@ QUICK_SHAPES = {
     "qwen-like 1k (D 3584)": ([1024], 3584),
     "llava-like 8x576 (D 1024)": ([576] * 8, 1024),
     "gemma3n x1": ([256], 2048),
+    "tiny 3 images (D 64)": ([40, 7, 24], 64),  # the GPU script's dry run (kernels interpreted)
 }
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 # Datasheet memory bandwidth (bytes/s) by device name; the measured copy bandwidth is reported too.
@@ -172,8 +174,11 @@ def main(argv=None) -> int:
     with_triton = cuda or os.environ.get("TRITON_INTERPRET") == "1"
     device = torch.device("cuda" if cuda else "cpu")
     shapes = QUICK_SHAPES if (args.quick or not cuda) else SHAPES
-    if args.shapes:
-        shapes = {k: v for k, v in shapes.items() if k in args.shapes.split(",")}
+    if args.shapes:  # in the order given; a misspelt name fails here, not after minutes of measuring
+        unknown = [k for k in args.shapes.split(",") if k not in shapes]
+        if unknown:
+            raise SystemExit(f"unknown shapes {unknown}; known here: {list(shapes)}")
+        shapes = {k: shapes[k] for k in args.shapes.split(",")}
     dev_name = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     try:
@@ -182,6 +187,16 @@ def main(argv=None) -> int:
         versions["triton"] = triton.__version__
     except ImportError:
         versions["triton"] = None
+    try:
+        import transformers
+
+        versions["transformers"] = transformers.__version__
+    except ImportError:
+        versions["transformers"] = None
+    if cuda:
+        from bench_e2e import _driver
+
+        versions["driver"] = _driver()
     copy_bw = _measure_copy_bw(device)
     sheet_bw = _datasheet_bw(dev_name) if cuda else None
     print(

@@ -9,7 +9,6 @@ of the streaming kernels.
 
 from __future__ import annotations
 
-import itertools
 import sys
 import time
 from pathlib import Path
@@ -52,7 +51,6 @@ def profile_case(name, lengths, d, bw) -> None:
     host_us = (time.perf_counter() - t0) / 200 * 1e6
     torch.cuda.synchronize()
     y, g = K.forward(x, 0.5, cu, seg, mx)
-    gg = g.square().sum(-1)
     graph_fwd = do_bench_cudagraph(lambda: K.forward(x, 0.5, cu, seg, mx))
     graph_bwd = do_bench_cudagraph(lambda: K.backward(dy, x, g, 0.5, cu, seg, mx))
     print(
@@ -62,42 +60,39 @@ def profile_case(name, lengths, d, bw) -> None:
         flush=True,
     )
     block, _ = K._row_launch(d)
-    coefs = torch.empty(4, t, device="cuda")
     for warps in (2, 4, 8):
         inj = do_bench(
             lambda w=warps: K._inject_rows[(t,)](
                 x, y, g, seg, d, x.stride(0), y.stride(0), 0.5, 1e-8, BLOCK_D=block, ONE_BLOCK=block >= d, num_warps=w
             )
         )
-        rc = do_bench(
-            lambda w=warps: K._bwd_row_coefs[(t,)](
-                x, dy, g, gg, seg, *coefs, d, x.stride(0), dy.stride(0), 0.5, 1e-8, BLOCK_D=block, num_warps=w
-            )
-        )
-        print(f"  warps {warps:2d}: inject_rows {_us(inj)} us ({2 * elem_us / (inj * 1e3):.0%}), "
-              f"bwd_row_coefs {_us(rc)} us ({2 * elem_us / (rc * 1e3):.0%})", flush=True)  # fmt: skip
+        print(f"  warps {warps:2d}: inject_rows {_us(inj)} us ({2 * elem_us / (inj * 1e3):.0%})", flush=True)
     n_splits = max(triton.cdiv(mx, K.CHUNK), 1)
     part = torch.empty(len(lengths), n_splits, d, device="cuda")
-    gam = torch.empty(len(lengths), n_splits, device="cuda")
-    for (br, bd, warps, step), weighted in itertools.product(
-        [(32, 128, 4, 1), (32, 128, 4, 2), (16, 128, 4, 2), (32, 128, 8, 2), (16, 256, 4, 2)], (False, True)
-    ):
-        if weighted and step == 2:
-            continue
-        ms = do_bench(lambda br=br, bd=bd, w=warps, wt=weighted, st=step: K._segment_colsum[
+    for br, bd, warps, step in [(32, 128, 4, 1), (32, 128, 4, 2), (16, 128, 4, 2), (32, 128, 8, 2), (16, 256, 4, 2)]:
+        ms = do_bench(lambda br=br, bd=bd, w=warps, st=step: K._segment_colsum[
             (len(lengths), n_splits, triton.cdiv(d, bd))](
-            dy, coefs[0], x, coefs[1], coefs[3], gam, part, cu, d, dy.stride(0), x.stride(0), n_splits,
-            WEIGHTED=wt, CHUNK=K.CHUNK, BLOCK_R=br, BLOCK_D=bd, STEP_R=br * st, num_warps=w))  # fmt: skip
-        passes = 2 if weighted else 1
-        print(f"  colsum {'weighted' if weighted else 'plain   '} R{br}x{step} D{bd} w{warps}: {_us(ms)} us "
-              f"({passes * elem_us / (ms * 1e3):.0%})", flush=True)  # fmt: skip
+            x, part, cu, d, x.stride(0), n_splits, CHUNK=K.CHUNK, BLOCK_R=br, BLOCK_D=bd, STEP_R=br * st,
+            num_warps=w))  # fmt: skip
+        print(f"  colsum R{br}x{step} D{bd} w{warps}: {_us(ms)} us ({elem_us / (ms * 1e3):.0%})", flush=True)
     grad_g = torch.zeros(len(lengths), d, device="cuda")
+    # The backward's fused coefficients + column sums: chunk rows, column block, warps (2 passes over x and dy,
+    # the second from L2 if the chunk fits).
+    for chunk, bd, warps in [(16, 256, 4), (16, 128, 4), (32, 128, 4), (32, 256, 8), (8, 512, 4), (64, 64, 4)]:
+        splits = max(triton.cdiv(mx, chunk), 1)
+        bpart = torch.empty(len(lengths), splits, d, device="cuda")
+        bgam = torch.empty(len(lengths), splits, device="cuda")
+        ms = do_bench(lambda c=chunk, bd=bd, w=warps, sp=splits, bp=bpart, bg=bgam: K._bwd_chunk_sums[
+            (len(lengths), sp)](x, dy, g, cu, bp, bg, grad_g, d, x.stride(0), dy.stride(0), sp, 0.5, 1e-8,
+                                FINISH=sp == 1, CHUNK=c, BLOCK_D=bd, num_warps=w))  # fmt: skip
+        print(f"  bwd_chunk_sums C{chunk} D{bd} w{warps}: {_us(ms)} us ({2 * elem_us / (ms * 1e3):.0%} at 2 passes)",
+              flush=True)  # fmt: skip
     dx = torch.empty_like(x)
-    for tm, td, warps in [(8, 256, 4), (16, 256, 8), (4, 512, 4), (8, 512, 8), (32, 128, 8)]:
-        ms = do_bench(lambda tm=tm, td=td, w=warps: K._bwd_rows[(triton.cdiv(t, tm), triton.cdiv(d, td))](
-            x, dy, dx, g, grad_g, seg, coefs[1], coefs[2], t, d, x.stride(0), dy.stride(0), dx.stride(0),
-            BLOCK_M=tm, BLOCK_D=td, num_warps=w))  # fmt: skip
-        print(f"  bwd_rows M{tm} D{td} w{warps}: {_us(ms)} us ({3 * elem_us / (ms * 1e3):.0%})", flush=True)
+    for warps in (4, 8, 16):
+        ms = do_bench(lambda w=warps: K._bwd_rows[(t,)](
+            x, dy, dx, g, grad_g, seg, d, x.stride(0), dy.stride(0), dx.stride(0), 0.5, 1e-8,
+            BLOCK_D=block, ONE_BLOCK=block >= d, num_warps=w))  # fmt: skip
+        print(f"  bwd_rows w{warps}: {_us(ms)} us ({3 * elem_us / (ms * 1e3):.0%})", flush=True)
     launch = do_bench(lambda: K._sum_partials[(1, 1)](part, g, d, 1, BLOCK_S=16, BLOCK_D=128, num_warps=4))
     t0 = time.perf_counter()
     for _ in range(200):

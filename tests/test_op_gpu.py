@@ -72,6 +72,18 @@ def test_batch_invariance_is_bitwise_at_real_size():
     assert torch.equal(full[576 * 3 : 576 * 4], alone)
 
 
+def test_gradient_batch_invariance_is_bitwise_at_real_size():
+    lengths, d = [576] * 8, 4096
+    x = torch.randn(sum(lengths), d, device="cuda", dtype=torch.bfloat16)
+    dy = torch.randn_like(x)
+    grads = []
+    for xs, dys, ls in ((x, dy, lengths), (x[576 * 3 : 576 * 4], dy[576 * 3 : 576 * 4], [576])):
+        xi = xs.clone().requires_grad_()
+        agci.global_context_broadcast(xi, 0.5, ls, impl="triton").backward(dys)
+        grads.append(xi.grad)
+    assert torch.equal(grads[0][576 * 3 : 576 * 4], grads[1])
+
+
 def test_auto_uses_triton_on_cuda():
     from agci.kernels import resolve_impl
 

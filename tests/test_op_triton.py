@@ -12,8 +12,9 @@ import agci
 
 pytestmark = pytest.mark.interpret
 
-# D not a power of two, one-token images, an empty image, several chunks per image
-# (MEAN_CHUNK=64, BWD_CHUNK=32) and a row wider than one block (ROW_BLOCK_MAX is patched below).
+# D not a power of two, one-token images, an empty image, several chunks per image (CHUNK=128 rows in the
+# forward's mean, BWD_CHUNK=16 in the backward's sums) and a row wider than one block (ROW_BLOCK_MAX is
+# patched below).
 CASES = [([1, 5, 3], 7), ([1, 1, 1, 1], 3), ([70, 1, 0, 33], 19), ([130], 5), ([300, 2], 6)]
 
 
@@ -107,3 +108,152 @@ def test_float64_is_refused_by_triton_and_served_by_auto(device):
     with pytest.raises(TypeError, match="impl='reference'"):
         agci.global_context_broadcast(x, 0.5, impl="triton")
     assert agci.global_context_broadcast(x, 0.5).dtype == torch.float64
+
+
+def _grads(x, lam, lengths, dy, impl):
+    xi = x.clone().requires_grad_()
+    y = agci.global_context_broadcast(xi, lam, lengths, impl=impl)
+    y.backward(dy)
+    return y.detach(), xi.grad
+
+
+@pytest.mark.parametrize("chunk,block_d", [(16, 256), (4, 8), (2, 4), (8, 32)])
+def test_backward_layouts_give_the_exact_gradient(chunk, block_d, device, monkeypatch):
+    # Chunks of the fused coefficient + column-sum kernel smaller than the images, column blocks narrower than
+    # D with a ragged last block, one-token and empty images, a zero token: against float64 autograd.
+    from agci.kernels import triton_agci
+
+    monkeypatch.setattr(triton_agci, "BWD_CHUNK", chunk)
+    monkeypatch.setattr(triton_agci, "BWD_BLOCK_D", block_d)
+    lengths = [9, 1, 0, 5, 17]
+    x = _x(lengths, 19, torch.float32, device)
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device)
+    _, grad = _grads(x, 0.8, lengths, dy, "triton")
+    x64 = x.double().requires_grad_()
+    per_image_formula(x64, 0.8, lengths).backward(dy.double())
+    torch.testing.assert_close(grad.double(), x64.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_directional_derivative_matches_finite_differences(device):
+    # gradcheck in the kernels' own precision: <dL/dx, v> against central differences of <dy, f(x)>.
+    lengths = [6, 20, 1]
+    x = _x(lengths, 11, torch.float32, device)
+    x[2] = 0.5  # smooth there: at a zero token the cosine jumps from "undefined, 0" to a value
+    gen = torch.Generator().manual_seed(3)
+    dy, v = (torch.randn(x.shape, generator=gen).to(device) for _ in range(2))
+    _, grad = _grads(x, 0.6, lengths, dy, "triton")
+    h = 1e-2
+
+    def f(z):
+        return (agci.global_context_broadcast(z, 0.6, lengths, impl="triton").double() * dy.double()).sum()
+
+    numeric = (f(x + h * v) - f(x - h * v)) / (2 * h)
+    analytic = (grad.double() * v.double()).sum()
+    assert abs(numeric - analytic) <= 2e-3 * max(1.0, abs(analytic))
+
+
+def test_lambda_zero_is_the_identity_with_the_identity_gradient(device):
+    x = _x([4, 7], 9, torch.float32, device)
+    dy = torch.randn_like(x)
+    y, grad = _grads(x, 0.0, [4, 7], dy, "triton")
+    assert torch.equal(y, x) and torch.equal(grad, dy)
+
+
+def test_one_mean_over_the_batch_matches_the_reference_formula(device):
+    # Scope "reference" of the families that mix the batch: one image spanning every token, against the
+    # reference repository's formula (F.cosine_similarity) in float64, forward and backward.
+    from agci.kernels.reference import broadcast_eager_formula
+
+    x = _x([40], 13, torch.float32, device)
+    x[2] = 1.0  # no zero token: F.cosine_similarity clamps norms differently there
+    dy = torch.randn_like(x)
+    y, grad = _grads(x, 0.5, [40], dy, "triton")
+    x64 = x.double().requires_grad_()
+    broadcast_eager_formula(x64, 0.5).backward(dy.double())
+    torch.testing.assert_close(y.double(), broadcast_eager_formula(x.double(), 0.5), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad.double(), x64.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_other_images_do_not_change_an_images_gradient_bitwise(device):
+    # The backward's chunks start at each image's first row too; an image of at most BWD_CHUNK tokens alone
+    # takes the one-chunk path (finished in the first kernel) and must give the same bits.
+    lengths = [70, 12, 9]
+    x = _x(lengths, 13, torch.float32, device)
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(2)).to(device)
+    _, full = _grads(x, 0.4, lengths, dy, "triton")
+    full = full.split(lengths)
+    starts = [0, 70, 82]
+    for i, n in enumerate(lengths):
+        sl = slice(starts[i], starts[i] + n)
+        _, alone = _grads(x[sl], 0.4, [n], dy[sl], "triton")
+        assert torch.equal(alone, full[i]), i
+
+
+def test_bfloat16_backward_with_many_chunks(device):
+    lengths = [50, 3]
+    x = _x(lengths, 24, torch.bfloat16, device)
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(4)).to(device, torch.bfloat16)
+    _, grad = _grads(x, 0.7, lengths, dy, "triton")
+    x64 = x.double().requires_grad_()
+    per_image_formula(x64, 0.7, lengths).backward(dy.double())
+    assert grad.dtype == torch.bfloat16 and relative_error(grad, x64.grad) < 2e-2
+
+
+class _Counted:
+    def __init__(self, kernel, log, name):
+        self.kernel, self.log, self.name = kernel, log, name
+
+    def __getitem__(self, grid):
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        self.log.append(self.name)
+
+        def launch(*args, **kwargs):
+            with _disable_current_modes():  # the interpreter's own tensor copies are not the op's work
+                return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+@pytest.mark.parametrize("lengths,fwd,bwd", [([5, 16], 2, 2), ([17, 2], 2, 3), ([129], 3, 3)])
+def test_launch_counts_and_no_other_device_work(lengths, fwd, bwd, device, monkeypatch):
+    # Forward: mean (+ the partials' sum past CHUNK rows) and the rows. Backward: the fused coefficients +
+    # column sums (+ the partials' sum past BWD_CHUNK rows) and the rows; only allocations around them.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from agci.kernels import triton_agci
+
+    log = []
+    for name in ("_segment_colsum", "_sum_partials", "_inject_rows", "_bwd_chunk_sums", "_bwd_finish_grad_g",
+                 "_bwd_rows"):  # fmt: skip
+        monkeypatch.setattr(triton_agci, name, _Counted(getattr(triton_agci, name), log, name))
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    x = _x(lengths, 6, torch.float32, device)
+    dy = torch.randn_like(x)
+    cu, seg = agci.kernels._segment_layout(tuple(lengths), x.device)
+    y, g = triton_agci.forward(x, 0.5, cu, seg, max(lengths))
+    assert len(log) == fwd, log
+    log.clear()
+    with Ops() as mode:
+        triton_agci.backward(dy, x, g, 0.5, cu, seg, max(lengths))
+    assert len(log) == bwd, log
+    assert set(mode.ops) <= {"empty", "empty_like"}, mode.ops
+
+
+def test_custom_op_passes_opcheck(device):
+    # Schema, fake tensor, autograd registration and AOT dispatch of torch.ops.agci.global_context_broadcast.
+    from agci.kernels import custom_ops
+
+    lengths = [3, 20]
+    x = _x(lengths, 5, torch.float32, device).requires_grad_()
+    cu, seg = agci.kernels._segment_layout(tuple(lengths), x.device)
+    torch.library.opcheck(custom_ops.global_context_broadcast_op, (x, 0.5, cu, seg, max(lengths)))

@@ -34,7 +34,8 @@ def _tokenizer(specials: dict[str, int], vocab_size: int, named: dict[str, str] 
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **specials}
-    free = (i for i in range(vocab_size) if i not in vocab.values())
+    taken = set(vocab.values())  # a set: Qwen-sized vocabularies (152k ids) would take minutes otherwise
+    free = (i for i in range(vocab_size) if i not in taken)
     for word in WORDS:
         if word not in vocab:
             nxt = next(free, None)
