@@ -408,8 +408,10 @@ def _agci(*args, cwd, env=None):
 
 
 def test_cli_probe_on_the_embedded_default(tmp_path):
-    """`agci probe` with no model: the embedded VLM on a fresh synthetic set, every output written."""
-    result = _agci("probe", "--out", "out", "--source", "synthetic:18", "--occlusion-samples", "9", cwd=tmp_path)
+    """`agci probe` with no model and no adapters: the embedded VLM's lambda sweep on a fresh synthetic set, every
+    output written (the shipped adapters: tests/test_probe_adapters.py)."""
+    result = _agci("probe", "--out", "out", "--source", "synthetic:18", "--occlusion-samples", "9", "--adapter", "none",
+                   cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())

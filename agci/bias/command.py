@@ -13,6 +13,12 @@ def add_parser(subparsers) -> None:
     )
     probe.add_argument("--model", help="checkpoint folder or hub id (default: the embedded tiny probe VLM)")
     probe.add_argument(
+        "--adapter",
+        help="comma-separated PEFT adapter folders, each probed next to the base model on the same batches "
+        "(at the lambda in its agci-adapter.json unless --lambda is given); default without --model: the LoRA "
+        "adapters shipped with agci (agci.bias.tiny_lora); 'none': the base alone",
+    )
+    probe.add_argument(
         "--data",
         help="probe-set folder (agci probe-set) or a records JSONL/JSON (image, caption, position, answer); "
         "default: build one from --source",
@@ -69,7 +75,8 @@ def run_probe_command(args) -> int:
 
     try:
         cfg = ProbeConfig(
-            model=args.model, data=args.data, source=args.source, out=args.out, lambdas=args.lambdas,
+            model=args.model, adapters=_adapters(args.adapter), data=args.data, source=args.source, out=args.out,
+            lambdas=args.lambdas,
             tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()), batch_size=args.batch_size,
             prefetch=args.prefetch, generate=args.generate, max_new_tokens=args.max_new_tokens,
             occlusion_samples=args.occlusion_samples, mask=args.mask, pooling=args.pooling, limit=args.limit,
@@ -87,30 +94,53 @@ def run_probe_command(args) -> int:
     return 0
 
 
+def _adapters(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if value.strip().lower() == "none":
+        return ()
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
 def print_probe_summary(summary: dict) -> None:
-    """One line per lambda: accuracy, the position spread and test, and the similarity and occlusion spreads."""
-    for lam, tasks in summary["lambdas"].items():
+    """One line per model and lambda: accuracy, the position spread and test, the similarity and occlusion
+    spreads; then each comparison of two seeded settings."""
+    models = summary.get("models") or {None: {"lambdas": summary["lambdas"]}}
+    for label, entry in models.items():
+        for lam, tasks in entry["lambdas"].items():
+            print(("" if label is None else f"{label} ") + f"lambda {lam}: " + "; ".join(_figures(tasks)))
+    for name, c in summary.get("comparisons", {}).items():
         parts = []
-        pos = tasks.get("position", {})
-        if "accuracy" in pos:
-            b = pos["bias"]
-            parts.append(f"accuracy {pos['accuracy']:.3f}")
-            if b["spread"] is not None:
-                parts.append(f"position spread {b['spread']:.3f} (best {b['best_cell']}, worst {b['worst_cell']})")
-            if b["centre_minus_border"] is not None:
-                parts.append(f"centre-border {b['centre_minus_border']:+.3f}")
-            test = pos.get("position_test", {})
-            if test.get("p_value") is not None:
-                parts.append(f"position effect p = {test['p_value']:.2g} (Cochran's Q, {test['pairs']} pairs)")
-            if pos.get("skipped"):
-                parts.append(f"skipped {pos['skipped']}")
-        sim = tasks.get("similarity", {})
-        if sim.get("bias", {}).get("spread") is not None:
-            parts.append(f"similarity spread {sim['bias']['spread']:.4f}")
-        occ = tasks.get("occlusion", {})
-        if occ.get("bias", {}).get("spread") is not None:
-            parts.append(f"occlusion target-share spread {occ['bias']['spread']:.3f}")
-        print(f"lambda {lam}: " + "; ".join(parts))
+        for key, test in c["paired_over_seeds"].items():
+            if test["mean_difference"] is not None:
+                parts.append(f"{key} {test['mean_difference']:+.3f} (p = {test['p_value']:.2g})")
+        sign = c["cells"]["sign"]
+        parts.append(f"cells higher/lower {sign['higher']}/{sign['lower']} (sign test p = {sign['p_value']:.2g})")
+        print(f"{name}, {len(c['seeds'])} seeds, mean paired difference: " + "; ".join(parts))
+
+
+def _figures(tasks: dict) -> list[str]:
+    parts = []
+    pos = tasks.get("position", {})
+    if "accuracy" in pos:
+        b = pos["bias"]
+        parts.append(f"accuracy {pos['accuracy']:.3f}")
+        if b["spread"] is not None:
+            parts.append(f"position spread {b['spread']:.3f} (best {b['best_cell']}, worst {b['worst_cell']})")
+        if b["centre_minus_border"] is not None:
+            parts.append(f"centre-border {b['centre_minus_border']:+.3f}")
+        test = pos.get("position_test", {})
+        if test.get("p_value") is not None:
+            parts.append(f"position effect p = {test['p_value']:.2g} (Cochran's Q, {test['pairs']} pairs)")
+        if pos.get("skipped"):
+            parts.append(f"skipped {pos['skipped']}")
+    sim = tasks.get("similarity", {})
+    if sim.get("bias", {}).get("spread") is not None:
+        parts.append(f"similarity spread {sim['bias']['spread']:.4f}")
+    occ = tasks.get("occlusion", {})
+    if occ.get("bias", {}).get("spread") is not None:
+        parts.append(f"occlusion target-share spread {occ['bias']['spread']:.3f}")
+    return parts
 
 
 def probe_set_command(args) -> int:

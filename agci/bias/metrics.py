@@ -153,3 +153,89 @@ def occlusion_summary(rows: list[dict]) -> dict:
 def _overlap(k: int, lo: float, hi: float) -> float:
     """Length of [k, k + 1) inside [lo, hi): a mask square's share in a cell along one axis."""
     return max(0.0, min(k + 1, hi) - max(k, lo))
+
+
+def _incomplete_beta(x: float, a: float, b: float) -> float:
+    """The regularised incomplete beta function I_x(a, b), by its continued fraction (modified Lentz)."""
+    if x <= 0 or x >= 1:
+        return 0.0 if x <= 0 else 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast only below the mean; use the symmetry
+        return 1.0 - _incomplete_beta(1 - x, b, a)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 300):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):  # fmt: skip
+            d = 1 + numerator * d
+            d = 1 / (d if abs(d) > tiny else tiny)
+            c = 1 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1) < 1e-14:
+            break
+    return front * result
+
+
+def paired_t_test(differences: list[float]) -> dict:
+    """Two-sided one-sample t-test that the mean of paired ``differences`` is 0."""
+    n = len(differences)
+    out = {"test": "paired t", "n": n, "mean_difference": None, "t": None, "p_value": None}
+    if n < 2:
+        return out
+    mean = sum(differences) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+    out["mean_difference"] = mean
+    if sd == 0:
+        out.update(t=None, p_value=1.0 if mean == 0 else 0.0)
+        return out
+    t = mean / (sd / math.sqrt(n))
+    df = n - 1
+    out.update(t=t, p_value=_incomplete_beta(df / (df + t * t), df / 2, 0.5))
+    return out
+
+
+def sign_test(differences: list[float]) -> dict:
+    """Two-sided exact sign test (ties dropped) that positive and negative differences are equally likely."""
+    up = sum(d > 0 for d in differences)
+    down = sum(d < 0 for d in differences)
+    n = up + down
+    tail = sum(math.comb(n, k) for k in range(min(up, down) + 1)) / 2**n if n else 1.0
+    return {"test": "sign", "higher": up, "lower": down, "ties": len(differences) - n, "p_value": min(1.0, 2 * tail)}
+
+
+SEED_FIGURES = ("accuracy", "spread", "std", "centre_minus_border")
+
+
+def _seed_figures(position: dict) -> dict:
+    bias = position.get("bias", {})
+    test = position.get("position_test", {})
+    return {"accuracy": position.get("accuracy"), "spread": bias.get("spread"), "std": bias.get("std"),
+            "centre_minus_border": bias.get("centre_minus_border"), "cochran_p": test.get("p_value"),
+            "positive_accuracy_per_cell": position.get("positive_accuracy_per_cell")}  # fmt: skip
+
+
+def compare_settings(first: dict[int, dict], second: dict[int, dict]) -> dict:
+    """Two settings probed over the same seeds (each ``{seed: position summary}``): per-seed figures, and
+    paired tests of ``second - first`` over seeds (each bias figure) and over seeds x cells (the accuracy
+    when the target is in each cell)."""
+    seeds = sorted(set(first) & set(second))
+    per_seed = {s: {"first": _seed_figures(first[s]), "second": _seed_figures(second[s])} for s in seeds}
+    tests = {}
+    for key in SEED_FIGURES:
+        pairs = [(f["first"][key], f["second"][key]) for f in per_seed.values()]
+        tests[key] = paired_t_test([b - a for a, b in pairs if a is not None and b is not None])
+    cells = [
+        b - a
+        for f in per_seed.values()
+        for a, b in zip(
+            f["first"]["positive_accuracy_per_cell"] or [],
+            f["second"]["positive_accuracy_per_cell"] or [],
+            strict=False,
+        )  # fmt: skip
+        if a is not None and b is not None
+    ]
+    return {"seeds": seeds, "per_seed": per_seed, "paired_over_seeds": tests,
+            "cells": {"t": paired_t_test(cells), "sign": sign_test(cells)}}  # fmt: skip

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..configs import format_lambda
 from ..runs import save_figure
 from .metrics import grid
 
@@ -32,36 +31,40 @@ def _cells(ax, values, cmap, vmin, vmax, fmt="{:.2f}"):
     return image
 
 
-def cell_heatmaps(per_lambda: dict[float, list], path: str | Path, title: str, label: str,
-                  vmin: float | None = None, vmax: float | None = None,
-                  notes: dict[float, str] | None = None) -> Path:  # fmt: skip
-    """One 3 x 3 map per lambda on a shared scale (``notes`` adds a line under a lambda's title), then each
-    lambda's difference to lambda 0."""
+def cell_heatmaps(columns: dict[str, list], path: str | Path, title: str, label: str,
+                  vmin: float | None = None, vmax: float | None = None, notes: dict[str, str] | None = None,
+                  differences: list[tuple[str, str]] = ()) -> Path:  # fmt: skip
+    """One 3 x 3 map per column on a shared scale (``notes`` adds a line under a column's title), then a row
+    with the map of ``a - b`` for each ``(a, b)`` of ``differences``."""
     plt = _plt()
-    lambdas = sorted(per_lambda)
-    values = [v for lam in lambdas for v in per_lambda[lam] if v is not None]
+    names = list(columns)
+    values = [v for name in names for v in columns[name] if v is not None]
     lo = vmin if vmin is not None else (min(values) if values else 0.0)
     hi = vmax if vmax is not None else (max(values) if values else 1.0)
-    base = per_lambda.get(0.0)
-    diffs = [lam for lam in lambdas if lam != 0.0 and base is not None]
-    rows = 2 if diffs else 1
-    fig, axes = plt.subplots(rows, len(lambdas), figsize=(3.2 * len(lambdas), 3.2 * rows), squeeze=False)
-    for k, lam in enumerate(lambdas):
-        image = _cells(axes[0][k], per_lambda[lam], "viridis", lo, hi)
-        note = (notes or {}).get(lam)
-        axes[0][k].set_title(f"lambda = {format_lambda(lam)}" + (f"\n{note}" if note else ""))
+    differences = [(a, b) for a, b in differences if a in columns and b in columns]
+    width = max(len(names), len(differences))
+    rows = 2 if differences else 1
+    fig, axes = plt.subplots(rows, width, figsize=(3.2 * width, 3.2 * rows), squeeze=False)
+    for k in range(width):
+        if k >= len(names):
+            axes[0][k].axis("off")
+            continue
+        image = _cells(axes[0][k], columns[names[k]], "viridis", lo, hi)
+        note = (notes or {}).get(names[k])
+        axes[0][k].set_title(names[k] + (f"\n{note}" if note else ""), fontsize=9)
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label=label)
-    if diffs:
-        deltas = {
-            lam: [None if a is None or b is None else a - b for a, b in zip(per_lambda[lam], base, strict=False)]
-            for lam in diffs
-        }
-        span = max([abs(v) for d in deltas.values() for v in d if v is not None] + [1e-6])
-        axes[1][0].axis("off")
-        axes[1][0].text(0.5, 0.5, "difference\nto lambda 0", ha="center", va="center", fontsize=11)
-        for k, lam in enumerate(lambdas[1:], start=1):
-            image = _cells(axes[1][k], deltas[lam], "RdBu", -span, span, "{:+.2f}")
-            axes[1][k].set_title(f"lambda {format_lambda(lam)} - lambda 0")
+    if differences:
+        deltas = [
+            [None if x is None or y is None else x - y for x, y in zip(columns[a], columns[b], strict=False)]
+            for a, b in differences
+        ]
+        span = max([abs(v) for d in deltas for v in d if v is not None] + [1e-6])
+        for k in range(width):
+            if k >= len(deltas):
+                axes[1][k].axis("off")
+                continue
+            image = _cells(axes[1][k], deltas[k], "RdBu", -span, span, "{:+.2f}")
+            axes[1][k].set_title(f"{differences[k][0]}\n- {differences[k][1]}", fontsize=9)
         fig.colorbar(image, ax=list(axes[1]), shrink=0.8, label="difference")
     fig.suptitle(title)
     path = Path(path)
@@ -70,23 +73,23 @@ def cell_heatmaps(per_lambda: dict[float, list], path: str | Path, title: str, l
     return path
 
 
-def occlusion_maps(per_lambda: dict[float, list], path: str | Path, title: str) -> Path:
-    """Mean drop map per target cell (rows: lambdas; columns: the 9 target cells)."""
+def occlusion_maps(per_row: dict[str, list], path: str | Path, title: str) -> Path:
+    """Mean drop map per target cell (rows: the models or lambdas; columns: the 9 target cells)."""
     import numpy as np
 
     plt = _plt()
-    lambdas = sorted(per_lambda)
-    maps = [m for lam in lambdas for m in per_lambda[lam] if m is not None]
+    names = list(per_row)
+    maps = [m for name in names for m in per_row[name] if m is not None]
     span = max([float(np.abs(np.array(m)).max()) for m in maps] + [1e-6])
-    fig, axes = plt.subplots(len(lambdas), 9, figsize=(15, 1.9 * len(lambdas) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(names), 9, figsize=(15, 1.9 * len(names) + 0.6), squeeze=False)
     from .probe_sets import POSITIONS
 
-    for r, lam in enumerate(lambdas):
+    for r, name in enumerate(names):
         for c in range(9):
             ax = axes[r][c]
             ax.set_xticks([])
             ax.set_yticks([])
-            m = per_lambda[lam][c]
+            m = per_row[name][c]
             if m is None:
                 ax.axis("off")
                 continue
@@ -99,9 +102,38 @@ def occlusion_maps(per_lambda: dict[float, list], path: str | Path, title: str) 
             if r == 0:
                 ax.set_title(POSITIONS[c], fontsize=8)
             if c == 0:
-                ax.set_ylabel(f"lambda {format_lambda(lam)}")
+                ax.set_ylabel(name, fontsize=8)
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="drop in log p(answer)")
     fig.suptitle(title)
+    path = Path(path)
+    save_figure(fig, path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def seed_figures(comparisons: dict, path: str | Path, title: str) -> Path:
+    """Per comparison (a row): each bias figure per seed for both settings, with the paired test's p."""
+    from .metrics import SEED_FIGURES
+
+    plt = _plt()
+    rows = list(comparisons.values())
+    fig, axes = plt.subplots(len(rows), len(SEED_FIGURES), figsize=(3.6 * len(SEED_FIGURES), 3.0 * len(rows)),
+                             squeeze=False)  # fmt: skip
+    for r, comparison in enumerate(rows):
+        seeds = comparison["seeds"]
+        for k, key in enumerate(SEED_FIGURES):
+            ax = axes[r][k]
+            for offset, side, marker in ((-0.12, "first", "o"), (0.12, "second", "s")):
+                values = [comparison["per_seed"][s][side][key] for s in seeds]
+                ax.plot([i + offset for i in range(len(seeds))], values, marker, label=comparison[side])
+            test = comparison["paired_over_seeds"][key]
+            p = "n/a" if test["p_value"] is None else f"{test['p_value']:.2g}"
+            ax.set_title(f"{key}\npaired t over seeds: p = {p}", fontsize=9)
+            ax.set_xticks(range(len(seeds)), [f"seed {s}" for s in seeds])
+            if k == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
     path = Path(path)
     save_figure(fig, path, dpi=100, bbox_inches="tight")
     plt.close(fig)

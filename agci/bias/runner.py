@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..configs import format_lambda, read_lambda, using_lambda
 from ..runs import RunFolder, drop_partial_line, file_digest, model_fingerprint, versions, write_json
+from .adapters import AdapterSwitch, fingerprint, probed_models
 from .probe_sets import MANIFEST, PROMPT, SetOptions, build, read_records
 from .summary import lambda_dir, read_rows, summarise
 
@@ -37,7 +38,9 @@ class ProbeConfig:
     data: str | None = None  # a probe-set folder or a records file; None: build one from `source`
     source: str = DEFAULT_SOURCE
     out: str = "agci-probe"
-    lambdas: list[float] | None = None  # None: 0 and the checkpoint's value (0.5 when it has none)
+    lambdas: list[float] | None = None  # None: 0 and the checkpoint's value (0.5 when it has none); see models
+    adapters: tuple[str, ...] | None = None  # PEFT adapter folders probed next to the base; None: the shipped
+    # ones when `model` is None too (agci.bias.tiny_lora), else none
     tasks: tuple[str, ...] = TASKS
     batch_size: int = 16
     prefetch: int = 1  # batches read and encoded ahead on a worker thread while the model runs; 0: none
@@ -174,16 +177,17 @@ def _prepare_rows(vlm, task: str, batch: list[dict], root: Path) -> tuple[list[d
     return rows, kept, encode(vlm, images, [SIMILARITY_PROMPT] * len(images))
 
 
-def _score_rows(vlm, task: str, prepared: tuple, cfg: ProbeConfig, lambdas: list[float]) -> dict:
-    """Rows of one prepared batch at each lambda."""
+def _score_rows(vlm, task: str, prepared: tuple, cfg: ProbeConfig, slots: list, switch) -> dict:
+    """Rows of one prepared batch for each (model, lambda) slot."""
     from .scoring import generate_from_inputs, similarity_from_inputs, yes_no_from_inputs
 
     rows, kept, inputs = prepared
     if inputs is None:
-        return {lam: rows for lam in lambdas}
+        return {slot: rows for slot in slots}
     out = {}
-    for lam in lambdas:
-        with using_lambda(vlm.model, lam):
+    for slot in slots:
+        label, lam = slot
+        with switch.active(label), using_lambda(vlm.model, lam):
             if task == "similarity":
                 values = similarity_from_inputs(vlm, inputs, [r["caption"] for r in kept], cfg.pooling)
                 scored = [{"similarity": round(v, 6)} for v in values]
@@ -193,79 +197,88 @@ def _score_rows(vlm, task: str, prepared: tuple, cfg: ProbeConfig, lambdas: list
                     s.pop("answer_ids")
             else:
                 scored = yes_no_from_inputs(vlm, inputs)
-        out[lam] = rows + [{**r, **s} for r, s in zip(kept, scored, strict=True)]
+        out[slot] = rows + [{**r, **s} for r, s in zip(kept, scored, strict=True)]
     return out
 
 
-def _occlusion_rows(vlm, record: dict, root: Path, cfg: ProbeConfig, lambdas: list[float]) -> dict:
-    """The occlusion map of one record at each lambda, for the answer the model generates at that lambda;
-    the masked copies are encoded once for all lambdas."""
+def _occlusion_rows(vlm, record: dict, root: Path, cfg: ProbeConfig, slots: list, switch) -> dict:
+    """The occlusion map of one record for each (model, lambda) slot, for the answer the model generates
+    there; the masked copies are encoded once for all slots."""
     from .scoring import encode, generate_from_inputs, occlusion_maps
 
     base = _row_base(record)
     try:
         image = _load_image(record, root)
     except Exception as exc:
-        return {lam: [{**base, "skipped": f"unreadable image: {exc}"}] for lam in lambdas}
+        return {slot: [{**base, "skipped": f"unreadable image: {exc}"}] for slot in slots}
     prompt = PROMPT.format(caption=record["caption"])
     inputs = encode(vlm, [image], [prompt])
     answers, out = {}, {}
-    for lam in lambdas:
-        with using_lambda(vlm.model, lam):
-            answers[lam] = generate_from_inputs(vlm, inputs, cfg.max_new_tokens)[0]
-        if not answers[lam]["answer_ids"]:
-            out[lam] = [{**base, "skipped": "the model generated an empty answer"}]
-            del answers[lam]
-    ids = {lam: a["answer_ids"] for lam, a in answers.items()}
-    maps = occlusion_maps(vlm, image, prompt, ids, cfg.mask, cfg.batch_size, cfg.prefetch, inputs) if ids else {}
-    for lam, (logp, drops) in maps.items():
-        rounded = [[round(v, 5) for v in row] for row in drops.tolist()]
-        out[lam] = [{**base, "generated": answers[lam]["generated"], "answer_ids": ids[lam],
-                     "base_logprob": round(logp, 5), "drops": rounded}]  # fmt: skip
+    for slot in slots:
+        with switch.active(slot[0]), using_lambda(vlm.model, slot[1]):
+            answers[slot] = generate_from_inputs(vlm, inputs, cfg.max_new_tokens)[0]
+        if not answers[slot]["answer_ids"]:
+            out[slot] = [{**base, "skipped": "the model generated an empty answer"}]
+            del answers[slot]
+    if answers:
+        ids = {slot: a["answer_ids"] for slot, a in answers.items()}
+
+        @contextlib.contextmanager
+        def setting(slot):
+            with switch.active(slot[0]), using_lambda(vlm.model, slot[1]):
+                yield
+
+        maps = occlusion_maps(vlm, image, prompt, ids, cfg.mask, cfg.batch_size, cfg.prefetch, inputs, setting)
+        for slot, (logp, drops) in maps.items():
+            rounded = [[round(v, 5) for v in row] for row in drops.tolist()]
+            out[slot] = [{**base, "generated": answers[slot]["generated"], "answer_ids": ids[slot],
+                          "base_logprob": round(logp, 5), "drops": rounded}]  # fmt: skip
     return out
 
 
-def _score_task(vlm, task: str, records: list[dict], lambdas: list[float], out: Path, root: Path,
+def _score_task(vlm, task: str, records: list[dict], slots: list, switch, out: Path, root: Path,
                 cfg: ProbeConfig, procs: _Processes) -> None:  # fmt: skip
-    """Write every lambda's missing rows of ``task``: batches are read and encoded once, then scored at each
-    lambda that still lacks one of their samples."""
+    """Write every (model, lambda) slot's missing rows of ``task``: batches are read and encoded once, then
+    scored in each slot that still lacks one of their samples."""
     from tqdm.auto import tqdm
 
     from .scoring import chunks, prefetched
 
     done = {}
-    for lam in lambdas:
-        lambda_dir(out, lam).mkdir(exist_ok=True)
-        done[lam] = read_rows(lambda_dir(out, lam), task)[0]
-    todo = [r for r in procs.share(records) if any(r["id"] not in done[lam] for lam in lambdas)]
+    for label, lam in slots:
+        folder = lambda_dir(out, lam, label)
+        folder.mkdir(parents=True, exist_ok=True)
+        done[(label, lam)] = read_rows(folder, task)[0]
+    todo = [r for r in procs.share(records) if any(r["id"] not in done[slot] for slot in slots)]
     if not todo:
         return
     sinks = {}
-    for lam in lambdas:
-        path = lambda_dir(out, lam) / f"{task}{procs.suffix()}.jsonl"
+    for label, lam in slots:
+        path = lambda_dir(out, lam, label) / f"{task}{procs.suffix()}.jsonl"
         drop_partial_line(path)
-        sinks[lam] = path.open("a")
-    desc = f"{task} lambda={','.join(format_lambda(lam) for lam in lambdas)}"
+        sinks[(label, lam)] = path.open("a")
+    desc = f"{task} lambda={','.join(sorted({format_lambda(lam) for _, lam in slots}))}"
+    desc += f" x {len({label for label, _ in slots})} models" if any(label for label, _ in slots) else ""
     desc += f" [rank {procs.rank}]" if procs.world > 1 else ""
     if task == "occlusion":  # one record at a time; its masked copies are batched and prefetched inside
         work = (([r], r) for r in todo)
 
-        def score(record, lams):
-            return _occlusion_rows(vlm, record, root, cfg, lams)
+        def score(record, wanted):
+            return _occlusion_rows(vlm, record, root, cfg, wanted, switch)
     else:  # the next batch is read and encoded while this one is scored
         work = prefetched(lambda b: (b, _prepare_rows(vlm, task, b, root)), chunks(todo, cfg.batch_size), cfg.prefetch)
 
-        def score(prepared, lams):
-            return _score_rows(vlm, task, prepared, cfg, lams)
+        def score(prepared, wanted):
+            return _score_rows(vlm, task, prepared, cfg, wanted, switch)
 
     try:
         with tqdm(total=len(todo), desc=desc, disable=not cfg.progress) as bar:
             for batch, prepared in work:
-                missing = {lam: {r["id"] for r in batch} - done[lam] for lam in lambdas}
-                missing = {lam: ids for lam, ids in missing.items() if ids}
-                for lam, rows in score(prepared, list(missing)).items():
-                    sinks[lam].writelines(json.dumps(row) + "\n" for row in rows if row["id"] in missing[lam])
-                    sinks[lam].flush()
+                missing = {slot: {r["id"] for r in batch} - done[slot] for slot in slots}
+                missing = {slot: ids for slot, ids in missing.items() if ids}
+                for slot, rows in score(prepared, list(missing)).items():
+                    sinks[slot].writelines(json.dumps(row) + "\n" for row in rows if row["id"] in missing[slot])
+                    sinks[slot].flush()
                 bar.update(len(batch))
     finally:
         for sink in sinks.values():
@@ -282,7 +295,7 @@ def _occlusion_records(records: list[dict], n: int) -> list[dict]:
     return chosen
 
 
-def _fingerprint(cfg: ProbeConfig, model_path: str) -> dict:
+def _fingerprint(cfg: ProbeConfig, model_path: str, models: list) -> dict:
     """What defines the rows of a probe folder: a rerun resumes only when all of it is the same.
 
     The lambdas, the tasks, ``limit`` and ``occlusion_samples`` choose which rows are computed, not their
@@ -298,7 +311,8 @@ def _fingerprint(cfg: ProbeConfig, model_path: str) -> dict:
         source = {"source": cfg.source, "seed": cfg.seed}
     options = {k: getattr(cfg, k) for k in ("generate", "max_new_tokens", "mask", "pooling", "dtype", "attn")}
     options["image_root"] = cfg.image_root and str(Path(cfg.image_root).resolve())
-    return {**model_fingerprint(model_path), **source, "options": options, "versions": versions()}
+    adapters = {"adapters": fingerprint(models)} if len(models) > 1 else {}
+    return {**model_fingerprint(model_path), **adapters, **source, "options": options, "versions": versions()}
 
 
 def _check_records(data: Path, tasks) -> None:
@@ -325,18 +339,21 @@ def run_probe(cfg: ProbeConfig) -> dict | None:
     procs = _Processes(cfg.device)
     model_path = cfg.model or str(embedded_model())
     config = load_config(model_path)
+    adapters = cfg.adapters
+    if adapters is None:
+        adapters = [] if cfg.model else shipped_adapters()
+    models = probed_models(adapters)
     out = Path(cfg.out)
-    folder = RunFolder(out, "probe", _fingerprint(cfg, model_path), outputs=OUTPUTS, force=cfg.force)
+    folder = RunFolder(out, "probe", _fingerprint(cfg, model_path, models), outputs=OUTPUTS, force=cfg.force)
     with folder if procs.main else contextlib.nullcontext():
         procs.wait()
         needs_yes_no = not cfg.generate and "position" in cfg.tasks
         vlm = load_probe_vlm(model_path, cfg.dtype, procs.device, cfg.attn, config=config, yes_no=needs_yes_no)
+        switch = AdapterSwitch(vlm.model, models)
         data, manifest = _prepare_data(cfg, out, procs)
         root = Path(cfg.image_root) if cfg.image_root else (data if data.is_dir() else data.parent)
-        lambdas = cfg.lambdas
-        if lambdas is None:
-            own = read_lambda(vlm.model.config)
-            lambdas = [0.0, own if own > 0 else 0.5]
+        lambdas = model_lambdas(cfg.lambdas, models, read_lambda(vlm.model.config))
+        slots = [(m.label if len(models) > 1 else None, lam) for m in models for lam in lambdas[m.label]]
         tasks = {}
         for task in cfg.tasks:
             records = _records(data, task)
@@ -352,15 +369,33 @@ def run_probe(cfg: ProbeConfig) -> dict | None:
             raise ValueError(f"{data} holds no probe records for the tasks {cfg.tasks}")
         started = time.time()
         for task, records in tasks.items():
-            _score_task(vlm, task, records, lambdas, out, root, cfg, procs)
+            _score_task(vlm, task, records, slots, switch, out, root, cfg, procs)
         procs.wait()
         if not procs.main:
             return None
-        summary = summarise(out, lambdas, list(tasks), model_path, data, manifest, cfg)
+        summary = summarise(out, lambdas, list(tasks), model_path, data, manifest, cfg, models)
         summary["seconds_this_run"] = round(time.time() - started, 1)
         write_json(out / "summary.json", summary)
         folder.finished()
     return summary
+
+
+def model_lambdas(asked: list[float] | None, models: list, own: float) -> dict[str, list[float]]:
+    """The lambdas each model is probed at: the ones asked for; without, the base alone at 0 and its
+    checkpoint's value (0.5 when it has none), and with adapters every model at the lambda it was trained
+    with (an adapter's agci-adapter.json, else the checkpoint's value)."""
+    if asked is not None:
+        return {m.label: list(asked) for m in models}
+    if len(models) == 1:
+        return {models[0].label: [0.0, own if own > 0 else 0.5]}
+    return {m.label: [own if m.trained_lambda is None else m.trained_lambda] for m in models}
+
+
+def shipped_adapters() -> list[Path]:
+    """The LoRA adapters trained from the embedded model (agci.bias.tiny_lora), in name order."""
+    from .tiny_lora import ADAPTER_DIR
+
+    return sorted(p for p in ADAPTER_DIR.glob("*") if (p / "adapter_config.json").is_file())
 
 
 def embedded_model() -> Path:

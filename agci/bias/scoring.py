@@ -230,22 +230,24 @@ def occlusion_map(vlm: LoadedVLM, image, prompt: str, answer_ids: list[int], mas
     return occlusion_maps(vlm, image, prompt, {lam: answer_ids}, mask, batch_size, prefetch)[lam]
 
 
-def occlusion_maps(vlm: LoadedVLM, image, prompt: str, answers: dict[float, list[int]], mask: int = 42,
-                   batch_size: int = 32, prefetch: int = 1,
-                   inputs: dict | None = None) -> dict[float, tuple[float, torch.Tensor]]:  # fmt: skip
-    """:func:`occlusion_map` for several lambdas, each with the answer the model gave at that lambda;
-    every batch of masked copies goes through the processor once for all of them, ``prefetch`` batches
-    ahead on a worker thread (0: none). ``inputs``: the unmasked image and prompt already encoded."""
+def occlusion_maps(vlm: LoadedVLM, image, prompt: str, answers: dict, mask: int = 42, batch_size: int = 32,
+                   prefetch: int = 1, inputs: dict | None = None, setting: Callable | None = None) -> dict:  # fmt: skip
+    """:func:`occlusion_map` for several lambdas (the keys of ``answers``), each with the answer the model
+    gave at that lambda; every batch of masked copies goes through the processor once for all of them,
+    ``prefetch`` batches ahead on a worker thread (0: none). ``inputs``: the unmasked image and prompt
+    already encoded. ``setting(key)``: a context manager that sets the model up for a key (default: the key
+    is a lambda and it sets that lambda), e.g. to score several adapters' answers on the same copies."""
+    setting = setting or (lambda lam: using_lambda(vlm.model, lam))
 
-    def score(encoded) -> dict[float, torch.Tensor]:
+    def score(encoded) -> dict:
         out = {}
-        for lam, ids in answers.items():
-            with using_lambda(vlm.model, lam):
-                out[lam] = answer_logprob_from_inputs(vlm, encoded, ids).cpu()
+        for key, ids in answers.items():
+            with setting(key):
+                out[key] = answer_logprob_from_inputs(vlm, encoded, ids).cpu()
         return out
 
     w, h = image.size
-    drops: dict[float, list] = {lam: [] for lam in answers}
+    drops: dict = {lam: [] for lam in answers}
     unmasked = inputs if inputs is not None else encode(vlm, [image], [prompt])
     base = {lam: v[0].item() for lam, v in score(unmasked).items()}
     batches = chunks(masked_tensors(image, mask), batch_size)
