@@ -88,7 +88,8 @@ def run_probe_command(args) -> int:
         return refuse("probe", exc)
     if summary is not None:
         print_probe_summary(summary)
-        print(f"wrote {args.out}/summary.json, per-sample JSONL under {args.out}/lambda_*/ and the PNGs:")
+        rows = f"{args.out}/<model>/lambda_*/" if "models" in summary else f"{args.out}/lambda_*/"
+        print(f"wrote {args.out}/summary.json, per-sample JSONL under {rows} and the PNGs:")
         for path in summary["figures"].values():
             print(f"  {path}")
     return 0
