@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
-demo: setup  ## the main job offline: spatial-bias probes of the embedded tiny VLM, lambda 0 vs 0.5, into agci-probe/
+demo: setup  ## the main job offline: spatial-bias probes of the embedded tiny VLM and its LoRA adapters fine-tuned with and without AGCI (3 seeds each), into agci-probe/
 	$(BIN)/agci probe --out agci-probe
 
 demo-op: setup  ## AGCI's mechanics on a random small LLaVA; writes agci-demo/demo.json and demo.png
