@@ -275,7 +275,7 @@ def _lines(path: Path) -> list[str]:
 
 def test_an_interrupted_run_resumes_without_rescoring(tmp_path, probe_set):
     cfg = ProbeConfig(data=str(probe_set), out=str(tmp_path / "run"), lambdas=[0.0, 0.5], tasks=("position",),
-                      limit=30, batch_size=8, progress=False)  # fmt: skip
+                      adapters=(), limit=30, batch_size=8, progress=False)  # fmt: skip
     first = run_probe(cfg)
     results = tmp_path / "run" / "lambda_0.5" / "position.jsonl"
     lines = _lines(results)
@@ -296,7 +296,7 @@ def test_a_sweep_encodes_each_batch_once_and_scores_like_single_lambda_runs(tmp_
     real_encode = scoring.encode
     monkeypatch.setattr(scoring, "encode", lambda vlm, images, prompts: calls.append(len(images)) or
                         real_encode(vlm, images, prompts))  # fmt: skip
-    options = dict(data=str(probe_set), tasks=("position", "occlusion"), limit=12, batch_size=8,
+    options = dict(adapters=(), data=str(probe_set), tasks=("position", "occlusion"), limit=12, batch_size=8,
                    occlusion_samples=1, mask=168, progress=False)  # fmt: skip
     run_probe(ProbeConfig(out=str(tmp_path / "sweep"), lambdas=[0.0, 1.0], **options))
     # position: 12 images in batches of 8; occlusion: the image (to generate, and as the map's base), then its
@@ -317,7 +317,7 @@ def test_a_sweep_encodes_each_batch_once_and_scores_like_single_lambda_runs(tmp_
 
 
 def test_generate_mode_of_a_sweep_agrees_with_the_default_scoring(tmp_path, probe_set):
-    options = dict(data=str(probe_set), tasks=("position",), limit=24, batch_size=8, lambdas=[0.0, 0.5],
+    options = dict(adapters=(), data=str(probe_set), tasks=("position",), limit=24, batch_size=8, lambdas=[0.0, 0.5],
                    max_new_tokens=4, progress=False)  # fmt: skip
     summary = run_probe(ProbeConfig(out=str(tmp_path / "generate"), generate=True, **options))
     run_probe(ProbeConfig(out=str(tmp_path / "scores"), **options))
@@ -356,7 +356,7 @@ def test_prefetched_prepares_the_next_item_while_the_caller_works_keeps_order_an
 
 def test_prefetching_does_not_change_the_results(tmp_path, probe_set):
     options = dict(data=str(probe_set), tasks=("position", "similarity", "occlusion"), limit=10, batch_size=4,
-                   lambdas=[0.5], occlusion_samples=1, mask=280, progress=False)  # fmt: skip
+                   adapters=(), lambdas=[0.5], occlusion_samples=1, mask=280, progress=False)  # fmt: skip
     for prefetch in (0, 2):
         run_probe(ProbeConfig(out=str(tmp_path / str(prefetch)), prefetch=prefetch, **options))
     for task in ("position", "similarity", "occlusion"):
@@ -374,7 +374,7 @@ def test_bad_records_are_skipped_and_counted(tmp_path, probe_set):
     records[3]["image"] = str(tmp_path / "broken.jpg")
     data = tmp_path / "records.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
-    summary = run_probe(ProbeConfig(data=str(data), image_root=str(probe_set), out=str(tmp_path / "out"),
+    summary = run_probe(ProbeConfig(adapters=(), data=str(data), image_root=str(probe_set), out=str(tmp_path / "out"),
                                     lambdas=[0.0], tasks=("position",), progress=False))  # fmt: skip
     pos = summary["lambdas"]["0"]["position"]
     assert (pos["scored"], pos["skipped"]) == (3, 3)
@@ -452,7 +452,8 @@ def test_distributed_launch_shards_the_samples(tmp_path, probe_set):
     launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if launcher is None:
         pytest.skip("the torchrun command is not installed next to this Python")
-    args = ["--data", str(probe_set), "--out", "out", "--lambda", "0", "--tasks", "position", "--limit", "20"]
+    args = ["--data", str(probe_set), "--out", "out", "--lambda", "0", "--tasks", "position", "--limit", "20",
+            "--adapter", "none"]
     result = subprocess.run(
         [launcher, "--nproc_per_node", "2", "--master_port", "29517", "-m", "agci", "probe", *args],
         cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1"),
@@ -474,7 +475,7 @@ def test_a_lambda_is_written_exactly_into_folder_names_and_the_summary(tmp_path,
     real_inject = core.inject
     monkeypatch.setattr(core, "inject", lambda features, lam, *a, **k: seen.append(lam) or real_inject(
         features, lam, *a, **k))  # fmt: skip
-    summary = run_probe(ProbeConfig(data=str(probe_set), out=str(tmp_path / "out"), lambdas=[0.1234567],
+    summary = run_probe(ProbeConfig(adapters=(), data=str(probe_set), out=str(tmp_path / "out"), lambdas=[0.1234567],
                                     tasks=("position",), limit=4, batch_size=4, progress=False))  # fmt: skip
     assert list(summary["lambdas"]) == ["0.1234567"]  # {:g} would have written 0.123457
     assert len(_lines(tmp_path / "out" / "lambda_0.1234567" / "position.jsonl")) == 4
@@ -507,7 +508,7 @@ def test_a_malformed_records_line_is_named_skipped_and_counted(tmp_path, probe_s
     data.write_text("\n".join(lines) + "\n")
     with caplog.at_level("WARNING"):
         summary = run_probe(ProbeConfig(data=str(data), image_root=str(probe_set), out=str(tmp_path / "out"),
-                                        lambdas=[0.0], tasks=("position",), progress=False))  # fmt: skip
+                                        adapters=(), lambdas=[0.0], tasks=("position",), progress=False))  # fmt: skip
     assert f"{data}:3 is not valid JSON" in caplog.text
     pos = summary["lambdas"]["0"]["position"]
     assert (pos["scored"], pos["skipped"], pos["skipped_reasons"]) == (5, 1, {"malformed record": 1})

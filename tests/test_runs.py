@@ -22,7 +22,7 @@ from agci.runs import LOCK, RECORD, RunFolder, RunRefused, save_figure, write_js
 
 # a small probe: position questions and three occlusion maps of 16 squares each, at two lambdas
 PROBE_ARGS = ["--tasks", "position,occlusion", "--lambda", "0,0.5", "--limit", "48", "--batch-size", "4",
-              "--occlusion-samples", "3", "--mask", "210"]  # fmt: skip
+              "--occlusion-samples", "3", "--mask", "210", "--adapter", "none"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def reference(probe_set, tmp_path_factory):
     """The rows and summary of one uninterrupted run."""
     out = tmp_path_factory.mktemp("reference") / "out"
     cfg = ProbeConfig(data=str(probe_set), out=str(out), tasks=("position", "occlusion"), lambdas=[0.0, 0.5],
-                      limit=48, batch_size=4, occlusion_samples=3, mask=210, progress=False)  # fmt: skip
+                      adapters=(), limit=48, batch_size=4, occlusion_samples=3, mask=210, progress=False)  # fmt: skip
     summary = run_probe(cfg)
     return _rows(out), summary
 
@@ -224,7 +224,7 @@ def test_a_rerun_with_another_checkpoint_or_option_is_refused_and_force_starts_o
     base = ["probe", "--data", str(probe_set), "--out", str(out), *PROBE_ARGS]
     shutil.copytree(ASSET_DIR, tmp_path / "model")
     small = _agci("probe", "--data", str(probe_set), "--out", str(out), "--tasks", "position", "--lambda", "0.5",
-                  "--limit", "8", "--mask", "210", cwd=tmp_path)  # fmt: skip
+                  "--limit", "8", "--mask", "210", "--adapter", "none", cwd=tmp_path)  # fmt: skip
     assert small.communicate(timeout=300) and small.returncode == 0
     before = (out / "lambda_0.5" / "position.jsonl").read_text()
     # the same checkpoint retrained or edited under another folder: another model and config hash
