@@ -446,7 +446,8 @@ def test_probe_scores_a_reference_records_file_with_the_right_cells(tmp_path):
     data = tmp_path / "reference.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in REFERENCE_RECORDS))
     summary = run_probe(ProbeConfig(data=str(data), image_root=str(tmp_path / "root"), out=str(tmp_path / "out"),
-                                    tasks=("position",), limit=3, lambdas=[0.0], progress=False))  # fmt: skip
+                                    tasks=("position",), limit=3, lambdas=[0.0], adapters=(),
+                                    progress=False))  # fmt: skip
     rows = [json.loads(x) for x in (tmp_path / "out" / "lambda_0" / "position.jsonl").read_text().splitlines()]
     assert sorted((r["id"], r["cell"], r["position"], r["answer"]) for r in rows) == [  # the fourth is past --limit 3
         ("green_4_Yes_2", 4, "center", "Yes"),
