@@ -172,11 +172,17 @@ def _versions(f: Family) -> str:
     return f">= {f.since}" + (f", not {', '.join(f.broken.releases)}" if f.broken else "")
 
 
+def _tested(f: Family) -> str:
+    """The tested versions; ``newest`` says which releases its tests skip, where the family is broken."""
+    skipped = f" (skipped on {', '.join(f.broken.releases)})" if f.broken else ""
+    return ", ".join(v + skipped if v == "newest" else v for v in f.tested)
+
+
 def table_rows() -> list[tuple[str, ...]]:
     """One row per family, as ``agci families`` and README's support table show it."""
     return [
         (f.model_type, f.name, f.hook, f.grouping, _versions(f), f.lmms_eval_name,
-         ", ".join(f.llamafactory_templates) or "none in 0.9.5", ", ".join(f.tested))
+         ", ".join(f.llamafactory_templates) or "none in 0.9.5", _tested(f))
         for f in FAMILIES.values()
     ]  # fmt: skip
 
