@@ -453,7 +453,7 @@ def test_distributed_launch_shards_the_samples(tmp_path, probe_set):
     if launcher is None:
         pytest.skip("the torchrun command is not installed next to this Python")
     args = ["--data", str(probe_set), "--out", "out", "--lambda", "0", "--tasks", "position", "--limit", "20",
-            "--adapter", "none"]
+            "--adapter", "none"]  # fmt: skip
     result = subprocess.run(
         [launcher, "--nproc_per_node", "2", "--master_port", "29517", "-m", "agci", "probe", *args],
         cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1"),
