@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 # torchvision is needed by timm, which Gemma3n's vision tower uses. Override freely.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # The patch tests also run against these transformers releases (the newest comes with `setup`):
-# 4.57.x and 5.6.0, LLaMA-Factory's ceiling. Each is a small overlay on PYTHONPATH.
+# 4.57.x and 5.6.0, LLaMA-Factory's ceiling. Each is a small overlay on PYTHONPATH. A 5.x overlay carries the
+# `kernels` release its transformers pins: 5.6.0 imports an installed `kernels` and fails on the 0.19 that the
+# newest transformers (5.25) brings into .venv ("Either a revision or a version must be specified").
 TRANSFORMERS_VERSIONS ?= 4.57.6 5.6.0
 # LLaMA-Factory 0.9.5 pins transformers <= 5.6.0 (and peft, accelerate, datasets, trl) and imports
 # torchaudio at start-up, so its tests get their own environment.
@@ -39,7 +41,8 @@ test: setup  ## the CPU test suite (Triton kernels interpreted; GPU tests skip w
 test-versions: setup  ## the patch, demo and probe tests against each of TRANSFORMERS_VERSIONS
 	@set -e; for v in $(TRANSFORMERS_VERSIONS); do \
 	  overlay=$(VENV)/transformers-$$v; \
-	  [ -f $$overlay/.installed ] || { $(BIN)/python -m pip install -q --target $$overlay "transformers==$$v" && touch $$overlay/.installed; }; \
+	  spec="transformers==$$v"; case $$v in 5.*) spec="transformers[kernels]==$$v";; esac; \
+	  [ -f $$overlay/.installed-2 ] || { rm -rf $$overlay && $(BIN)/python -m pip install -q --target $$overlay "$$spec" && touch $$overlay/.installed-2; }; \
 	  echo "== transformers $$v"; \
 	  PYTHONPATH=$$overlay $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_patches.py tests/test_patches_peft.py tests/test_autopatch.py tests/test_cli_demo.py tests/test_bias_probe.py; \
 	done
