@@ -22,6 +22,12 @@ RECORD = "agci-adapter.json"  # written next to an adapter by agci.bias.tiny_lor
 _SEED = re.compile(r"^(?P<setting>.+)-seed(?P<seed>\d+)$")
 
 
+def split_seed(label: str) -> tuple[str, int | None]:
+    """(setting, seed) of a model label: ``lora-seed2`` -> ("lora", 2); without a ``-seed<N>``: (label, None)."""
+    match = _SEED.match(label)
+    return (match["setting"], int(match["seed"])) if match else (label, None)
+
+
 @dataclass(frozen=True)
 class ProbedModel:
     """One model of a probe run: the base (``adapter`` None) or the base with one adapter."""
@@ -33,13 +39,11 @@ class ProbedModel:
     @property
     def setting(self) -> str:
         """The label without a trailing ``-seed<N>``: what the seeds of one setting share."""
-        match = _SEED.match(self.label)
-        return match["setting"] if match else self.label
+        return split_seed(self.label)[0]
 
     @property
     def seed(self) -> int | None:
-        match = _SEED.match(self.label)
-        return int(match["seed"]) if match else None
+        return split_seed(self.label)[1]
 
 
 def _trained_lambda(folder: Path) -> float | None:

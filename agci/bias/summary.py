@@ -90,12 +90,11 @@ def _columns(models: dict, tasks, task: str, key: str) -> dict[str, list]:
 def _settings(models: dict) -> dict:
     """Model labels grouped by setting (the label without ``-seed<N>``), in order; one run without adapters
     is the setting None."""
-    from .adapters import _SEED
+    from .adapters import split_seed
 
     groups: dict = {}
     for label in models:
-        match = _SEED.match(label) if label else None
-        groups.setdefault(match["setting"] if match else label, []).append(label)
+        groups.setdefault(split_seed(label)[0] if label else None, []).append(label)
     return groups
 
 
@@ -174,16 +173,16 @@ def _differences(names: list[str]) -> list[tuple[str, str]]:
 
 def _comparisons(per_model: dict) -> dict:
     """Settings seeded alike (two or more shared seeds), each against the next: per-seed figures and tests."""
-    from .adapters import _SEED
+    from .adapters import split_seed
     from .metrics import compare_settings
 
     seeded: dict = {}
     for label, entry in per_model.items():
-        match = _SEED.match(label)
-        if match and len(entry["lambdas"]) == 1:
+        setting, seed = split_seed(label)
+        if seed is not None and len(entry["lambdas"]) == 1:
             position = next(iter(entry["lambdas"].values())).get("position")
             if position:
-                seeded.setdefault(match["setting"], {})[int(match["seed"])] = position
+                seeded.setdefault(setting, {})[seed] = position
     names = list(seeded)
     out = {}
     for first, second in zip(names, names[1:], strict=False):
