@@ -177,16 +177,24 @@ def test_image_lengths_follows_the_family_grouping():
     assert core.image_lengths(idefics, config, torch.zeros(1, 10, 4), row) == [7, 3]
     assert core.image_lengths(idefics, config, torch.zeros(5, 1, 2, 4), row) == [7, 3]
     assert core.image_lengths(idefics, config, torch.zeros(1, 9, 4), row) is None  # not the row's 10 tokens
-    assert core.image_lengths(idefics, config, torch.zeros(1, 10, 4), None) is None
+    with pytest.warns(UserWarning, match="without input_ids or inputs_embeds"):
+        assert core.image_lengths(idefics, config, torch.zeros(1, 10, 4), None) is None
 
 
-def test_input_ids_are_found_by_keyword_or_first_argument():
-    ids = torch.tensor([[1, 2]])
-    assert core._input_ids_of((ids,), {}) is ids
-    assert core._input_ids_of((ids, "other"), {}) is ids
-    assert core._input_ids_of((), {"input_ids": ids}) is ids
-    assert core._input_ids_of((), {}) is None
-    assert core._input_ids_of(([1, 2],), {}) is None  # not a tensor
+def test_input_ids_are_found_by_keyword_or_first_argument_else_recovered_from_inputs_embeds():
+    family = FAMILIES["internvl"]
+    model = types.SimpleNamespace(config=types.SimpleNamespace(image_token_id=3))
+    model.get_input_embeddings = lambda: embedding
+    embedding = torch.nn.Embedding(8, 4)
+    ids = torch.tensor([[1, 3, 3, 2]])
+    assert core._grouping_ids_of(model, family, (ids,), {}).get() is ids
+    assert core._grouping_ids_of(model, family, (ids, "other"), {}).get() is ids
+    assert core._grouping_ids_of(model, family, (), {"input_ids": ids}).get() is ids
+    assert core._grouping_ids_of(model, family, (), {}).get() is None
+    assert core._grouping_ids_of(model, family, ([1, 2],), {}).get() is None  # not a tensor
+    # generate given inputs_embeds passes an empty [B, 0] input_ids: the embeddings are read
+    recovered = core._grouping_ids_of(model, family, (ids[:, :0],), {"inputs_embeds": embedding(ids)}).get()
+    assert torch.equal(recovered == 3, ids == 3)
 
 
 # registry, checks and handles

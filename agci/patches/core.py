@@ -41,6 +41,10 @@ def inject(features, lam: float, batch_wide: bool = False, lengths: list[int] | 
             return broadcast_eager_formula(flat, lam).view(features.shape)
         if lengths is not None:
             return global_context_broadcast(flat, lam, lengths).view(features.shape)
+        if features.ndim > 3:  # [n, H, W, D] (Aya Vision on 4.57): one image per row, as [n, T, D]
+            return global_context_broadcast(features.reshape(features.shape[0], -1, features.shape[-1]), lam).view(
+                features.shape
+            )
         return global_context_broadcast(features, lam)  # [N, D] is one image, [n, T, D] n images
     parts = list(features)
     if not parts:
@@ -121,6 +125,14 @@ def image_lengths(family: Family, config, features, input_ids: torch.Tensor | No
     """Tokens per image over all entries of ``features``, by the family's grouping rule (None: one image
     per entry, as returned)."""
     token_id = getattr(config, family.image_token_attr)
+    if input_ids is None and family.reads_input_ids:
+        entry = "tile" if family.grouping == "tile_runs" else "sample or tile"
+        warnings.warn(
+            f"agci: {family.name} image features were computed without input_ids or inputs_embeds (outside the "
+            f"model's forward and generate), so each {entry} gets its own global context; to group them into images "
+            "as the forward does, call inside `with agci.patches.core.grouping_input_ids(model, input_ids):`",
+            stacklevel=4,
+        )
     if family.grouping == "tile_runs" and isinstance(features, torch.Tensor) and features.ndim == 3:
         per_tile = features.shape[1]
         return [t * per_tile for t in tiles_per_image(input_ids, token_id, per_tile, features.shape[0])]
@@ -150,34 +162,100 @@ def _stashed_input_ids(module, input_ids):
         module.__dict__["_agci_input_ids"] = previous
 
 
-def _input_ids_of(args, kwargs):
+def placeholder_ids(inputs_embeds: torch.Tensor, embedding: torch.nn.Module, token_id: int) -> torch.Tensor:
+    """Stand-in ``input_ids`` for the grouping rules when a caller passes ``inputs_embeds``: ``token_id`` where a
+    position holds the image token's embedding (how transformers' ``get_placeholder_mask`` finds the image
+    positions), and elsewhere negative ids, equal exactly where the token just before an image-token run holds the
+    same vector (the rules read no other token: ``global_view`` compares those markers, ``tile_runs`` reads runs)."""
+    with torch.no_grad():
+        flat = inputs_embeds.detach().reshape(-1, inputs_embeds.shape[-1])
+        image = embedding(torch.tensor([token_id], device=flat.device)).to(flat.dtype)
+        is_image = (flat == image).all(-1)
+        ids = torch.full(is_image.shape, -1, dtype=torch.long, device=flat.device)
+        ids[is_image] = token_id
+        rows = is_image.view(inputs_embeds.shape[:-1])
+        before = torch.zeros_like(rows)
+        before[:, :-1] = rows[:, 1:] & ~rows[:, :-1]  # the position before each run's first token
+        before = before.flatten()
+        if before.any():
+            _, which = torch.unique(flat[before], dim=0, return_inverse=True)
+            ids[before] = -2 - which
+    return ids.view(rows.shape)
+
+
+class _GroupingIds:
+    """What the grouping rules read for one forward, generate or :func:`grouping_input_ids` block: the input_ids,
+    or stand-ins found from ``inputs_embeds`` (only when the features are asked for)."""
+
+    def __init__(self, input_ids=None, inputs_embeds=None, model=None, token_id=None):
+        self._ids, self._embeds, self._model, self._token_id = input_ids, inputs_embeds, model, token_id
+
+    def get(self) -> torch.Tensor | None:
+        if self._ids is None and self._embeds is not None:
+            self._ids = placeholder_ids(self._embeds, self._model.get_input_embeddings(), self._token_id)
+            self._embeds = None
+        return self._ids
+
+
+def _grouping_ids_of(model, family: Family, args, kwargs) -> _GroupingIds:
+    """The input_ids of a forward or generate call (an empty ``[B, 0]`` counts as none, as generate passes when
+    given inputs_embeds), else its inputs_embeds to recover them from."""
     ids = kwargs.get("input_ids", args[0] if args else None)
-    return ids if isinstance(ids, torch.Tensor) else None
+    if isinstance(ids, torch.Tensor) and ids.numel():
+        return _GroupingIds(ids)
+    embeds = kwargs.get("inputs_embeds")
+    if isinstance(embeds, torch.Tensor) and embeds.ndim == 3:
+        return _GroupingIds(None, embeds, model, getattr(model.config, family.image_token_attr))
+    return _GroupingIds()
 
 
-def _wrap_forward_keeping_ids(original):
-    """Inner model forward: keep input_ids where get_image_features can find them (families whose grouping
-    reads them)."""
+def _stashed_grouping_ids(module) -> torch.Tensor | None:
+    stash = module.__dict__.get("_agci_input_ids")
+    return stash.get() if stash is not None else None
+
+
+def _wrap_forward_keeping_ids(original, family: Family):
+    """Inner model forward: keep input_ids (or inputs_embeds to recover them from) where get_image_features can
+    find them (families whose grouping reads them)."""
 
     @functools.wraps(original)
     def forward(self, *args, **kwargs):
-        with _stashed_input_ids(self, _input_ids_of(args, kwargs)):
+        with _stashed_input_ids(self, _grouping_ids_of(self, family, args, kwargs)):
             return original(self, *args, **kwargs)
 
     forward.__agci_original__ = original
     return forward
 
 
-def _wrap_generate_keeping_ids(original):
+def _wrap_generate_keeping_ids(original, family: Family):
     """Outer model generate: 5.x may compute image features before the first forward (InternVL)."""
 
     @functools.wraps(original)
     def generate(self, *args, **kwargs):
-        with _stashed_input_ids(_inner_model(self)[0], _input_ids_of(args, kwargs)):
+        with _stashed_input_ids(_inner_model(self)[0], _grouping_ids_of(self, family, args, kwargs)):
             return original(self, *args, **kwargs)
 
     generate.__agci_original__ = original
     return generate
+
+
+@contextlib.contextmanager
+def grouping_input_ids(model: torch.nn.Module, input_ids: torch.Tensor):
+    """Within this block, image features that ``model`` computes outside its forward and generate (a direct
+    ``get_image_features`` call, or Llama 4's projector) are grouped into images by ``input_ids``, as the forward
+    would group them. Needed only by families whose grouping reads input_ids (``tile_runs``, ``global_view``)."""
+    inner, model_type = _inner_model(model)
+    family = FAMILIES[model_type]
+    if family.hook == "multi_modal_projector":
+        previous = getattr(_PROJECTING, "context", None)
+        _PROJECTING.context = (inner, _GroupingIds(input_ids))
+        try:
+            yield
+        finally:
+            _PROJECTING.context = previous
+    else:
+        with _stashed_input_ids(inner, _GroupingIds(input_ids)):
+            yield
 
 
 def _wrap_image_features(original, family: Family):
@@ -197,7 +275,7 @@ def _wrap_image_features(original, family: Family):
         def apply(features):
             lengths = None
             if family.reads_input_ids:
-                lengths = image_lengths(family, self.config, features, self.__dict__.get("_agci_input_ids"))
+                lengths = image_lengths(family, self.config, features, _stashed_grouping_ids(self))
             elif family.sizes_argument and isinstance(features, torch.Tensor) and features.ndim == 2:
                 positions = kwargs.get(family.sizes_argument, args[1] if len(args) > 1 else None)
                 lengths = pooled_patch_lengths(positions, self.config.vision_config.pooling_kernel_size)
@@ -210,7 +288,7 @@ def _wrap_image_features(original, family: Family):
     return get_image_features
 
 
-def _wrap_feeding_projector(original):
+def _wrap_feeding_projector(original, family: Family):
     """Forward (and generate) of a model hooked at its multi_modal_projector: the projector, called inside, finds
     the model (its config) and the input_ids here. generate too: since transformers 5.25 it projects the images
     before the first forward (get_image_features applies the projector there)."""
@@ -218,7 +296,7 @@ def _wrap_feeding_projector(original):
     @functools.wraps(original)
     def method(self, *args, **kwargs):
         previous = getattr(_PROJECTING, "context", None)
-        _PROJECTING.context = (self, _input_ids_of(args, kwargs))
+        _PROJECTING.context = (self, _grouping_ids_of(self, family, args, kwargs))
         try:
             return original(self, *args, **kwargs)
         finally:
@@ -240,12 +318,12 @@ def _wrap_projector(original, family: Family):
         context = getattr(_PROJECTING, "context", None)
         if context is None:
             return output
-        model, input_ids = context
+        model, grouping_ids = context
         lam = read_lambda(model.config)
         if lam == 0.0:
             return output
         batch_wide = read_scope(model.config) == "reference" and family.reference_mean == "batch"
-        lengths = image_lengths(family, model.config, output, input_ids)
+        lengths = image_lengths(family, model.config, output, grouping_ids.get())
         return inject(output, lam, batch_wide, lengths)
 
     forward.__agci_original__ = original
@@ -411,13 +489,14 @@ def _wrappers(family: Family, inner: type) -> list[tuple[str, str, object]]:
     one family; the first is the hook itself (what tells that a class or instance is patched)."""
     if family.hook == "multi_modal_projector":
         projector = functools.partial(_wrap_projector, family=family)
-        return [("hook", "forward", projector), ("inner", "forward", _wrap_feeding_projector),
-                ("outer", "generate", _wrap_feeding_projector)]  # fmt: skip
+        feeding = functools.partial(_wrap_feeding_projector, family=family)
+        return [("hook", "forward", projector), ("inner", "forward", feeding), ("outer", "generate", feeding)]
     out = [("inner", "get_image_features", functools.partial(_wrap_image_features, family=family))]
     if "get_video_features" in inner.__dict__:
         out.append(("inner", "get_video_features", _wrap_video_features))
     if family.reads_input_ids:
-        out += [("inner", "forward", _wrap_forward_keeping_ids), ("outer", "generate", _wrap_generate_keeping_ids)]
+        out += [("inner", "forward", functools.partial(_wrap_forward_keeping_ids, family=family)),
+                ("outer", "generate", functools.partial(_wrap_generate_keeping_ids, family=family))]  # fmt: skip
     return out
 
 
