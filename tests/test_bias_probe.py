@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -160,8 +161,11 @@ def test_every_family_scores_batches_like_single_samples(tmp_path, model_type):
     for image, prompt, together in zip(images, prompts, batched, strict=True):
         alone = score_yes_no(vlm, [image], [prompt])[0]
         assert alone["p_yes"] == pytest.approx(together["p_yes"], abs=1e-4), model_type
-    values = similarity(vlm, images, ["red dog", "cat", "blue car"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values = similarity(vlm, images, ["red dog", "cat", "blue car"])
     assert len(values) == 3 and all(-1 <= v <= 1 for v in values)
+    assert not [w for w in caught if "without input_ids" in str(w.message)]  # tiles grouped as in the forward
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)

@@ -305,10 +305,12 @@ def _check_pooling(pooling: str) -> None:
 def similarity_from_inputs(vlm: LoadedVLM, inputs: dict, captions: list[str], pooling: str = "max") -> list[float]:
     """:func:`similarity` on inputs encoded with :data:`SIMILARITY_PROMPT`."""
     from ..compat import image_features_per_image
+    from ..patches.core import grouping_input_ids
 
     _check_pooling(pooling)
     n_images = len(captions)
-    features = image_features_per_image(vlm.model.get_image_features(**_feature_kwargs(vlm, inputs)))
+    with grouping_input_ids(vlm.model, inputs["input_ids"]):  # tiles and crops into images, as in the forward
+        features = image_features_per_image(vlm.model.get_image_features(**_feature_kwargs(vlm, inputs)))
     per_image = _group_tiles(vlm, inputs, features, n_images)
     embed = vlm.model.get_input_embeddings()
     out = []
