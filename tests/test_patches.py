@@ -1,6 +1,8 @@
 """AGCI inside real transformers models (tiny random configs, CPU): class-level and instance-level patches."""
 
+import inspect
 import json
+import re
 import warnings
 
 import pytest
@@ -26,22 +28,28 @@ def _inner(model):
     return core._inner_model(model)[0]
 
 
-def _embeds_reaching_language_model(model, inputs):
-    """The input embeddings the language model receives, captured by a pre-hook."""
+def _first_embeds_reaching_language_model(model, call):
+    """The input embeddings the language model receives at its first call while ``call()`` runs (the prefill of a
+    generate), captured by a pre-hook."""
     seen = {}
 
     def hook(module, args, kwargs):
-        seen["embeds"] = kwargs["inputs_embeds"].detach().clone()
+        seen.setdefault("embeds", kwargs["inputs_embeds"].detach().clone())
 
     inner = _inner(model)
     language_model = getattr(inner, "language_model", None) or inner.text_model  # Idefics3: text_model
     handle = language_model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         with torch.no_grad():
-            model(**inputs)
+            result = call()
     finally:
         handle.remove()
-    return seen["embeds"]
+    return seen["embeds"], result
+
+
+def _embeds_reaching_language_model(model, inputs):
+    """The input embeddings the language model receives, captured by a pre-hook."""
+    return _first_embeds_reaching_language_model(model, lambda: model(**inputs))[0]
 
 
 def _unpatched_features(case, inputs):
@@ -107,6 +115,85 @@ def test_injection_runs_once_per_forward_and_once_per_generate(model_type, monke
         out = case.model.generate(**inputs, max_new_tokens=3, do_sample=False, use_cache=True)
     assert len(calls) == 2
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_inputs_embeds_get_the_injection_that_input_ids_get(model_type, recwarn):
+    """Soft prompts, serving stacks and ``generate(inputs_embeds=...)`` pass embeddings, not input_ids: the grouping
+    rules then recover the image-token mask from them, so a forward and a generate give what input_ids give (two
+    images of different sizes or crops in one sample, one in the other, left padding)."""
+    case = build(model_type, global_context_broadcast_lambda=0.5)
+    model, by_ids = case.model, case.batch("left")
+    agci.patch()
+    embeds = model.get_input_embeddings()(by_ids["input_ids"]).detach()
+    by_embeds = {k: v for k, v in by_ids.items() if k != "input_ids"} | {"inputs_embeds": embeds}
+
+    def run(inputs, generate=False):
+        call = (lambda: model.generate(**inputs, max_new_tokens=3, do_sample=False)) if generate else (
+            lambda: model(**inputs).logits)  # fmt: skip
+        return _first_embeds_reaching_language_model(model, call)
+
+    with agci.using_lambda(model, 0.0):
+        (stock_lm, stock_ids) = run(by_ids)
+        try:
+            (stock_lm_embeds, stock_embeds) = run(by_embeds)
+        except ValueError as stock_refusal:  # Llama 4 up to 5.6 takes pixel_values with input_ids only
+            assert "inputs_embeds" in str(stock_refusal)
+            with pytest.raises(ValueError, match=re.escape(str(stock_refusal))):
+                run(by_embeds)  # refused the same way with agci on
+            return
+    (lm_ids, logits_ids), (lm_embeds, logits_embeds) = run(by_ids), run(by_embeds)
+    # where the stock model's two paths agree: every image token (Gemma 3n embeds its <eoi> from input_ids only)
+    same = (stock_lm == stock_lm_embeds).all(-1)
+    assert same[by_ids["input_ids"] == case.image_token].all()
+    torch.testing.assert_close(lm_embeds[same], lm_ids[same])  # transformers' test_inputs_embeds_matches_input_ids
+    assert not torch.allclose(lm_ids, stock_lm)  # AGCI acted
+    # the logits too, where the stock model's agree (Qwen-style rope and Gemma 3n's per-layer inputs read input_ids)
+    stock_agrees = torch.allclose(stock_embeds, stock_ids, rtol=1.3e-6, atol=1e-5)
+    if stock_agrees:
+        torch.testing.assert_close(logits_embeds, logits_ids)
+    if "inputs_embeds" not in inspect.signature(model.prepare_inputs_for_generation).parameters:
+        with pytest.raises(ValueError, match="inputs_embeds"):  # Gemma 3, PaliGemma: the stock generate refuses
+            model.generate(**by_embeds, max_new_tokens=1)
+    else:
+        (gen_lm_ids, tokens_ids), (gen_lm_embeds, tokens_embeds) = run(by_ids, True), run(by_embeds, True)
+        torch.testing.assert_close(gen_lm_embeds[same], gen_lm_ids[same])
+        torch.testing.assert_close(gen_lm_ids, lm_ids)
+        if stock_agrees:
+            assert torch.equal(tokens_embeds[:, -3:], tokens_ids[:, -3:])
+    assert not [str(w.message) for w in recwarn if "agci" in str(w.message)]
+
+
+def test_image_features_outside_a_forward_warn_and_group_by_the_ids_given():
+    """get_image_features called alone has no input_ids to group tiles by: it says so, and
+    ``grouping_input_ids`` gives it the ones the forward would have."""
+    case = build("internvl", global_context_broadcast_lambda=0.5)
+    inputs = case.batch("left")
+    agci.patch()
+    lm = _embeds_reaching_language_model(case.model, inputs)
+    pixels = {"pixel_values": inputs["pixel_values"]}
+    with torch.no_grad():
+        with pytest.warns(UserWarning, match="without input_ids or inputs_embeds.*grouping_input_ids"):
+            alone = compat.image_features_per_image(case.model.get_image_features(**pixels))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with core.grouping_input_ids(case.model, inputs["input_ids"]):
+                grouped = compat.image_features_per_image(case.model.get_image_features(**pixels))
+    mask = inputs["input_ids"] == case.image_token
+    torch.testing.assert_close(torch.cat([f.reshape(-1, f.shape[-1]) for f in grouped]), lm[mask])
+    assert not torch.allclose(torch.cat(alone), torch.cat(grouped))  # per tile is not per image
+
+
+def test_placeholder_ids_find_the_image_runs_and_the_markers_before_them():
+    embedding = torch.nn.Embedding(16, 8)
+    ids = torch.tensor([[0, 0, 3, 9, 9, 4, 3, 9, 9, 5], [3, 9, 4, 9, 9, 9, 3, 9, 1, 2]])
+    got = core.placeholder_ids(embedding(ids), embedding, 9)
+    assert torch.equal(got == 9, ids == 9)
+    starts = [(r, c) for r in range(2) for c in range(1, 10) if ids[r, c] == 9 and ids[r, c - 1] != 9]
+    for a in starts:  # the marker before a run equals another run's marker exactly when the tokens are equal
+        for b in starts:
+            assert (got[a[0], a[1] - 1] == got[b[0], b[1] - 1]) == (ids[a[0], a[1] - 1] == ids[b[0], b[1] - 1])
+    assert (got[ids != 9] < 0).all()
 
 
 def test_patch_is_idempotent_and_unpatch_restores_the_originals():
