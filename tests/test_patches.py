@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import per_image_formula
+from conftest import per_image_formula, relative_error
 from vlm_cases import build, families_here, family_params
 
 import agci
@@ -71,6 +71,7 @@ def test_language_model_receives_the_per_image_formula(model_type, padding_side)
     assert len(lengths) >= 2 and (len(set(lengths)) > 1 or model_type in FIXED_SIZE)
     assert torch.cat(features).abs().sum() > 0  # a vacuous case (all-zero features) would pass anything
     expected = per_image_formula(torch.cat(features), 0.7, lengths)
+    assert relative_error(expected, torch.cat(features)) > 1e-4  # nor one where AGCI changes nothing (cos 1)
     got = embeds[inputs["input_ids"] == case.image_token]
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
 
