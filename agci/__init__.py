@@ -28,18 +28,19 @@ if TYPE_CHECKING:
     from .configs import LAMBDA_KEY, using_lambda, validate_lambda
     from .kernels import global_context_broadcast
     from .patches.auto import AutoAGCIModelForImageTextToText
-    from .patches.core import SUPPORTED_MODEL_TYPES, apply_agci, patch, revert_agci, unpatch
+    from .patches.lifecycle import apply_agci, patch, revert_agci, unpatch
+    from .registry import SUPPORTED_MODEL_TYPES
 
 _LAZY = {
     "global_context_broadcast": ("agci.kernels", "global_context_broadcast"),
     "LAMBDA_KEY": ("agci.configs", "LAMBDA_KEY"),
     "validate_lambda": ("agci.configs", "validate_lambda"),
     "using_lambda": ("agci.configs", "using_lambda"),
-    "patch": ("agci.patches.core", "patch"),
-    "unpatch": ("agci.patches.core", "unpatch"),
-    "apply_agci": ("agci.patches.core", "apply_agci"),
-    "revert_agci": ("agci.patches.core", "revert_agci"),
-    "SUPPORTED_MODEL_TYPES": ("agci.patches.core", "SUPPORTED_MODEL_TYPES"),
+    "patch": ("agci.patches.lifecycle", "patch"),
+    "unpatch": ("agci.patches.lifecycle", "unpatch"),
+    "apply_agci": ("agci.patches.lifecycle", "apply_agci"),
+    "revert_agci": ("agci.patches.lifecycle", "revert_agci"),
+    "SUPPORTED_MODEL_TYPES": ("agci.registry", "SUPPORTED_MODEL_TYPES"),
     "AutoAGCIModelForImageTextToText": ("agci.patches.auto", "AutoAGCIModelForImageTextToText"),
 }
 

@@ -12,7 +12,7 @@ import importlib.abc
 import os
 import sys
 
-from .patches.families import FAMILIES
+from .registry import FAMILIES
 
 ENV = "AGCI_AUTOPATCH"
 _WATCHED = {family.module: model_type for model_type, family in FAMILIES.items()}
@@ -20,7 +20,7 @@ _WATCHED = {family.module: model_type for model_type, family in FAMILIES.items()
 
 def _patch(model_type: str) -> None:
     try:
-        from .patches.core import patch
+        from .patches.lifecycle import patch
 
         patch(model_type)
     except Exception as exc:  # noqa: BLE001 - start-up must go on, but loudly

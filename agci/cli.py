@@ -49,7 +49,7 @@ def info_command(args) -> int:
 
 
 def families_command(args) -> int:
-    from .patches.families import GROUPINGS, HOOKS, markdown_table, text_table
+    from .registry import GROUPINGS, HOOKS, markdown_table, text_table
 
     if args.markdown:
         print(markdown_table(), end="")
@@ -67,7 +67,7 @@ def families_command(args) -> int:
 
 def set_lambda_command(args) -> int:
     from .configs import LAMBDA_KEY, validate_lambda
-    from .patches.core import check_model_type
+    from .patches.discovery import check_model_type
 
     path = Path(args.checkpoint)
     config_path = path / "config.json" if path.is_dir() else path

@@ -69,7 +69,7 @@ def run_demo(out_dir: str | Path, lambdas=(0.0, 0.25, 0.5, 1.0), impl: str = "au
     """AGCI switched on in the model itself (``apply_agci``), λ swept through the config, real forwards."""
     from .compat import image_features_per_image
     from .kernels import IMPL_ENV
-    from .patches.core import apply_agci
+    from .patches.lifecycle import apply_agci
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

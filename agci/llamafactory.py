@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 from .configs import LAMBDA_KEY, format_lambda, read_lambda
-from .patches.families import FAMILIES
+from .registry import FAMILIES
 
 # LLaMA-Factory 0.9.5's template names per model type (from the registry); the first is what recipes use.
 TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -100,7 +100,7 @@ def check_recipe(path: Path) -> dict:
     config.json, and its template one that LLaMA-Factory uses for that family. Returns what was found."""
     from transformers import AutoConfig
 
-    from .patches.core import check_model_type
+    from .patches.discovery import check_model_type
 
     recipe = read_recipe(path)
     model = recipe.get("model_name_or_path")

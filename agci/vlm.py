@@ -39,7 +39,7 @@ class LoadedVLM:
 def load_config(path: str | Path, trust_remote_code: bool = False):
     """The checkpoint's config, refused (ValueError naming the supported types) unless agci supports it."""
     from .inputs import read_config
-    from .patches.core import check_model_type
+    from .patches.discovery import check_model_type
 
     config = read_config(path, trust_remote_code)
     check_model_type(config.model_type, where=f"{path}: ")

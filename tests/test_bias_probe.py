@@ -473,11 +473,11 @@ def test_distributed_launch_shards_the_samples(tmp_path, probe_set):
 
 
 def test_a_lambda_is_written_exactly_into_folder_names_and_the_summary(tmp_path, probe_set, monkeypatch):
-    from agci.patches import core
+    from agci.patches import hooks
 
     seen = []
-    real_inject = core.inject
-    monkeypatch.setattr(core, "inject", lambda features, lam, *a, **k: seen.append(lam) or real_inject(
+    real_inject = hooks.inject
+    monkeypatch.setattr(hooks, "inject", lambda features, lam, *a, **k: seen.append(lam) or real_inject(
         features, lam, *a, **k))  # fmt: skip
     summary = run_probe(ProbeConfig(adapters=(), data=str(probe_set), out=str(tmp_path / "out"), lambdas=[0.1234567],
                                     tasks=("position",), limit=4, batch_size=4, progress=False))  # fmt: skip

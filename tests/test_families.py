@@ -1,6 +1,7 @@
 """The family registry: every entry has what the rest of the package reads, and the tables match it."""
 
 import importlib
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +10,17 @@ import pytest
 import torch
 from vlm_cases import CONFIGS, families_here
 
-from agci import compat
-from agci.patches import core
+from agci import compat, grouping
+from agci.patches import discovery, hooks
 from agci.patches.families import FAMILIES, GROUPINGS, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def grouping_attr(config, dotted: str):
+    for name in dotted.split("."):
+        config = getattr(config, name)
+    return config
 
 
 @pytest.mark.parametrize("model_type", list(FAMILIES))
@@ -25,14 +32,20 @@ def test_every_family_has_what_the_package_reads(model_type):
         pytest.skip(f"transformers here is older than {family.since}, which {model_type} needs")
     module = importlib.import_module(family.module)
     inner, outer = getattr(module, family.inner_class), getattr(module, family.outer_class)
-    hooked, method = core.hooked_method(model_type)
+    hooked, method = hooks.hooked_method(model_type)
     assert method in hooked.__dict__, f"{hooked.__name__} defines no {method}"
     assert "get_image_features" in inner.__dict__ and family.videos == ("get_video_features" in inner.__dict__)
     config = outer.config_class(**CONFIGS[model_type])
     if family.hook == "multi_modal_projector":  # the module the hook wraps is the inner model's projector
-        assert type(getattr(core._inner_model(outer(config))[0], family.hook)) is hooked
+        assert type(getattr(discovery.inner_model(outer(config))[0], family.hook)) is hooked
     assert config.model_type == model_type
     assert isinstance(getattr(config, family.image_token_attr), int)
+    # the image inputs the probes pass are exactly those of the processor outputs its get_image_features takes
+    params = inspect.signature(outer.get_image_features).parameters
+    known = ("pixel_values", "image_sizes", "image_grid_thw", "pixel_attention_mask", "image_position_ids")
+    assert set(family.image_inputs) == {k for k in known if k in params}, "Family.image_inputs"
+    if family.sizes_pooling_attr:
+        assert isinstance(grouping_attr(config, family.sizes_pooling_attr), int)
     from agci.eval import lmms_model
     from agci.eval.plugin import MODEL_NAMES, class_name
 
@@ -72,7 +85,7 @@ def test_a_family_broken_on_the_installed_release_is_refused_naming_the_bug_and_
 
     family = FAMILIES["llama4"]
     monkeypatch.setattr(transformers, "__version__", family.broken.releases[0])
-    assert "llama4" not in core.installed_families() and "llama4" in core.present_families()
+    assert "llama4" not in discovery.installed_families() and "llama4" in discovery.present_families()
     message = r"'llama4' \(Llama 4\) does not run on transformers 5\.24\.0, with or without agci: .*image_outputs"
     with pytest.raises(RuntimeError, match=message + r".*pip install -U 'transformers>=5\.25'"):
         agci.patch("llama4")
@@ -90,11 +103,11 @@ def test_a_family_broken_on_the_installed_release_is_refused_naming_the_bug_and_
 
 def test_a_family_newer_than_the_installed_transformers_is_refused_naming_the_version(monkeypatch):
     monkeypatch.setattr(compat, "transformers_version", lambda: (4, 57))
-    assert "qwen3_5" not in core.installed_families() and "qwen2_5_vl" in core.installed_families()
+    assert "qwen3_5" not in discovery.installed_families() and "qwen2_5_vl" in discovery.installed_families()
     with pytest.raises(ValueError, match=r"qwen3_5.*needs transformers >= 5\.2.*pip install -U 'transformers>=5\.2'"):
-        core.family_classes("qwen3_5")
+        discovery.family_classes("qwen3_5")
     with pytest.raises(ValueError, match="not supported; supported: llava, llava_next"):
-        core.family_classes("blip_2")
+        discovery.family_classes("blip_2")
 
 
 def test_readme_support_table_is_the_registry():
@@ -123,15 +136,15 @@ def test_global_view_groups_crops_with_their_global_view():
     one = [1, F, R1, T, T, F, R2, T, T, F, G, T, T, F, 7, F, G, T, T, F, 8]
     two = [0] * 6 + [1, F, R1, T, T, F, R2, T, T, F, G, T, T, F, 8]
     ids = torch.tensor([one, two])
-    assert core.global_view_lengths(ids, T, [8, 6]) == [6, 2, 6]
-    assert core.global_view_lengths(None, T, [8, 6]) == [8, 6]  # no input_ids: a sample is one image
+    assert grouping.global_view_lengths(ids, T, [8, 6]) == [6, 2, 6]
+    assert grouping.global_view_lengths(None, T, [8, 6]) == [8, 6]  # no input_ids: a sample is one image
     with pytest.warns(UserWarning, match="do not end in global views"):
-        assert core.global_view_lengths(ids, T, [9, 6]) == [9, 6]
+        assert grouping.global_view_lengths(ids, T, [9, 6]) == [9, 6]
 
 
 def test_a_sample_without_images_adds_no_image():
     ids = torch.tensor([[0, 1, 5, 6, 7, 8], [1, F, G, T, T, F]])
-    assert core.global_view_lengths(ids, T, [0, 2]) == [2]
+    assert grouping.global_view_lengths(ids, T, [0, 2]) == [2]
 
 
 def test_every_family_has_a_tiny_checkpoint_with_its_processor_or_a_stated_reason():

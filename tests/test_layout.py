@@ -60,6 +60,9 @@ def test_no_part_of_the_package_imports_itself_back_through_another():
 @pytest.mark.parametrize(
     ("part", "must_not_import"),
     [
+        ("registry", {"patches", "grouping", "compat", "configs", "kernels", "vlm", "bias", "eval", "ris"}),
+        # the engine-neutral grouping: no engine's code (transformers patches now, vLLM next)
+        ("grouping", {"patches", "compat", "configs", "vlm", "bias", "eval", "ris", "resampler_probes", "cli"}),
         ("configs", {"patches", "compat", "kernels", "vlm", "bias", "eval", "ris", "resampler_probes"}),
         ("compat", {"patches", "configs", "vlm", "bias", "eval", "ris", "resampler_probes"}),
         ("kernels", {"patches", "vlm", "bias", "eval", "ris", "resampler_probes"}),

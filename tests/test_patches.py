@@ -11,8 +11,9 @@ from conftest import per_image_formula, relative_error
 from vlm_cases import build, families_here, family_params
 
 import agci
-from agci import compat
-from agci.patches import core
+from agci import compat, grouping
+from agci.patches import discovery, hooks
+from agci.registry import FAMILIES as REGISTRY
 
 FAMILIES = family_params()  # a family that transformers here has broken is skipped, naming the bug
 
@@ -25,7 +26,7 @@ def _clean_patches():
 
 
 def _inner(model):
-    return core._inner_model(model)[0]
+    return discovery.inner_model(model)[0]
 
 
 def _first_embeds_reaching_language_model(model, call):
@@ -106,8 +107,8 @@ def test_a_sample_alone_and_in_a_batch_gets_the_same_logits(model_type):
 def test_injection_runs_once_per_forward_and_once_per_generate(model_type, monkeypatch):
     case = build(model_type, global_context_broadcast_lambda=0.5)
     calls = []
-    real_inject = core.inject
-    monkeypatch.setattr(core, "inject", lambda *a, **k: calls.append(1) or real_inject(*a, **k))
+    real_inject = hooks.inject
+    monkeypatch.setattr(hooks, "inject", lambda *a, **k: calls.append(1) or real_inject(*a, **k))
     agci.patch()
     inputs = case.batch()
     with torch.no_grad():
@@ -178,7 +179,7 @@ def test_image_features_outside_a_forward_warn_and_group_by_the_ids_given():
             alone = compat.image_features_per_image(case.model.get_image_features(**pixels))
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            with core.grouping_input_ids(case.model, inputs["input_ids"]):
+            with hooks.grouping_input_ids(case.model, inputs["input_ids"]):
                 grouped = compat.image_features_per_image(case.model.get_image_features(**pixels))
     mask = inputs["input_ids"] == case.image_token
     torch.testing.assert_close(torch.cat([f.reshape(-1, f.shape[-1]) for f in grouped]), lm[mask])
@@ -188,7 +189,7 @@ def test_image_features_outside_a_forward_warn_and_group_by_the_ids_given():
 def test_placeholder_ids_find_the_image_runs_and_the_markers_before_them():
     embedding = torch.nn.Embedding(16, 8)
     ids = torch.tensor([[0, 0, 3, 9, 9, 4, 3, 9, 9, 5], [3, 9, 4, 9, 9, 9, 3, 9, 1, 2]])
-    got = core.placeholder_ids(embedding(ids), embedding, 9)
+    got = grouping.placeholder_ids(embedding(ids), embedding, 9)
     assert torch.equal(got == 9, ids == 9)
     starts = [(r, c) for r in range(2) for c in range(1, 10) if ids[r, c] == 9 and ids[r, c - 1] != 9]
     for a in starts:  # the marker before a run equals another run's marker exactly when the tokens are equal
@@ -198,24 +199,24 @@ def test_placeholder_ids_find_the_image_runs_and_the_markers_before_them():
 
 
 def test_patch_is_idempotent_and_unpatch_restores_the_originals():
-    classes = {t: core.family_classes(t) for t in families_here() if t in core.installed_families()}
-    hooks = {t: core.hooked_method(t) for t in classes}  # get_image_features, or the projector's forward
+    classes = {t: discovery.family_classes(t) for t in families_here() if t in discovery.installed_families()}
+    hooked = {t: hooks.hooked_method(t) for t in classes}  # get_image_features, or the projector's forward
     before = {t: dict(inner.__dict__) for t, (inner, _) in classes.items()}
-    hooked_before = {t: cls.__dict__[name] for t, (cls, name) in hooks.items()}
+    hooked_before = {t: cls.__dict__[name] for t, (cls, name) in hooked.items()}
     # apply_agci (earlier tests) leaves its plain lambda proxy on the class; patch/unpatch must not touch it
     proxy_before = {t: outer.__dict__.get(agci.LAMBDA_KEY) for t, (_, outer) in classes.items()}
     first = agci.patch()
     second = agci.patch()
-    assert first.model_types == sorted(core.installed_families()) and second.model_types == []
+    assert first.model_types == sorted(discovery.installed_families()) and second.model_types == []
     for t, (_, outer) in classes.items():
-        cls, name = hooks[t]
+        cls, name = hooked[t]
         wrapped = cls.__dict__[name]
         assert wrapped.__agci_original__ is hooked_before[t]
         assert not hasattr(wrapped.__agci_original__, "__agci_original__")  # wrapped once
         assert isinstance(outer.__dict__[agci.LAMBDA_KEY], property)
     agci.unpatch()
     for t, (inner, outer) in classes.items():
-        cls, name = hooks[t]
+        cls, name = hooked[t]
         assert cls.__dict__[name] is hooked_before[t]
         assert inner.__dict__["__init__"] is before[t]["__init__"]
         assert inner.__dict__.get("forward") is before[t].get("forward")
@@ -225,9 +226,9 @@ def test_patch_is_idempotent_and_unpatch_restores_the_originals():
 def test_patch_handle_undoes_only_its_own_changes_and_works_as_a_context_manager():
     with agci.patch("llava") as handle:
         assert handle.model_types == ["llava"]
-        inner, _ = core.family_classes("llava")
+        inner, _ = discovery.family_classes("llava")
         assert hasattr(inner.__dict__["get_image_features"], "__agci_original__")
-        qwen_inner, _ = core.family_classes("qwen2_5_vl")
+        qwen_inner, _ = discovery.family_classes("qwen2_5_vl")
         assert not hasattr(qwen_inner.__dict__["get_image_features"], "__agci_original__")
     assert not hasattr(inner.__dict__["get_image_features"], "__agci_original__")
 
@@ -251,7 +252,7 @@ def test_apply_agci_patches_one_instance_and_revert_removes_it(model_type):
         # not reach it (as it would through the class), whatever its own config says.
         other.model.config.global_context_broadcast_lambda = 0.8
         assert torch.equal(other.model(**inputs).logits, other_stock), "apply_agci changed another instance"
-        hooked, method = core.hooked_method(model_type)
+        hooked, method = hooks.hooked_method(model_type)
         assert not any(method in m.__dict__ for m in other.model.modules() if isinstance(m, hooked))
         agci.revert_agci(case.model)
         assert torch.equal(case.model(**inputs).logits, stock)
@@ -362,7 +363,7 @@ REFERENCE_MIXES_THE_BATCH = {"qwen2_5_vl", "qwen3_vl", "llava_next", "internvl"}
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_scope_reference_follows_the_authors_code_of_each_family(model_type):
     mixes = model_type in REFERENCE_MIXES_THE_BATCH
-    assert (core.FAMILIES[model_type].reference_mean == "batch") == mixes
+    assert (REGISTRY[model_type].reference_mean == "batch") == mixes
     case = build(model_type, global_context_broadcast_lambda=0.5, global_context_broadcast_scope="reference")
     inputs = case.batch()
     agci.patch()
@@ -395,10 +396,10 @@ def test_scope_batch_is_refused_naming_reference_and_unknown_scopes_are_refused(
 
 def test_internvl_tiles_are_grouped_into_images_from_input_ids():
     ids = torch.tensor([[1, 121, *[120] * 12, 122, 5, 121, *[120] * 4, 122], [1, 121, *[120] * 8, 122, *[0] * 11]])
-    assert core.tiles_per_image(ids, 120, 4, 6) == [3, 1, 2]
-    assert core.tiles_per_image(None, 120, 4, 6) == [1] * 6
+    assert grouping.tiles_per_image(ids, 120, 4, 6) == [3, 1, 2]
+    assert grouping.tiles_per_image(None, 120, 4, 6) == [1] * 6
     with pytest.warns(UserWarning, match="do not match"):
-        assert core.tiles_per_image(ids, 120, 4, 5) == [1] * 5
+        assert grouping.tiles_per_image(ids, 120, 4, 5) == [1] * 5
 
 
 def test_internvl_runs_that_are_not_whole_tiles_fall_back_to_one_image_per_tile():
@@ -407,7 +408,7 @@ def test_internvl_runs_that_are_not_whole_tiles_fall_back_to_one_image_per_tile(
     # would give [1, 1]: two images for three tiles.
     ids = torch.tensor([[1, 121, *[120] * 6, 122, 5, 121, *[120] * 6, 122]])
     with pytest.warns(UserWarning, match=r"\[6, 6\].* do not match 3 tiles of 4 tokens"):
-        assert core.tiles_per_image(ids, 120, 4, 3) == [1, 1, 1]
+        assert grouping.tiles_per_image(ids, 120, 4, 3) == [1, 1, 1]
 
 
 def test_internvl_runs_at_the_end_of_one_row_and_the_start_of_the_next_are_two_images():
@@ -416,9 +417,9 @@ def test_internvl_runs_at_the_end_of_one_row_and_the_start_of_the_next_are_two_i
     ids = torch.tensor([[1, 5, 121, 120, 120, 120, 120], [120, 120, 120, 120, 122, 5, 6]])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the runs match the tiles: no fallback warning
-        assert core.tiles_per_image(ids, 120, 4, 2) == [1, 1]
+        assert grouping.tiles_per_image(ids, 120, 4, 2) == [1, 1]
         one_row = torch.tensor([[1, 5, 121, *[120] * 8, 122, 5, 6]])
-        assert core.tiles_per_image(one_row, 120, 4, 2) == [2]  # the same 8 tokens in one row: one image
+        assert grouping.tiles_per_image(one_row, 120, 4, 2) == [2]  # the same 8 tokens in one row: one image
 
 
 @pytest.mark.parametrize("how", ["patch", "apply_agci"])
@@ -599,6 +600,6 @@ def test_llama4_images_group_as_its_processor_writes_them():
                     padding=True)  # fmt: skip
     assert out["pixel_values"].shape[0] == 3 + 1 + 4  # 1 x 2 crops + global, one tile, 3 x 1 crops + global
     per_row = (out["input_ids"] == 120).sum(1).tolist()
-    assert core.global_view_lengths(out["input_ids"], 120, per_row) == [12, 4, 16]
+    assert grouping.global_view_lengths(out["input_ids"], 120, per_row) == [12, 4, 16]
     rows = out["input_ids"].tolist()
     assert rows[0][1:18] == _llama4_ids([(1, 2)], 4) and rows[1][4:26] == _llama4_ids([(3, 1)], 4)

@@ -16,7 +16,7 @@ from vlm_cases import build, families_here
 import agci
 import agci.kernels
 from agci import compat
-from agci.patches import core
+from agci.patches import discovery
 
 ON_CPU = os.environ.get("AGCI_GPU_TESTS_ON_CPU") == "1" and os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -58,7 +58,7 @@ def test_patched_family_on_the_triton_path(model_type, monkeypatch):
     case = build(model_type, global_context_broadcast_lambda=0.7)
     model = case.model.to(DEVICE, DTYPE).eval()
     inputs = _to_device(case.batch("left"))
-    inner = core._inner_model(model)[0]
+    inner = discovery.inner_model(model)[0]
     original = type(inner).get_image_features
     image_kwargs = case.image_inputs(inputs)
     with torch.no_grad():

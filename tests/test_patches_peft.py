@@ -5,7 +5,7 @@ import torch
 from vlm_cases import build
 
 import agci
-from agci.patches import core
+from agci.patches import discovery, hooks
 
 peft = pytest.importorskip("peft", reason="peft is part of the dev extra; install agci[dev]")
 
@@ -14,7 +14,7 @@ peft = pytest.importorskip("peft", reason="peft is part of the dev extra; instal
 def test_lora_training_step_merge_and_unload_keep_agci(model_type):
     case = build(model_type, global_context_broadcast_lambda=0.5)
     inputs = case.batch("right")
-    inner = core._inner_model(case.model)[0]
+    inner = discovery.inner_model(case.model)[0]
     projector = "multi_modal_projector" if model_type == "llava" else "visual.merger"
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=None)
     model = peft.get_peft_model(case.model, config)
@@ -27,13 +27,13 @@ def test_lora_training_step_merge_and_unload_keep_agci(model_type):
     labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     calls = []
-    real_inject = core.inject
+    real_inject = hooks.inject
 
     def counting_inject(*args, **kwargs):
         calls.append(1)
         return real_inject(*args, **kwargs)
 
-    core.inject = counting_inject
+    hooks.inject = counting_inject
     try:
         for _ in range(2):
             loss = model(**inputs, labels=labels).loss
@@ -43,7 +43,7 @@ def test_lora_training_step_merge_and_unload_keep_agci(model_type):
             optimizer.step()
             optimizer.zero_grad()
     finally:
-        core.inject = real_inject
+        hooks.inject = real_inject
     assert len(calls) == 2 and torch.isfinite(loss)
 
     model.eval()

@@ -12,8 +12,8 @@ from conftest import per_image_formula
 from vlm_cases import build
 
 import agci
-from agci import compat
-from agci.patches import core
+from agci import compat, grouping
+from agci.patches import core, discovery, hooks, lifecycle
 from agci.patches.families import FAMILIES, Family
 
 TOKEN = 9  # the image token of the hand-made input_ids
@@ -28,7 +28,7 @@ def _clean_patches():
 
 
 def _inner(model):
-    return core._inner_model(model)[0]
+    return discovery.inner_model(model)[0]
 
 
 def _close(got, expected):
@@ -41,14 +41,14 @@ def _close(got, expected):
 def test_inject_on_tensors_one_image_per_row_or_by_lengths_or_batch_wide():
     torch.manual_seed(0)
     one = torch.randn(5, 4)
-    _close(core.inject(one, 0.7), per_image_formula(one, 0.7, [5]))
+    _close(grouping.inject(one, 0.7), per_image_formula(one, 0.7, [5]))
     rows = torch.randn(3, 2, 4)
     flat = rows.reshape(6, 4)
-    _close(core.inject(rows, 0.7).reshape(6, 4), per_image_formula(flat, 0.7, [2, 2, 2]))
-    by_lengths = core.inject(rows, 0.7, lengths=[4, 2])
+    _close(grouping.inject(rows, 0.7).reshape(6, 4), per_image_formula(flat, 0.7, [2, 2, 2]))
+    by_lengths = grouping.inject(rows, 0.7, lengths=[4, 2])
     assert by_lengths.shape == (3, 2, 4)
     _close(by_lengths.reshape(6, 4), per_image_formula(flat, 0.7, [4, 2]))
-    wide = core.inject(rows, 0.7, batch_wide=True)
+    wide = grouping.inject(rows, 0.7, batch_wide=True)
     assert wide.shape == (3, 2, 4)
     _close(wide.reshape(6, 4), per_image_formula(flat, 0.7, [6]))
 
@@ -57,26 +57,26 @@ def test_inject_on_lists_and_tuples_keeps_the_container_and_the_sizes():
     torch.manual_seed(1)
     parts = [torch.randn(3, 4), torch.randn(2, 4)]
     flat = torch.cat(parts)
-    out = core.inject(parts, 0.5)
+    out = grouping.inject(parts, 0.5)
     assert type(out) is list and [p.shape[0] for p in out] == [3, 2]
     _close(torch.cat(out), per_image_formula(flat, 0.5, [3, 2]))
-    out = core.inject(tuple(parts), 0.5)
+    out = grouping.inject(tuple(parts), 0.5)
     assert type(out) is tuple and [p.shape[0] for p in out] == [3, 2]
     _close(torch.cat(out), per_image_formula(flat, 0.5, [3, 2]))
-    out = core.inject(parts, 0.5, lengths=[1, 4])  # images that straddle the entries
+    out = grouping.inject(parts, 0.5, lengths=[1, 4])  # images that straddle the entries
     assert [p.shape[0] for p in out] == [3, 2]
     _close(torch.cat(out), per_image_formula(flat, 0.5, [1, 4]))
-    out = core.inject(tuple(parts), 0.5, batch_wide=True)
+    out = grouping.inject(tuple(parts), 0.5, batch_wide=True)
     assert type(out) is tuple and [p.shape[0] for p in out] == [3, 2]
     _close(torch.cat(out), per_image_formula(flat, 0.5, [5]))
     empty = []
-    assert core.inject(empty, 0.5) is empty
+    assert grouping.inject(empty, 0.5) is empty
 
 
 def test_inject_batch_wide_keeps_a_half_precision_dtype():
     torch.manual_seed(2)
     parts = [torch.randn(3, 4, dtype=torch.bfloat16), torch.randn(2, 4, dtype=torch.bfloat16)]
-    out = core.inject(parts, 0.5, batch_wide=True)
+    out = grouping.inject(parts, 0.5, batch_wide=True)
     assert all(p.dtype == torch.bfloat16 for p in out)
     torch.testing.assert_close(
         torch.cat(out).double(), per_image_formula(torch.cat(parts), 0.5, [5]), rtol=2e-2, atol=2e-2
@@ -86,25 +86,40 @@ def test_inject_batch_wide_keeps_a_half_precision_dtype():
 # runs of the image token
 
 
-def test_runs_gives_start_and_length_of_each_unbroken_run():
-    assert core._runs([], TOKEN) == []
-    assert core._runs([5, 6], TOKEN) == []
-    assert core._runs([TOKEN, TOKEN, 5], TOKEN) == [(0, 2)]
-    assert core._runs([5, TOKEN, TOKEN, TOKEN, 5, TOKEN, 7, TOKEN, TOKEN], TOKEN) == [(1, 3), (5, 1), (7, 2)]
+def test_token_runs_gives_start_and_length_of_each_unbroken_run_per_row():
+    def runs(*rows):
+        return grouping.token_runs(torch.tensor(rows, dtype=torch.long).view(len(rows), -1), TOKEN)
+
+    assert runs([]) == [[]]
+    assert runs([5, 6]) == [[]]
+    assert runs([TOKEN, TOKEN, 5]) == [[(0, 2)]]
+    assert runs([5, TOKEN, TOKEN, TOKEN, 5, TOKEN, 7, TOKEN, TOKEN]) == [[(1, 3), (5, 1), (7, 2)]]
+    # a run at the end of one row and one at the start of the next stay two runs
+    assert runs([5, TOKEN, TOKEN], [TOKEN, 5, 5]) == [[(1, 2)], [(0, 1)]]
+
+
+def test_the_patches_core_namespace_still_offers_what_it_offered():
+    """``agci.patches.core`` was split by idea; the names people imported from it still work."""
+    for name in ("inject", "global_view_lengths", "tiles_per_image", "image_lengths", "pooled_patch_lengths",
+                 "patch", "unpatch", "apply_agci", "revert_agci", "PatchHandle", "family_classes", "hooked_method",
+                 "installed_families", "present_families", "check_model_type", "check_runs", "FAMILIES",
+                 "SUPPORTED_MODEL_TYPES"):  # fmt: skip
+        assert getattr(core, name) is not None, name
+    assert core.patch is agci.patch and core.inject is grouping.inject
 
 
 def test_tiles_per_image_counts_a_run_that_starts_the_batch():
     ids = torch.tensor([[TOKEN] * 4 + [5, 5], [5, TOKEN, TOKEN, TOKEN, TOKEN, 5]])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert core.tiles_per_image(ids, TOKEN, 2, 4) == [2, 2]
-        assert core.tiles_per_image(torch.tensor([[TOKEN] * 6]), TOKEN, 2, 3) == [3]
+        assert grouping.tiles_per_image(ids, TOKEN, 2, 4) == [2, 2]
+        assert grouping.tiles_per_image(torch.tensor([[TOKEN] * 6]), TOKEN, 2, 3) == [3]
 
 
 def test_tiles_per_image_warns_naming_the_runs_and_the_tiles():
     ids = torch.tensor([[5, TOKEN, TOKEN, TOKEN, 5]])
     with pytest.warns(UserWarning, match=r"runs in input_ids \(\[3\]\) do not match 2 tiles of 2 tokens; each tile"):
-        assert core.tiles_per_image(ids, TOKEN, 2, 2) == [1, 1]
+        assert grouping.tiles_per_image(ids, TOKEN, 2, 2) == [1, 1]
 
 
 def _idefics_row(*images, pad=0):
@@ -123,22 +138,22 @@ def test_global_view_lengths_splits_each_row_after_its_global_views():
     ids = torch.tensor(rows)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert core.global_view_lengths(ids, TOKEN, [10, 5]) == [7, 3, 5]
+        assert grouping.global_view_lengths(ids, TOKEN, [10, 5]) == [7, 3, 5]
         # a sample without an image: skipped, and the next one read
         no_image = torch.tensor([[1] + [5] * 6, _idefics_row(([2], 1))])
-        assert core.global_view_lengths(no_image, TOKEN, [0, 3]) == [3]
+        assert grouping.global_view_lengths(no_image, TOKEN, [0, 3]) == [3]
         # the last run right after the row's first token, which is its marker
-        assert core.global_view_lengths(torch.tensor([[GLOBAL, TOKEN, TOKEN]]), TOKEN, [2]) == [2]
+        assert grouping.global_view_lengths(torch.tensor([[GLOBAL, TOKEN, TOKEN]]), TOKEN, [2]) == [2]
         # a run at the start of a row that ends with the marker: not closed by the row's last token
-        assert core.global_view_lengths(torch.tensor([[TOKEN, GLOBAL, TOKEN, GLOBAL]]), TOKEN, [2]) == [2]
+        assert grouping.global_view_lengths(torch.tensor([[TOKEN, GLOBAL, TOKEN, GLOBAL]]), TOKEN, [2]) == [2]
         # an image alone, its global view only, after no crop marker
-        assert core.global_view_lengths(torch.tensor([_idefics_row(([], 4))]), TOKEN, [4]) == [4]
+        assert grouping.global_view_lengths(torch.tensor([_idefics_row(([], 4))]), TOKEN, [4]) == [4]
 
 
 def test_global_view_lengths_without_input_ids_or_rows_counts_each_sample_as_one_image():
-    assert core.global_view_lengths(None, TOKEN, [6, 0, 4]) == [6, 4]
+    assert grouping.global_view_lengths(None, TOKEN, [6, 0, 4]) == [6, 4]
     one_row = torch.tensor([_idefics_row(([2], 1))])
-    assert core.global_view_lengths(one_row, TOKEN, [3, 3]) == [3, 3]  # 1 row for 2 samples
+    assert grouping.global_view_lengths(one_row, TOKEN, [3, 3]) == [3, 3]  # 1 row for 2 samples
 
 
 def test_global_view_lengths_warns_and_keeps_the_sample_whole_when_the_runs_do_not_add_up():
@@ -146,39 +161,39 @@ def test_global_view_lengths_warns_and_keeps_the_sample_whole_when_the_runs_do_n
     with pytest.warns(
         UserWarning, match=r"image-token runs of a sample \(\[2, 3\]\) .* its 6 image tokens; the sample"
     ):
-        assert core.global_view_lengths(rows, TOKEN, [5, 6]) == [5, 6]
+        assert grouping.global_view_lengths(rows, TOKEN, [5, 6]) == [5, 6]
     # the last run starts the row: no marker, so nothing closes an image
     starts = torch.tensor([[TOKEN, TOKEN, 5]])
     with pytest.warns(UserWarning, match="do not end in global views"):
-        assert core.global_view_lengths(starts, TOKEN, [2]) == [2]
+        assert grouping.global_view_lengths(starts, TOKEN, [2]) == [2]
     # image tokens in the row of a sample said to have none
     rows = torch.tensor([_idefics_row(([2], 1)), _idefics_row(([], 3), pad=1)])
     with pytest.warns(UserWarning, match=r"\(\[3\]\) do not end in global views that add up to its 0 image tokens"):
-        assert core.global_view_lengths(rows, TOKEN, [3, 0]) == [3, 0]
+        assert grouping.global_view_lengths(rows, TOKEN, [3, 0]) == [3, 0]
     # a sample with image tokens but none in its row
     with pytest.warns(UserWarning, match="do not end in global views"):
-        assert core.global_view_lengths(torch.tensor([[1, 5, 6]]), TOKEN, [4]) == [4]
+        assert grouping.global_view_lengths(torch.tensor([[1, 5, 6]]), TOKEN, [4]) == [4]
 
 
 def test_image_lengths_follows_the_family_grouping():
     config = types.SimpleNamespace(image_token_id=TOKEN)
     tiles = torch.zeros(3, 2, 4)  # 3 tiles of 2 tokens
     ids = torch.tensor([[5, TOKEN, TOKEN, TOKEN, TOKEN, 5, TOKEN, TOKEN]])
-    assert core.image_lengths(FAMILIES["internvl"], config, tiles, ids) == [4, 2]
-    assert core.image_lengths(FAMILIES["internvl"], config, list(tiles), ids) is None  # not stacked
-    assert core.image_lengths(FAMILIES["internvl"], config, torch.zeros(6, 4), ids) is None  # not [n, T, D]
-    assert core.image_lengths(FAMILIES["llava"], config, tiles, ids) is None
+    assert grouping.image_lengths(FAMILIES["internvl"], config, tiles, ids) == [4, 2]
+    assert grouping.image_lengths(FAMILIES["internvl"], config, list(tiles), ids) is None  # not stacked
+    assert grouping.image_lengths(FAMILIES["internvl"], config, torch.zeros(6, 4), ids) is None  # not [n, T, D]
+    assert grouping.image_lengths(FAMILIES["llava"], config, tiles, ids) is None
     idefics = Family("idefics_like", "Idefics-like", "A", "B", since="4.57", grouping="global_view")
     samples = [torch.zeros(10, 4)]
     row = torch.tensor([_idefics_row(([2, 2], 3), ([1], 2))])
-    assert core.image_lengths(idefics, config, samples, row) == [7, 3]
-    assert core.image_lengths(idefics, config, tuple(samples), row) == [7, 3]
+    assert grouping.image_lengths(idefics, config, samples, row) == [7, 3]
+    assert grouping.image_lengths(idefics, config, tuple(samples), row) == [7, 3]
     # the batch's views stacked in one tensor (Aya Vision; Idefics3 up to 5.6), 3-D or 4-D
-    assert core.image_lengths(idefics, config, torch.zeros(1, 10, 4), row) == [7, 3]
-    assert core.image_lengths(idefics, config, torch.zeros(5, 1, 2, 4), row) == [7, 3]
-    assert core.image_lengths(idefics, config, torch.zeros(1, 9, 4), row) is None  # not the row's 10 tokens
+    assert grouping.image_lengths(idefics, config, torch.zeros(1, 10, 4), row) == [7, 3]
+    assert grouping.image_lengths(idefics, config, torch.zeros(5, 1, 2, 4), row) == [7, 3]
+    assert grouping.image_lengths(idefics, config, torch.zeros(1, 9, 4), row) is None  # not the row's 10 tokens
     with pytest.warns(UserWarning, match="without input_ids or inputs_embeds"):
-        assert core.image_lengths(idefics, config, torch.zeros(1, 10, 4), None) is None
+        assert grouping.image_lengths(idefics, config, torch.zeros(1, 10, 4), None) is None
 
 
 def test_input_ids_are_found_by_keyword_or_first_argument_else_recovered_from_inputs_embeds():
@@ -187,13 +202,13 @@ def test_input_ids_are_found_by_keyword_or_first_argument_else_recovered_from_in
     model.get_input_embeddings = lambda: embedding
     embedding = torch.nn.Embedding(8, 4)
     ids = torch.tensor([[1, 3, 3, 2]])
-    assert core._grouping_ids_of(model, family, (ids,), {}).get() is ids
-    assert core._grouping_ids_of(model, family, (ids, "other"), {}).get() is ids
-    assert core._grouping_ids_of(model, family, (), {"input_ids": ids}).get() is ids
-    assert core._grouping_ids_of(model, family, (), {}).get() is None
-    assert core._grouping_ids_of(model, family, ([1, 2],), {}).get() is None  # not a tensor
+    assert hooks._grouping_ids_of(model, family, (ids,), {}).get() is ids
+    assert hooks._grouping_ids_of(model, family, (ids, "other"), {}).get() is ids
+    assert hooks._grouping_ids_of(model, family, (), {"input_ids": ids}).get() is ids
+    assert hooks._grouping_ids_of(model, family, (), {}).get() is None
+    assert hooks._grouping_ids_of(model, family, ([1, 2],), {}).get() is None  # not a tensor
     # generate given inputs_embeds passes an empty [B, 0] input_ids: the embeddings are read
-    recovered = core._grouping_ids_of(model, family, (ids[:, :0],), {"inputs_embeds": embedding(ids)}).get()
+    recovered = hooks._grouping_ids_of(model, family, (ids[:, :0],), {"inputs_embeds": embedding(ids)}).get()
     assert torch.equal(recovered == 3, ids == 3)
 
 
@@ -201,31 +216,31 @@ def test_input_ids_are_found_by_keyword_or_first_argument_else_recovered_from_in
 
 
 def test_check_model_type_names_the_supported_types_after_the_prefix():
-    core.check_model_type("llava")
+    discovery.check_model_type("llava")
     with pytest.raises(ValueError, match=r"^model type 'blip-2' is not supported; supported: llava, llava_next, "):
-        core.check_model_type("blip-2")
+        discovery.check_model_type("blip-2")
     with pytest.raises(ValueError, match=r"^--model: model type None is not supported"):
-        core.check_model_type(None, where="--model: ")
+        discovery.check_model_type(None, where="--model: ")
 
 
 def test_family_classes_and_installed_families(monkeypatch):
     import transformers
 
-    assert core.family_classes("llava") == (transformers.LlavaModel, transformers.LlavaForConditionalGeneration)
-    assert core.present_families() == tuple(FAMILIES)  # every family is in the installed transformers
+    assert discovery.family_classes("llava") == (transformers.LlavaModel, transformers.LlavaForConditionalGeneration)
+    assert discovery.present_families() == tuple(FAMILIES)  # every family is in the installed transformers
     runs = tuple(t for t in FAMILIES if not FAMILIES[t].broken_in(transformers.__version__))
-    assert core.installed_families() == runs  # and patch() takes those whose own model runs here
+    assert discovery.installed_families() == runs  # and patch() takes those whose own model runs here
     with pytest.raises(ValueError, match="not supported"):
-        core.family_classes("blip-2")
+        discovery.family_classes("blip-2")
     monkeypatch.setattr(compat, "transformers_version", lambda: (5, 1))  # before Qwen3.5 (5.2)
-    assert "qwen3_5" not in core.installed_families() and "llava" in core.installed_families()
+    assert "qwen3_5" not in discovery.installed_families() and "llava" in discovery.installed_families()
     found = transformers.__version__
     with pytest.raises(
         ValueError,
         match=rf"'qwen3_5' \(Qwen3.5\) needs transformers >= 5.2, found {found}: pip install -U "
         r"'transformers>=5.2'",
     ):
-        core.family_classes("qwen3_5")
+        discovery.family_classes("qwen3_5")
 
 
 class _Target:
@@ -233,7 +248,7 @@ class _Target:
 
 
 def test_patch_handle_puts_back_and_removes_in_reverse_order():
-    handle = core.PatchHandle()
+    handle = lifecycle.PatchHandle()
     handle._set(_Target, "kept", "first")
     handle._set(_Target, "kept", "second")
     handle._set(_Target, "added", "new")
@@ -246,7 +261,7 @@ def test_patch_handle_puts_back_and_removes_in_reverse_order():
 
 
 def test_the_lambda_property_reads_and_writes_the_config_and_documents_it():
-    prop = core._lambda_property()
+    prop = lifecycle._lambda_property()
     assert "model.config" in prop.__doc__
     owner = types.SimpleNamespace(config=types.SimpleNamespace())
     assert prop.fget(owner) == 0.0
@@ -263,13 +278,13 @@ def test_patch_skips_a_patched_type_and_goes_on_with_the_next():
     with agci.patch("llava"):
         with agci.patch(["llava", "internvl"]) as second:
             assert second.model_types == ["internvl"]
-            inner, _ = core.family_classes("internvl")
+            inner, _ = discovery.family_classes("internvl")
             assert hasattr(inner.__dict__["get_image_features"], "__agci_original__")
 
 
 def test_patch_wrappers_link_to_the_originals_and_a_patched_class_still_builds():
-    internvl_inner, internvl_outer = core.family_classes("internvl")
-    qwen_inner, _ = core.family_classes("qwen2_5_vl")
+    internvl_inner, internvl_outer = discovery.family_classes("internvl")
+    qwen_inner, _ = discovery.family_classes("qwen2_5_vl")
     before = {
         "forward": internvl_inner.__dict__["forward"],
         "generate": internvl_outer.generate,
@@ -371,10 +386,10 @@ def test_no_supported_model_is_named_with_its_modules():
 def test_a_family_missing_from_transformers_does_not_hide_the_others(monkeypatch):
     # one family's module cannot be imported, another's lacks its class: the llava model is still found
     monkeypatch.setitem(sys.modules, FAMILIES["gemma3"].module, None)
-    qwen_module = sys.modules[core.family_classes("qwen2_vl")[0].__module__]
+    qwen_module = sys.modules[discovery.family_classes("qwen2_vl")[0].__module__]
     monkeypatch.delattr(qwen_module, FAMILIES["qwen2_vl"].inner_class)
     case = build("llava")
-    assert core._inner_model(case.model) == (case.model.model, "llava")
+    assert discovery.inner_model(case.model) == (case.model.model, "llava")
 
 
 def test_pooled_patch_lengths_count_real_patches_per_pooled_token():
@@ -383,5 +398,5 @@ def test_pooled_patch_lengths_count_real_patches_per_pooled_token():
     positions[0, :4] = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1]])  # 4 real patches, 2 x 2 pooling: 1 token
     positions[1, :] = torch.arange(12).view(6, 2)  # 6 real patches (no padding)
     positions[1, 5, 0] = -1  # a -1 in either coordinate marks padding, as transformers 5.24 counts it
-    assert core.pooled_patch_lengths(positions, 2) == [1, 1]
-    assert core.pooled_patch_lengths(positions, 1) == [4, 5]
+    assert grouping.pooled_patch_lengths(positions, 2) == [1, 1]
+    assert grouping.pooled_patch_lengths(positions, 1) == [4, 5]

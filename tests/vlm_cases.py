@@ -92,10 +92,10 @@ class Case:
     def stock_features(self, batch: dict) -> list[torch.Tensor]:
         """What the family's hook gets from the stock model for ``batch``, per entry: get_image_features' output
         or (Llama 4) the projector's, unpatched."""
-        from agci.patches.core import _inner_model
+        from agci.patches.discovery import inner_model
         from agci.patches.families import FAMILIES
 
-        inner = _inner_model(self.model)[0]
+        inner = inner_model(self.model)[0]
         with torch.no_grad():
             if FAMILIES[self.model_type].hook == "multi_modal_projector":
                 import inspect

@@ -7,7 +7,6 @@ padded. AGCI's lambda is read from the model's config at call time, so a sweep r
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -280,10 +279,10 @@ def occlusion_map_by_generation(vlm: LoadedVLM, image, prompt: str, mask: int = 
 
 
 def _feature_kwargs(vlm: LoadedVLM, inputs: dict) -> dict:
-    params = inspect.signature(vlm.model.get_image_features).parameters
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    keys = ("pixel_values", "image_sizes", "image_grid_thw", "pixel_attention_mask", "image_position_ids")
-    return {k: inputs[k] for k in keys if k in inputs and (k in params or (accepts_any and k == "pixel_values"))}
+    """The processor outputs get_image_features takes for this family (``Family.image_inputs``)."""
+    from ..registry import FAMILIES
+
+    return {k: inputs[k] for k in FAMILIES[vlm.model.config.model_type].image_inputs if k in inputs}
 
 
 SIMILARITY_PROMPT = "Describe the image."
@@ -305,7 +304,7 @@ def _check_pooling(pooling: str) -> None:
 def similarity_from_inputs(vlm: LoadedVLM, inputs: dict, captions: list[str], pooling: str = "max") -> list[float]:
     """:func:`similarity` on inputs encoded with :data:`SIMILARITY_PROMPT`."""
     from ..compat import image_features_per_image
-    from ..patches.core import grouping_input_ids
+    from ..patches.hooks import grouping_input_ids
 
     _check_pooling(pooling)
     n_images = len(captions)
@@ -328,8 +327,8 @@ def _group_tiles(vlm, inputs, features, n_images) -> list[torch.Tensor]:
     """Features per image, by the family's grouping rule (tiles of InternVL, crops of Idefics3 joined)."""
     if len(features) == n_images:
         return list(features)
-    from ..patches.core import image_lengths
-    from ..patches.families import FAMILIES
+    from ..grouping import image_lengths
+    from ..registry import FAMILIES
 
     family = FAMILIES[vlm.model.config.model_type]
     entries = features

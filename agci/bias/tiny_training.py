@@ -188,7 +188,7 @@ def train(
     alternation keeps the model at chance: the injected mean shifts the visual tokens between steps)."""
     from tqdm.auto import tqdm
 
-    from ..patches.core import apply_agci
+    from ..patches.lifecycle import apply_agci
 
     torch.manual_seed(seed)
     processor = build_processor()
@@ -268,7 +268,7 @@ def _save(model, processor, out: Path, record: dict) -> None:
 
     import transformers
 
-    from ..patches.core import revert_agci
+    from ..patches.lifecycle import revert_agci
 
     snapshot = revert_agci(copy.deepcopy(model)).eval()
     out.mkdir(parents=True, exist_ok=True)

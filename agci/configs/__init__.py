@@ -14,7 +14,7 @@ from collections.abc import Iterator
 LAMBDA_KEY = "global_context_broadcast_lambda"
 DEFAULT_LAMBDA = 0.0
 # "image" (default): one mean per image. "reference": the authors' code, which per family takes one mean
-# over every image of a call or one per image (Family.reference_mean in agci/patches/families.py).
+# over every image of a call or one per image (Family.reference_mean in agci/registry.py).
 SCOPE_KEY = "global_context_broadcast_scope"
 SCOPES = ("image", "reference")
 # true: videos get AGCI too, one context per video (default: left alone, as in the reference)
@@ -72,7 +72,7 @@ def read_scope(config) -> str:
     if scope == "batch":  # the old name, which was batch-wide for every family
         raise ValueError(
             f'{SCOPE_KEY} "batch" was renamed "reference" (the authors\' code, per family: batch-wide for some, '
-            'per image for others; see reference_mean in agci/patches/families.py); set it to "reference" or "image"'
+            'per image for others; see reference_mean in agci/registry.py); set it to "reference" or "image"'
         )
     if scope not in SCOPES:
         raise ValueError(f"{SCOPE_KEY} must be one of {SCOPES}, got {scope!r}")

@@ -8,7 +8,7 @@ name is asked for."""
 
 from __future__ import annotations
 
-from ..patches.families import FAMILIES, SUPPORTED_MODEL_TYPES
+from ..registry import FAMILIES, SUPPORTED_MODEL_TYPES
 
 GENERIC = "agci"
 MODEL_NAMES: dict[str, tuple[str, ...]] = {

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..configs import read_lambda, read_scope, write_lambda
-from .core import apply_agci, check_model_type, check_runs
+from .discovery import check_model_type, check_runs
+from .lifecycle import apply_agci
 
 
 def _checked_config(config, global_context_broadcast_lambda):

@@ -5,13 +5,13 @@ subprocess (and of which process)."""
 import os
 
 if os.environ.get("AGCI_TRACE_LAMBDA"):
-    import agci.patches.core as _core
+    import agci.patches.hooks as _hooks  # the wrappers look inject up there
 
-    _inject = _core.inject
+    _inject = _hooks.inject
 
     def _traced_inject(features, lam, *args, **kwargs):
         with open(os.environ["AGCI_TRACE_LAMBDA"], "a") as f:
             f.write(f"{os.getpid()} {lam}\n")
         return _inject(features, lam, *args, **kwargs)
 
-    _core.inject = _traced_inject
+    _hooks.inject = _traced_inject
