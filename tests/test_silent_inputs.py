@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from agci.bias.probe_sets import SetOptions, build, read_records
+from agci.bias.probe_sets import POSITIONS, SetOptions, build, normalise_record, read_records
 from agci.bias.runner import ProbeConfig, run_probe
 from agci.bias.tiny_model import ASSET_DIR
 from agci.cli import main
@@ -185,6 +187,25 @@ def test_answers_are_read_in_any_case_and_spacing(tmp_path, probe_set):
     positives = sum(r["answer"] == "Yes" for r in rows)
     assert sum(position["positive_count_per_cell"]) == positives > 0  # they count as positives
     assert sum(position["positive_count_per_cell"]) + sum(position["negative_count_per_cell"]) == 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(answer=st.one_of(st.text(max_size=8), st.sampled_from(["yes", "no", "Yes", " YES ", "nO\t", "y", "true"])),
+       position=st.one_of(st.text(max_size=12), st.sampled_from([*POSITIONS, "Top Left", "bottom-right", "centre",
+                                                                  " CENTER ", "middle", "top__left"])))  # fmt: skip
+def test_a_record_is_read_as_it_says_or_refused(answer, position):
+    """Any answer and position: read as yes/no and one of the nine cells when that is what they say (case,
+    spacing, hyphens aside), otherwise refused naming the place."""
+    said = answer.strip().lower()
+    name = "_".join(position.strip().lower().replace("-", " ").split())
+    name = {"centre": "center"}.get(name, name)
+    row = {"image": "a.png", "caption": "c", "answer": answer, "position": position}
+    if said in ("yes", "no") and name in POSITIONS:
+        got = normalise_record(row, "f.jsonl:7")
+        assert got["answer"] == said.capitalize() and got["cell"] == POSITIONS.index(name)
+    else:
+        with pytest.raises(ValueError, match=r"^f\.jsonl:7: (answer|position) "):
+            normalise_record(row, "f.jsonl:7")
 
 
 @pytest.mark.parametrize(
