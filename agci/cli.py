@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        resumes = "; what was written is kept, and rerunning the same command resumes" if hasattr(args, "out") else ""
+        claims_a_folder = hasattr(args, "out") and args.command != "demo"  # demo starts over every time
+        resumes = "; what was written is kept, and rerunning the same command resumes" if claims_a_folder else ""
         print(f"\nagci {args.command}: interrupted{resumes}", file=sys.stderr)
         return INTERRUPTED
 
