@@ -18,6 +18,9 @@ def demo_command(args) -> int:
         summary = run_demo(args.out, lambdas=args.lambdas, impl=args.impl, seed=args.seed)
     except FileExistsError as exc:
         return refuse("demo", exc)
+    except OSError as exc:
+        problem = exc.strerror or exc
+        return refuse("demo", f"--out {args.out} cannot be written ({problem}); give a folder you can write to")
     print_summary(summary)
     print(f"wrote {args.out}/demo.json and {args.out}/demo.png")
     return 0
@@ -38,12 +41,15 @@ def info_command(args) -> int:
             return "not installed"
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        chosen = resolve_impl("auto", torch.empty(0, device=device, dtype=torch.bfloat16))
+    except ValueError as exc:
+        return refuse("info", exc)
     print(f"agci {__version__}")
     for name in ("torch", "transformers", "triton"):
         print(f"{name} {version(name)}")
     print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}")
     print(f"triton kernels usable on {device}: {triton_available(device)}")
-    chosen = resolve_impl("auto", torch.empty(0, device=device, dtype=torch.bfloat16))
     print(f"impl='auto' on {device} bf16 runs: {chosen} (set {IMPL_ENV}=reference|triton to force)")
     return 0
 
@@ -153,9 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        claims_a_folder = hasattr(args, "out") and args.command != "demo"  # demo starts over every time
+        resumes = "; what was written is kept, and rerunning the same command resumes" if claims_a_folder else ""
+        print(f"\nagci {args.command}: interrupted{resumes}", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -79,16 +79,86 @@ def file_digest(*paths: str | Path) -> str:
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+CACHE_ENV = "AGCI_CACHE_DIR"  # where the content digests of large files are cached (default: ~/.cache/agci)
+DIGEST_CACHE = "file-digests.json"
+
+
+def cache_dir() -> Path:
+    """``$AGCI_CACHE_DIR``, else ``$XDG_CACHE_HOME/agci``, else ``~/.cache/agci``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "agci"
+
+
+def _content_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def content_digests(paths, cache: bool = True) -> dict[str, str | None]:
+    """sha256 (16 hex digits) of each file's bytes by its resolved path; None for a file that is absent.
+
+    A digest is kept in the user's cache (:func:`cache_dir`) against the file's size, mtime_ns, ctime_ns and
+    inode, and read from there while all four are unchanged: a 15 GB checkpoint is read once, not on every
+    start, and rewriting a file (even to the same size) changes its mtime and ctime, so it is read again.
+    Files are hashed on a few threads (hashlib releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stamps: dict[str, list | None] = {}
+    for p in paths:
+        p = Path(p).resolve()
+        try:
+            st = p.stat()
+            stamps[str(p)] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino] if p.is_file() else None
+        except OSError:
+            stamps[str(p)] = None
+    store = cache_dir() / DIGEST_CACHE
+    known: dict = {}
+    if cache:
+        try:
+            known = json.loads(store.read_text())
+        except (OSError, ValueError):
+            known = {}
+        known = known if isinstance(known, dict) else {}
+    found: dict[str, str | None] = {}
+    todo = []
+    for name, stamp in stamps.items():
+        entry = known.get(name)
+        if stamp is None:
+            found[name] = None
+        elif isinstance(entry, list) and len(entry) == 5 and entry[:4] == stamp:
+            found[name] = entry[4]
+        else:
+            todo.append(name)
+    if todo:
+        with ThreadPoolExecutor(max_workers=min(4, len(todo))) as pool:
+            for name, digest in zip(todo, pool.map(lambda n: _content_digest(Path(n)), todo), strict=True):
+                found[name] = digest
+                known[name] = [*stamps[name], digest]
+        if cache:
+            known = {k: v for k, v in known.items() if k in stamps or Path(k).is_file()}
+            try:
+                store.parent.mkdir(parents=True, exist_ok=True)
+                write_json(store, known)
+            except OSError:
+                pass  # a cache that cannot be written only costs reading the files again next time
+    return found
 
 
 def model_fingerprint(model: str | Path) -> dict:
-    """What identifies a checkpoint: its resolved path, its config.json's hash and the names and sizes of
-    its weight files (a hub id is identified by its name only)."""
+    """What identifies a checkpoint: its resolved path, its config.json's hash and the names and contents
+    of its weight files (content digests cached by :func:`content_digests`; a hub id is identified by its
+    name only)."""
     path = Path(model)
     if not path.exists():
         return {"model": str(model)}
     folder = path if path.is_dir() else path.parent
-    weights = sorted(f"{p.name}:{p.stat().st_size}" for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    digests = content_digests(files)
+    weights = [f"{p.name}:{digests[str(p.resolve())]}" for p in files]
     return {
         "model": str(path.resolve()),
         "model_config": file_digest(folder / "config.json"),
@@ -128,6 +198,15 @@ def _lock_file(fd: int) -> bool:
         return True
     except BlockingIOError:
         return False
+
+
+_UNREAD = object()
+
+
+def _holds_a_file(path: Path) -> bool:
+    if not path.is_dir() or path.is_symlink():
+        return True
+    return any(p.is_file() for p in path.rglob("*"))
 
 
 def _describe_holder(text: str) -> str:
@@ -183,21 +262,65 @@ class RunFolder:
         self.command = command or _command_line()
         self.resumed = False
         self._fd: int | None = None
+        self._created = False
+        self._record_before: str | None | object = _UNREAD  # the record file's text before this run; None: none
 
     def __enter__(self) -> RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise RunRefused(f"{self.option} {self.path} is an existing file, not a folder; give a folder path")
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        self._created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except NotADirectoryError as exc:
+            raise RunRefused(
+                f"{self.option} {self.path} cannot be created: a part of its path is a file; give a folder path"
+            ) from exc
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
+        try:
+            self._lock()
+        except OSError as exc:
+            self._release_claim()
+            raise self._unwritable(exc) from exc
         try:
             self._check_record()
+        except OSError as exc:
+            self._release_claim()
+            raise self._unwritable(exc) from exc
         except BaseException:
-            self._unlock()
+            self._release_claim()
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None and not self._existing_outputs():
+            self._release_claim()  # failed before writing a result: leave the folder as it was found
+        else:
+            self._unlock()
+
+    def _unwritable(self, exc: OSError) -> RunRefused:
+        return RunRefused(
+            f"{self.option} {self.path} cannot be written ({exc.strerror or exc}); give a folder you can write to"
+        )
+
+    def _release_claim(self) -> None:
+        """Undo what claiming the folder did: the record as it was before, and the lock file and the folder
+        itself when this run created them."""
+        if self._record_before is not _UNREAD:
+            try:
+                if self._record_before is None:
+                    (self.path / RECORD).unlink(missing_ok=True)
+                else:
+                    write_text(self.path / RECORD, self._record_before)
+            except OSError:
+                pass
         self._unlock()
+        if self._created:
+            try:
+                (self.path / LOCK).unlink(missing_ok=True)
+                self.path.rmdir()  # only when nothing else is left in it
+            except OSError:
+                pass
 
     # the lock
     def _lock(self) -> None:
@@ -226,7 +349,8 @@ class RunFolder:
         if not path.is_file():
             return {"runs": {}}
         try:
-            record = json.loads(path.read_text())
+            text = path.read_text()
+            record = json.loads(text)
             record["runs"]  # noqa: B018
             return record
         except (ValueError, KeyError, TypeError) as exc:
@@ -235,22 +359,26 @@ class RunFolder:
                 f"the folder's results and the record to start over"
             ) from exc
 
-    def _existing_outputs(self) -> list[Path]:
+    def _existing_outputs(self, empty_folders: bool = False) -> list[Path]:
+        """The outputs in the folder; a folder among them counts only when it holds a file (or ``empty_folders``)."""
         found: list[Path] = []
         for pattern in self.outputs:
             found += [p for p in self.path.glob(pattern) if not p.name.startswith(".")]
-        return sorted(set(found))
+        return sorted(p for p in set(found) if empty_folders or _holds_a_file(p))
 
     def _check_record(self) -> None:
+        path = self.path / RECORD
+        before = path.read_text() if path.is_file() else None
         record = self._read_record()
+        self._record_before = before
         previous = record["runs"].get(self.key)
         if previous is None and self.found_fingerprint is not None:
             previous = {"fingerprint": self.found_fingerprint}
         existing = self._existing_outputs()
         if previous is not None and previous.get("fingerprint") == self.fingerprint and not self.force:
             self.resumed = bool(existing)
-        elif previous is None and not existing:
-            pass
+        elif not existing:
+            pass  # no results to keep: a record alone (of a run that wrote nothing) does not block
         elif not self.force:
             if previous is None:
                 names = ", ".join(p.name for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
@@ -266,7 +394,7 @@ class RunFolder:
                 "start over"
             )
         else:
-            for p in existing:
+            for p in self._existing_outputs(empty_folders=True):
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         entry = {"command": self.command, "fingerprint": self.fingerprint,
                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "finished": None}  # fmt: skip

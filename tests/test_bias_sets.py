@@ -416,12 +416,11 @@ def test_reference_records_get_their_cell_from_the_position_and_an_id_from_image
     extra = [
         {"id": "mine", "image": "imgs/x.jpg", "caption": "c", "position": "left", "answer": "No"},
         {"image": "imgs/y.jpg", "caption": "c", "position": "center", "cell": 7, "answer": "Yes"},  # its own cell
-        {"image": "imgs/z.jpg", "caption": "c", "position": "middle", "answer": "Yes"},  # not a position: no cell
     ]
     rows = REFERENCE_RECORDS + extra
     want = [  # by hand: POSITIONS.index(position); id = image stem _ answer _ index in the file (0-based)
         ("red_0_Yes_0", 0), ("red_0_No_1", 8), ("green_4_Yes_2", 4), ("green_4_Yes_3", 5), ("mine", 3),
-        ("y_Yes_5", 7), ("z_Yes_6", None),
+        ("y_Yes_5", 7),
     ]  # fmt: skip
     (tmp_path / "records.json").write_text(json.dumps(rows, indent=1))
     (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -431,6 +430,11 @@ def test_reference_records_get_their_cell_from_the_position_and_an_id_from_image
         assert [{k: v for k, v in r.items() if k not in ("id", "cell")} for r in got] == [
             {k: v for k, v in r.items() if k not in ("id", "cell")} for r in rows
         ], name  # every other field as it was
+    # not a position: refused by file and line (issue 28; it used to end in KeyError: 'cell' after scoring)
+    middle = {"image": "imgs/z.jpg", "caption": "c", "position": "middle", "answer": "Yes"}
+    (tmp_path / "middle.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*rows, middle]))
+    with pytest.raises(ValueError, match=rf"middle.jsonl:{len(rows) + 1}: position \"middle\" is not one of"):
+        read_records(tmp_path / "middle.jsonl")
 
 
 def test_probe_scores_a_reference_records_file_with_the_right_cells(tmp_path):

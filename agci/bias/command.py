@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..arguments import lambdas, refuse
+from ..arguments import device_arg, dtype_arg, lambdas, refuse
 
 
 def add_parser(subparsers) -> None:
@@ -44,8 +44,9 @@ def add_parser(subparsers) -> None:
     probe.add_argument("--mask", type=int, default=42, help="occlusion square size in canvas pixels")
     probe.add_argument("--pooling", default="max", choices=["max", "mean"], help="similarity pooling over tokens")
     probe.add_argument("--limit", type=int, help="score only the first N records of each task")
-    probe.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    probe.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the model's; accelerate's when launched)")
+    probe.add_argument("--dtype", default="auto", type=dtype_arg, help="auto, float32, bfloat16, float16")
+    probe.add_argument("--device", type=device_arg,
+                       help="cpu, cuda, cuda:1 ... (default: the model's; accelerate's when launched)")  # fmt: skip
     probe.add_argument("--attn", help="attn_implementation, e.g. sdpa, eager, flash_attention_2")
     probe.add_argument("--seed", type=int, default=0)
     probe.set_defaults(func=run_probe_command)

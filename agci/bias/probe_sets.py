@@ -225,12 +225,54 @@ def rebuild(manifest_path: str | Path, out_dir: str | Path, progress: bool = Tru
     return build(out_dir, SetOptions(**manifest["options"]), progress, force)
 
 
-def read_records(path: str | Path, warn: bool = True) -> list[dict]:
+def _position_name(value) -> str:
+    """``"Top Left"``, ``"top-left"`` -> ``"top_left"``; ``"centre"`` -> ``"center"``."""
+    name = "_".join(str(value).strip().lower().replace("-", " ").split())
+    return {"centre": "center", "top_centre": "top_center", "bottom_centre": "bottom_center"}.get(name, name)
+
+
+def normalise_record(row: dict, where: str, answer: bool = True) -> dict:
+    """The record with ``cell`` (0..8) and, when ``answer``, ``answer`` as ``"Yes"``/``"No"``.
+
+    ``position`` is one of :data:`POSITIONS` in any case, with spaces or hyphens; ``cell`` when given wins.
+    An answer is yes or no in any case, surrounding spaces ignored. Anything else is refused (ValueError
+    naming ``where``: the file and line), so that a record is never scored as something it does not say."""
+    row = dict(row)
+    fix = "fix or remove that record; see `agci probe --help`"
+    if "cell" in row:
+        cell = row["cell"]
+        if isinstance(cell, bool) or not isinstance(cell, int) or not 0 <= cell <= 8:
+            raise ValueError(
+                f"{where}: cell {json.dumps(cell)} is not a whole number 0..8 (the 3 x 3 grid, row by row); {fix}"
+            )
+    elif "position" in row:
+        name = _position_name(row["position"])
+        if name not in POSITIONS:
+            raise ValueError(
+                f"{where}: position {json.dumps(row['position'])} is not one of {', '.join(POSITIONS)}; {fix}"
+            )
+        row["position"], row["cell"] = name, POSITIONS.index(name)
+    else:
+        raise ValueError(f"{where}: the record has no position ({', '.join(POSITIONS)}) or cell (0..8); {fix}")
+    if answer:
+        given = row.get("answer")
+        said = given.strip().lower() if isinstance(given, str) else None
+        if said not in ("yes", "no"):
+            raise ValueError(f"{where}: answer {json.dumps(given)} is neither yes nor no (any case); {fix}")
+        row["answer"] = said.capitalize()
+    return row
+
+
+def read_records(path: str | Path, warn: bool = True, task: str | None = None) -> list[dict]:
     """Probe records from a JSONL/JSON file: ours, or the reference's (image, caption, position, answer).
 
     A JSONL line that is not valid JSON is logged (unless ``warn`` is False) with its file and line and kept
-    as a record marked ``malformed``, which the probe skips and counts like any other bad record."""
+    as a record marked ``malformed``, which the probe skips and counts like any other bad record. A record
+    with an image and a caption must say where its target is and, for the position task, the answer: see
+    :func:`normalise_record` (ValueError naming the file and line otherwise). ``task`` ("position" or
+    "similarity") defaults to the file's name: ``similarity.jsonl`` holds similarity records."""
     path = Path(path)
+    task = task or ("similarity" if path.stem == "similarity" else "position")
     text = path.read_text()
     if path.suffix == ".json":
         try:
@@ -239,26 +281,28 @@ def read_records(path: str | Path, warn: bool = True) -> list[dict]:
             raise ValueError(f"{path} is not valid JSON ({exc}); fix it or give the records as JSONL") from exc
         if not isinstance(rows, list):
             raise ValueError(f"{path} must hold a JSON list of records (image, caption, position, answer)")
-        numbered = list(enumerate(rows))
+        numbered = [(i, f"{path} record {i + 1}", row) for i, row in enumerate(rows)]
     else:
         numbered = []
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                numbered.append((n - 1, json.loads(line)))
+                numbered.append((n - 1, f"{path}:{n}", json.loads(line)))
             except json.JSONDecodeError as exc:
                 if warn:
                     log.warning("%s:%d is not valid JSON (%s); skipping that record", path, n, exc)
-                numbered.append((n - 1, {"id": f"{path.name}:{n}", "malformed": f"{path}:{n} is not valid JSON"}))
+                numbered.append(
+                    (n - 1, f"{path}:{n}", {"id": f"{path.name}:{n}", "malformed": f"{path}:{n} is not valid JSON"})
+                )
     out = []
-    for i, row in numbered:
+    for i, where, row in numbered:
         if not isinstance(row, dict):
-            row = {"id": f"{path.name}:{i + 1}", "malformed": f"{path}:{i + 1} is not a JSON object"}
+            row = {"id": f"{path.name}:{i + 1}", "malformed": f"{where} is not a JSON object"}
         row = dict(row)
+        if "malformed" not in row and row.get("image") and str(row.get("caption", "")).strip():
+            row = normalise_record(row, where, answer=task != "similarity")
         row.setdefault("id", f"{Path(str(row.get('image', i))).stem}_{row.get('answer', '')}_{i}")
-        if "cell" not in row and row.get("position") in POSITIONS:
-            row["cell"] = POSITIONS.index(row["position"])
         out.append(row)
     seen: dict[str, int] = {}
     for row in out:

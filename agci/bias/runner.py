@@ -12,6 +12,7 @@ process writes ``summary.json`` and the heatmaps once all are done.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -19,9 +20,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..arguments import check_device, check_dtype
 from ..configs import format_lambda, read_lambda, using_lambda
-from ..runs import RunFolder, drop_partial_line, file_digest, model_fingerprint, versions, write_json
-from .adapters import AdapterSwitch, fingerprint, probed_models
+from ..images import read_image
+from ..runs import (
+    RunFolder,
+    content_digests,
+    drop_partial_line,
+    file_digest,
+    model_fingerprint,
+    versions,
+    write_json,
+)
+from .adapters import AdapterSwitch, check_bases, fingerprint, probed_models
 from .probe_sets import MANIFEST, PROMPT, SetOptions, build, read_records
 from .summary import lambda_dir, read_rows, summarise
 
@@ -71,6 +82,9 @@ class ProbeConfig:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 (the first N records of each task), got {self.limit}")
+        self.dtype = check_dtype(self.dtype, "dtype")
+        if self.device is not None:
+            self.device = check_device(self.device, "device")
 
 
 class _Processes:
@@ -112,16 +126,16 @@ class _Processes:
         return "" if self.world == 1 else f".rank{self.rank}-of-{self.world}"
 
 
-def _load_image(record: dict, root: Path):
-    from PIL import Image
-
+def _image_path(record: dict, root: Path) -> Path:
     path = Path(record["image"])
-    path = path if path.is_absolute() else root / path
+    return path if path.is_absolute() else root / path
+
+
+def _load_image(record: dict, root: Path):
+    path = _image_path(record, root)
     if not path.is_file():
         raise FileNotFoundError(f"missing image {path}")
-    with Image.open(path) as image:
-        image.load()
-        return image.convert("RGB")
+    return read_image(path)
 
 
 def _prepare_data(cfg: ProbeConfig, out: Path, procs: _Processes) -> tuple[Path, dict | None]:
@@ -305,14 +319,26 @@ def _fingerprint(cfg: ProbeConfig, model_path: str, models: list) -> dict:
         if not data.exists():
             raise FileNotFoundError(f"--data {data} does not exist; give a probe-set folder or a records file")
         files = [data] if data.is_file() else [data / f"{t}.jsonl" for t in ("position", "similarity")]
-        source = {"data": str(data.resolve()), "records": file_digest(*files)}
         _check_records(data, cfg.tasks)
+        source = {"data": str(data.resolve()), "records": file_digest(*files), "images": _images_digest(cfg, data)}
     else:
         source = {"source": cfg.source, "seed": cfg.seed}
     options = {k: getattr(cfg, k) for k in ("generate", "max_new_tokens", "mask", "pooling", "dtype", "attn")}
     options["image_root"] = cfg.image_root and str(Path(cfg.image_root).resolve())
     adapters = {"adapters": fingerprint(models)} if len(models) > 1 else {}
     return {**model_fingerprint(model_path), **adapters, **source, "options": options, "versions": versions()}
+
+
+def _images_digest(cfg: ProbeConfig, data: Path) -> str:
+    """A digest of the bytes of every image the records name (a row depends on its image as much as on its
+    record): the contents are cached against each file's size and times (:func:`agci.runs.content_digests`),
+    so an unchanged set is not read again, and an image overwritten after a run is noticed."""
+    root = Path(cfg.image_root) if cfg.image_root else (data if data.is_dir() else data.parent)
+    records = [r for task in ("position", "similarity") if (found := _records(data, task, warn=False)) for r in found]
+    paths = {r["image"]: _image_path(r, root) for r in records if isinstance(r.get("image"), str) and r["image"]}
+    digests = content_digests(paths.values())
+    listing = "\n".join(f"{name}:{digests[str(paths[name].resolve())]}" for name in sorted(paths))
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
 def _check_records(data: Path, tasks) -> None:
@@ -343,6 +369,7 @@ def run_probe(cfg: ProbeConfig) -> dict | None:
     if adapters is None:
         adapters = [] if cfg.model else shipped_adapters()
     models = probed_models(adapters)
+    check_bases(models, model_path, config.model_type)
     out = Path(cfg.out)
     folder = RunFolder(out, "probe", _fingerprint(cfg, model_path, models), outputs=OUTPUTS, force=cfg.force)
     with folder if procs.main else contextlib.nullcontext():

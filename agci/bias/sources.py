@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..images import to_rgb
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 ID_SEPARATOR = "__"  # what a path separator becomes in a pair id
 MAX_ID_BYTES = 200  # a pair's files are named <id>_<cell>.jpg; file names stop at 255 bytes
@@ -43,10 +45,11 @@ class Pair:
     loader: Callable[[], Any] = field(repr=False)
 
     def load_image(self):
-        """The image as RGB PIL; raises OSError/ValueError when it is missing or corrupt."""
+        """The image as RGB PIL, as a viewer shows it (:func:`agci.images.to_rgb`); raises OSError/ValueError
+        when it is missing or corrupt."""
         image = self.loader()
         image.load()
-        return image.convert("RGB")
+        return to_rgb(image)
 
 
 def _open(path: Path):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..arguments import lambdas, refuse
+from ..arguments import device_arg, lambdas, refuse
 
 
 def add_parser(subparsers) -> None:
@@ -27,21 +27,30 @@ def add_parser(subparsers) -> None:
     ev.add_argument("--batch-size", type=int, default=1)
     ev.add_argument("--limit", type=int, help="first N documents per task (for trying it out)")
     ev.add_argument("--model-args", default="", help="more lmms-eval model_args, e.g. dtype=bfloat16,max_pixels=...")
-    ev.add_argument("--device", help="cpu, cuda, cuda:1 ...")
+    ev.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:1 ...")
     ev.set_defaults(func=eval_command)
 
 
+EXTRA_HINT = "install the evaluation extra: pip install 'agci[eval]'"
+
+
 def eval_command(args) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("lmms_eval") is None:
+        return refuse("eval", f"lmms-eval is not installed; {EXTRA_HINT}")
     try:
         from . import suite
     except ImportError as exc:
-        return refuse("eval", f"{exc}; install the evaluation extra: pip install 'agci[eval]'")
+        return refuse("eval", f"{exc}; {EXTRA_HINT}")
     try:
         summary = suite.run(
             args.model_path, args.lambdas, Path(args.out), [t.strip() for t in args.tasks.split(",") if t.strip()],
             data=Path(args.data) if args.data else None, model=args.lmms_model, batch_size=args.batch_size,
             limit=args.limit, model_args=args.model_args, device=args.device, force=args.force,
         )  # fmt: skip
+    except ModuleNotFoundError as exc:
+        return refuse("eval", f"{exc}; {EXTRA_HINT}")
     except (ValueError, FileNotFoundError) as exc:
         return refuse("eval", exc)
     except subprocess.CalledProcessError as exc:

@@ -22,6 +22,7 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
+from ..images import to_rgb
 from ..vlm import chat_messages, processor_inputs
 from .plugin import MODEL_NAMES, class_name, model_name_for
 
@@ -180,7 +181,7 @@ class AGCIModel(lmms):
                     f"{self.model_name}: task {task} gives a {type(v).__name__} visual (video or audio); "
                     "agci's lmms-eval models take images only"
                 )
-        return [v.convert("RGB") for v in visuals]
+        return [to_rgb(v) for v in visuals]
 
     # -- lmms-eval API ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..arguments import refuse
+from ..arguments import device_arg, refuse
 
 TASKS = ["refcocog", "rcm", "vsr"]
 PROBES = ["linear", "mlp2", "mlp4"]
@@ -44,7 +44,7 @@ def add_parser(subparsers) -> None:
     e.add_argument("--force", action="store_true",
                    help="delete --out's results of a run with other inputs and start over")  # fmt: skip
     e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--device", default="cpu", type=device_arg)
     e.add_argument("--dtype", default="float32")
     e.add_argument("--no-text", action="store_true", help="queries only, without the text in the Q-Former")
     t = rp_sub.add_parser("train", help="a frozen probe per layer on cached features")
@@ -58,7 +58,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--giou-weight", type=float, default=1.0)
     t.add_argument("--l1-weight", type=float, default=1.0)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--device", default="cpu", type=device_arg)
     t.add_argument("--joint", action="store_true", help="fine-tune the resampler with the probe (needs --images)")
     t.add_argument("--images", help="the images folder, for --joint")
     t.add_argument("--out", required=True,
@@ -72,7 +72,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("--probe", default="linear", choices=PROBES)
     s.add_argument("--trials", type=int, default=10)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default="cpu", type=device_arg)
     s.add_argument("--out", required=True,
                    help="results folder (study.db, trials.jsonl, search.json); the same inputs resume")  # fmt: skip
     s.add_argument("--force", action="store_true",

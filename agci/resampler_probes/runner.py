@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..images import read_image
 from ..inputs import read_jsonl
 from ..runs import (
     RECORD,
@@ -123,8 +124,6 @@ def run_extract(model: str, items: list[dict], images: Path, out: Path, batch_si
 
     The images, the model's config and the dtype are checked before anything is written; the folder is
     then locked and its record checked before any weight is loaded."""
-    from PIL import Image
-
     if batch_size < 1:
         raise ValueError(f"--batch-size {batch_size}: give the number of items encoded at once, at least 1")
     if not items:
@@ -137,7 +136,7 @@ def run_extract(model: str, items: list[dict], images: Path, out: Path, batch_si
                                 "(--images is the folder the items' image paths are relative to)")  # fmt: skip
 
     def load_image(item):
-        return Image.open(Path(images) / item["image"]).convert("RGB")
+        return read_image(Path(images) / item["image"])
 
     out = Path(out)
     fingerprint = _extract_fingerprint(model, items, images, dtype, with_text, task)
@@ -209,8 +208,6 @@ def _check_joint(features: FeatureCache, cache: Path, images: Path) -> None:
 
 def _joint_features(cache: Path, images: Path, layer: int, device: str):
     """Features computed live by a fresh copy of the cache's model, with the resampler trainable."""
-    from PIL import Image
-
     index = json.loads((Path(cache) / "index.json").read_text())
     adapter = load_adapter(index["model"], device)
     items = read_jsonl(Path(cache) / "items.jsonl")
@@ -218,7 +215,7 @@ def _joint_features(cache: Path, images: Path, layer: int, device: str):
 
     def features(idx, training):
         batch = [items[i] for i in idx.tolist()]
-        pictures = [Image.open(Path(images) / it["image"]).convert("RGB") for it in batch]
+        pictures = [read_image(Path(images) / it["image"]) for it in batch]
         with torch.set_grad_enabled(training):
             feats = adapter.encode(pictures, [it["text"] for it in batch] if with_text else None)
         return feats[:, layer].flatten(1).float()

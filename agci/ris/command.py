@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..arguments import refuse
+from ..arguments import device_arg, refuse
 
 
 def add_parser(subparsers) -> None:
@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
                          help="full; global: global score only; pmap: map regions only")  # fmt: skip
         cmd.add_argument("--layer", type=int, help="1-based layer of the map (default: two thirds up, 8 of 12)")
         cmd.add_argument("--normalise", default="channel", choices=["channel", "patch"])
-        cmd.add_argument("--device", default="cpu")
+        cmd.add_argument("--device", default="cpu", type=device_arg)
     evaluate.add_argument(
         "--refer", required=True, help="REFER root: <root>/<dataset>/refs(<split_by>).p, instances.json"
     )

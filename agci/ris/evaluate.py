@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..images import read_image
 from ..runs import (
     RunFolder,
     drop_partial_line,
@@ -124,7 +125,6 @@ def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Pat
     checked before anything is written or any weight is loaded."""
     check_options(layer, limit, v)
     v = v if v is not None else (0.85 if dataset == "refcocog" else 0.95)
-    from PIL import Image
     from tqdm.auto import tqdm
 
     exprs = refer_expressions(refer_root, dataset, split, split_by)[:limit]
@@ -167,7 +167,7 @@ def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Pat
             for expr in tqdm(exprs, desc=f"{dataset} {split}"):
                 if expr["id"] in done:
                     continue
-                image = Image.open(Path(images) / expr["image"]).convert("RGB")
+                image = read_image(Path(images) / expr["image"])
                 text, feature = expr["text"], None
                 if language == "centroid":
                     from .multilingual import centroid_features
@@ -206,14 +206,13 @@ def picture(model: str, image_path: Path, text: str, proposals: str, out: Path, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     check_options(layer)
     check_model(model, layer)
     if not Path(image_path).is_file():
         raise FileNotFoundError(f"--image {image_path} does not exist; give an image file")
     try:
-        image = Image.open(image_path).convert("RGB")
+        image = read_image(image_path)
     except OSError as exc:
         raise ValueError(f"--image {image_path} is not an image PIL can read ({exc}); give an image file") from exc
     encoder = Encoder.load(model, device)

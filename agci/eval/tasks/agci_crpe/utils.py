@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 from agci.eval.scoring import CRPE_BLOCK, crpe_choice, crpe_circular_accuracy
+from agci.images import read_image, to_rgb
 
 IMAGES_ENV = "AGCI_CRPE_IMAGES"
 
@@ -25,14 +26,12 @@ object_docs = _category("object")
 def crpe_doc_to_visual(doc):
     image = doc["image"]
     if hasattr(image, "convert"):
-        return [image.convert("RGB")]
-    from PIL import Image
-
+        return [to_rgb(image)]
     roots = [Path(p) for p in os.environ.get(IMAGES_ENV, "").split(os.pathsep) if p]
     tried = [Path(image)] if Path(image).is_absolute() else [root / image for root in roots]
     for path in tried:
         if path.is_file():
-            return [Image.open(path).convert("RGB")]
+            return [read_image(path)]
     raise FileNotFoundError(
         f"CRPE image {image!r} not found (tried {[str(p) for p in tried] or 'nothing'}); set {IMAGES_ENV} to the "
         "folder that holds coco/val2017/ and abnormal_images/"

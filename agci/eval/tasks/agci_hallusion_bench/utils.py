@@ -1,11 +1,12 @@
 """HallusionBench (image questions) scored offline: Yes/No parsed by rule, no paid API."""
 
 from agci.eval.scoring import hallusion_record, hallusion_scores
+from agci.images import to_rgb
 
 
 def hb_doc_to_visual(doc):
     image = doc.get("image")
-    return [image.convert("RGB")] if image is not None else []
+    return [to_rgb(image)] if image is not None else []
 
 
 def hb_doc_to_text(doc, lmms_eval_specific_kwargs=None):
