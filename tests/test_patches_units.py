@@ -377,3 +377,22 @@ def test_pooled_patch_lengths_count_real_patches_per_pooled_token():
     positions[1, 5, 0] = -1  # a -1 in either coordinate marks padding, as transformers 5.24 counts it
     assert core.pooled_patch_lengths(positions, 2) == [1, 1]
     assert core.pooled_patch_lengths(positions, 1) == [4, 5]
+
+
+def test_a_lambda_that_would_overflow_is_refused_where_it_gave_nan_logits():
+    case = build("llava", global_context_broadcast_lambda=1e308)
+    with pytest.raises(ValueError, match=r"global_context_broadcast_lambda must be <= 1000, got 1e\+308"):
+        agci.apply_agci(case.model)
+    case = build("llava")
+    agci.apply_agci(case.model)
+    with pytest.raises(ValueError, match="must be <= 1000"):
+        case.model.global_context_broadcast_lambda = 1e308
+    with pytest.raises(ValueError, match="must be <= 1000"), agci.patch("llava"):
+        build("llava", global_context_broadcast_lambda=1e308)
+
+
+@pytest.mark.parametrize("value", ["", False, [], {}])
+def test_a_falsy_non_number_is_refused_when_a_patched_model_is_built(value):
+    with pytest.raises(TypeError, match="must be a real number"), agci.patch("llava"):
+        build("llava", global_context_broadcast_lambda=value)
+

@@ -33,7 +33,7 @@ def check_model_args(model_name: str, pretrained: str, args: dict):
     weight loads; returns the checkpoint's config and the lambda given (None: the checkpoint's own).
 
     ``agci eval`` calls it before starting lmms-eval, which exits 0 even when it refuses a model."""
-    from ..configs import LAMBDA_KEY, validate_lambda
+    from ..configs import LAMBDA_KEY, parse_lambda
     from ..vlm import load_config
 
     unknown = sorted(set(args) - set(_ACCEPTED))
@@ -52,7 +52,7 @@ def check_model_args(model_name: str, pretrained: str, args: dict):
         lam = None
     else:
         try:
-            lam = validate_lambda(float(lam))
+            lam = parse_lambda(lam)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{model_name}: {LAMBDA_KEY}={lam} is not a number >= 0 ({exc}); e.g. 0.5") from exc
     config = load_config(pretrained, _flag(args.get("trust_remote_code", False)))
