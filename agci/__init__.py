@@ -25,16 +25,16 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .configs import LAMBDA_KEY, using_lambda, validate_lambda
+    from .configs import LAMBDA_KEY, validate_lambda
     from .kernels import global_context_broadcast
     from .patches.auto import AutoAGCIModelForImageTextToText
-    from .patches.core import SUPPORTED_MODEL_TYPES, apply_agci, patch, revert_agci, unpatch
+    from .patches.core import SUPPORTED_MODEL_TYPES, apply_agci, patch, revert_agci, unpatch, using_lambda
 
 _LAZY = {
     "global_context_broadcast": ("agci.kernels", "global_context_broadcast"),
     "LAMBDA_KEY": ("agci.configs", "LAMBDA_KEY"),
     "validate_lambda": ("agci.configs", "validate_lambda"),
-    "using_lambda": ("agci.configs", "using_lambda"),
+    "using_lambda": ("agci.patches.core", "using_lambda"),  # agci.configs.using_lambda, warning on unpatched models
     "patch": ("agci.patches.core", "patch"),
     "unpatch": ("agci.patches.core", "unpatch"),
     "apply_agci": ("agci.patches.core", "apply_agci"),

@@ -87,6 +87,18 @@ def read_lambda(config) -> float:
     return DEFAULT_LAMBDA if value is None else validate_lambda(value)
 
 
+def misplaced_lambda(config) -> tuple[str, object] | None:
+    """(name, value) of a sub-config (``text_config``, ``vision_config``, ...) that carries a lambda other than 0
+    while the top level has none: agci reads only the top level, so that value does nothing."""
+    if getattr(config, LAMBDA_KEY, None) is not None:
+        return None
+    for name, sub in vars(config).items():
+        value = vars(sub).get(LAMBDA_KEY) if hasattr(sub, "__dict__") and name.endswith("config") else None
+        if value is not None and not (isinstance(value, numbers.Real) and value == 0):
+            return name, value
+    return None
+
+
 def read_scope(config) -> str:
     """The checked scope of a model config: "image" when the key is absent or null."""
     scope = getattr(config, SCOPE_KEY, None)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..configs import read_lambda, read_scope, write_lambda
-from .core import apply_agci, check_model_type, check_runs
+from ..configs import read_lambda, read_scope, read_videos, write_lambda
+from .core import apply_agci, check_lambda_placement, check_model_type, check_runs
 
 
 def _checked_config(config, global_context_broadcast_lambda):
@@ -13,6 +13,8 @@ def _checked_config(config, global_context_broadcast_lambda):
         write_lambda(config, global_context_broadcast_lambda)
     read_lambda(config)
     read_scope(config)
+    read_videos(config)
+    check_lambda_placement(config)
     return config
 
 
