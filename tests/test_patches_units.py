@@ -491,3 +491,24 @@ def test_a_lambda_that_would_overflow_is_refused_where_it_gave_nan_logits():
 def test_a_falsy_non_number_is_refused_when_a_patched_model_is_built(value):
     with pytest.raises(TypeError, match="must be a real number"), agci.patch("llava"):
         build("llava", global_context_broadcast_lambda=value)
+
+
+# an override applies to the new model only
+
+
+def test_an_override_at_load_leaves_the_config_and_output_of_the_model_it_came_from(tmp_path):
+    r = build("llava", global_context_broadcast_lambda=0.5)
+    agci.apply_agci(r.model)
+    inputs = r.batch()
+    with torch.no_grad():
+        before = r.model(**inputs).logits
+    r.model.save_pretrained(tmp_path / "ckpt")
+    auto = agci.AutoAGCIModelForImageTextToText
+    for new in (
+        auto.from_config(r.model.config, global_context_broadcast_lambda=0),
+        auto.from_pretrained(tmp_path / "ckpt", config=r.model.config, global_context_broadcast_lambda=0),
+    ):
+        assert new.config is not r.model.config and new.global_context_broadcast_lambda == 0.0
+        assert r.model.config.global_context_broadcast_lambda == 0.5
+        with torch.no_grad():
+            assert torch.equal(r.model(**inputs).logits, before)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+
 from ..configs import read_lambda, read_scope, read_videos, write_lambda
 from .core import apply_agci, check_lambda_placement, check_model_type, check_runs
 
 
 def _checked_config(config, global_context_broadcast_lambda):
+    """A copy of ``config`` with the override written into it (the caller's config, maybe a live model's, is left
+    as it is), checked before any weight is loaded."""
     check_model_type(config.model_type)
     check_runs(config.model_type)  # before any weight is loaded: a release whose own model of the type fails
+    config = copy.deepcopy(config)
     if global_context_broadcast_lambda is not None:
         write_lambda(config, global_context_broadcast_lambda)
     read_lambda(config)
