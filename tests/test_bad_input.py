@@ -28,6 +28,9 @@ def files(tmp_path_factory):
     shutil.copytree(ASSET_DIR, broken)
     (broken / "config.json").write_text('{"model_type": "llava", ')
     shutil.copytree(ASSET_DIR, root / "ckpt")
+    empty = shutil.copytree(ASSET_DIR, root / "empty-lambda-ckpt")  # "" was read as lambda 0
+    config = json.loads((empty / "config.json").read_text())
+    (empty / "config.json").write_text(json.dumps({**config, "global_context_broadcast_lambda": ""}))
     return root
 
 
@@ -60,6 +63,10 @@ CASES = [  # argv (ROOT = the fixtures' folder; OUT must stay absent), what stde
     (["demo", "--lambda", "1_0", "--out", "ROOT/OUT"], "('1_0' is not a number)"),
     (["set-lambda", "ROOT/ckpt", "1_0"], "lambda '1_0' is not a number; give a number >= 0"),
     (["set-lambda", "ROOT/ckpt", "1e308"], "must be <= 1000, got 1e+308"),
+    (["probe", "--model", "ROOT/empty-lambda-ckpt", "--out", "ROOT/OUT"],
+     "global_context_broadcast_lambda must be a real number >= 0 (e.g. 0.5), got ''"),
+    (["eval", "ROOT/empty-lambda-ckpt", "--tasks", "agci_pope", "--out", "ROOT/OUT"],
+     "empty-lambda-ckpt/config.json: global_context_broadcast_lambda must be a real number"),
     (["nope"], "invalid choice: 'nope'"),
 ]  # fmt: skip
 

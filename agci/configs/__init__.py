@@ -29,15 +29,20 @@ MAX_LAMBDA = 1000.0
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
 
 
+class NotANumberError(TypeError, ValueError):
+    """A lambda that is not a number. A TypeError, and a ValueError too: the commands refuse it (exit 2) as they
+    refuse other bad values, also when it comes from a checkpoint's config.json."""
+
+
 def validate_lambda(value: object, *, name: str = LAMBDA_KEY) -> float:
     """Return ``value`` as a float after checking it is a finite number in [0, ``MAX_LAMBDA``] (-0.0 comes back
     as 0.0).
 
-    Raises ``TypeError`` for non-numbers (bools, strings, lists and dicts included) and ``ValueError`` for
-    negative, NaN, infinite or too large values, naming the key and what to write instead.
+    Raises ``NotANumberError`` (a TypeError) for non-numbers (bools, strings, lists and dicts included) and
+    ``ValueError`` for negative, NaN, infinite or too large values, naming the key and what to write instead.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
+        raise NotANumberError(
             f"{name} must be a real number >= 0 (e.g. 0.5), got {value!r} of type "
             f"{type(value).__name__}. Use 0 (or null) to turn AGCI off."
         )
