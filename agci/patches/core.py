@@ -502,21 +502,23 @@ def _check_lambda_key(model) -> None:
     """Warn (once per config) when a model is built whose config carries lambda where agci will not act on it:
     a model type agci does not support, or a sub-config instead of the top level. Outermost models only."""
     config = getattr(model, "config", None)
-    if config is None or _built_inside_another_model(model):
+    if config is None:
         return
+    messages = []
     value = getattr(config, LAMBDA_KEY, None)
     model_type = getattr(config, "model_type", None)
     if value is not None and value != 0 and model_type not in FAMILIES:
-        message = (
+        messages.append(
             f"agci: {type(model).__name__} (model type {model_type!r}) has {LAMBDA_KEY}={value!r} in its config, "
             f"but agci does not support {model_type!r}, so AGCI is off for it; use one of the supported types "
             f"({', '.join(SUPPORTED_MODEL_TYPES)}) or remove the key"
         )
-        _warn_once(config, message, stacklevel=4)
     misplaced = misplaced_lambda(config)
     if misplaced is not None:
-        message = f"agci: {type(model).__name__} runs without AGCI: {_misplaced_message(*misplaced)}"
-        _warn_once(config, message, stacklevel=4)
+        messages.append(f"agci: {type(model).__name__} runs without AGCI: {_misplaced_message(*misplaced)}")
+    if messages and not _built_inside_another_model(model):
+        for message in messages:
+            _warn_once(config, message, stacklevel=4)
 
 
 def _wrap_post_init(original):
