@@ -25,9 +25,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .configs import LAMBDA_KEY, using_lambda, validate_lambda
+    from .configs import LAMBDA_KEY, validate_lambda
     from .kernels import global_context_broadcast
     from .patches.auto import AutoAGCIModelForImageTextToText
+    from .patches.key_checks import using_lambda
     from .patches.lifecycle import apply_agci, patch, revert_agci, unpatch
     from .registry import SUPPORTED_MODEL_TYPES
 
@@ -35,7 +36,7 @@ _LAZY = {
     "global_context_broadcast": ("agci.kernels", "global_context_broadcast"),
     "LAMBDA_KEY": ("agci.configs", "LAMBDA_KEY"),
     "validate_lambda": ("agci.configs", "validate_lambda"),
-    "using_lambda": ("agci.configs", "using_lambda"),
+    "using_lambda": ("agci.patches.key_checks", "using_lambda"),  # configs.using_lambda, warning on unpatched models
     "patch": ("agci.patches.lifecycle", "patch"),
     "unpatch": ("agci.patches.lifecycle", "unpatch"),
     "apply_agci": ("agci.patches.lifecycle", "apply_agci"),

@@ -3,7 +3,9 @@
 ``agci_autopatch.pth`` (installed into site-packages with agci) imports this module at interpreter
 start-up when the variable is set, so processes that a launcher starts anew (torchrun, accelerate,
 LLaMA-Factory's re-launch) get AGCI as well. Nothing heavy is imported at start-up: an import hook
-patches a family right after transformers loads its modeling module.
+patches a family right after transformers loads its modeling module, and once ``transformers.modeling_utils``
+loads, every model built warns when its config carries lambda where agci does not act on it (an unsupported
+model type, or under ``text_config``).
 """
 
 from __future__ import annotations
@@ -15,14 +17,21 @@ import sys
 from .registry import FAMILIES
 
 ENV = "AGCI_AUTOPATCH"
+_KEY_CHECK = "the check of the config key"
+# module -> what to patch once it is imported: a model type, or the key check (transformers' PreTrainedModel)
 _WATCHED = {family.module: model_type for model_type, family in FAMILIES.items()}
+_WATCHED["transformers.modeling_utils"] = _KEY_CHECK
 
 
 def _patch(model_type: str) -> None:
     try:
+        from .patches.key_checks import watch_lambda_key
         from .patches.lifecycle import patch
 
-        patch(model_type)
+        if model_type == _KEY_CHECK:
+            watch_lambda_key()
+        else:
+            patch(model_type)
     except Exception as exc:  # noqa: BLE001 - start-up must go on, but loudly
         print(f"agci: {ENV}=1 but patching {model_type} failed: {exc!r}", file=sys.stderr)
 

@@ -72,7 +72,7 @@ def families_command(args) -> int:
 
 
 def set_lambda_command(args) -> int:
-    from .configs import LAMBDA_KEY, validate_lambda
+    from .configs import LAMBDA_KEY, parse_lambda
     from .patches.discovery import check_model_type
 
     path = Path(args.checkpoint)
@@ -80,15 +80,13 @@ def set_lambda_command(args) -> int:
     if not config_path.is_file():
         return refuse("set-lambda", f"no config.json at {config_path}; pass a checkpoint folder")
     try:
-        number = float(args.value)
-    except ValueError:
+        value = parse_lambda(args.value)
+    except ValueError as exc:
+        if "is not a number" not in str(exc):
+            return refuse("set-lambda", exc)
         return refuse(
             "set-lambda", f"lambda {args.value!r} is not a number; give a number >= 0, e.g. 0.5 (0 turns AGCI off)"
         )
-    try:
-        value = validate_lambda(number)
-    except ValueError as exc:
-        return refuse("set-lambda", exc)
     restore = "repair it, or restore the checkpoint's original config.json"
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))

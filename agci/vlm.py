@@ -37,12 +37,20 @@ class LoadedVLM:
 
 
 def load_config(path: str | Path, trust_remote_code: bool = False):
-    """The checkpoint's config, refused (ValueError naming the supported types) unless agci supports it."""
+    """The checkpoint's config, refused (ValueError naming the supported types) unless agci supports it, or
+    (naming the key) when an AGCI key holds a bad value."""
+    from .configs import read_lambda, read_scope, read_videos
     from .inputs import read_config
     from .patches.discovery import check_model_type
 
     config = read_config(path, trust_remote_code)
     check_model_type(config.model_type, where=f"{path}: ")
+    try:
+        read_lambda(config)
+        read_scope(config)
+        read_videos(config)
+    except ValueError as exc:
+        raise ValueError(f"{path}/config.json: {exc}") from exc
     return config
 
 

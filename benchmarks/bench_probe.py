@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from agci.bias import scoring  # noqa: E402
 from agci.bias.probe_sets import PROMPT, SetOptions, build, read_records  # noqa: E402
-from agci.configs import format_lambda, using_lambda  # noqa: E402
+from agci.configs import format_lambda, parse_lambdas, using_lambda  # noqa: E402
 
 
 class Clock:
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--tag", default=None, help="file name tag (default: cpu or the GPU's name)")
     args = parser.parse_args(argv)
-    lambdas = [float(x) for x in args.lambdas.split(",")]
+    lambdas = parse_lambdas(args.lambdas)
 
     from agci.bias.runner import embedded_model
 

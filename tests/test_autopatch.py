@@ -59,3 +59,25 @@ def test_autopatch_patches_new_processes_only_when_asked():
     off = _run(EVERY_FAMILY, families)
     assert off.returncode == 0, off.stderr
     assert json.loads(off.stdout) == {t: [False, False] for t in here}, off.stdout
+
+
+def test_autopatch_warns_when_a_model_agci_does_not_support_carries_the_key():
+    """A LLaVA variant agci does not support (VipLLaVA), built in a new process with the variable set: one warning
+    naming the model type, where before AGCI was silently off."""
+    from vlm_cases import CONFIGS
+
+    parts = {k: CONFIGS["llava"][k] for k in ("vision_config", "text_config", "image_token_index")}
+    config = dict(parts, vision_feature_layers=[-2, -1], image_seq_length=4, global_context_broadcast_lambda=0.5)
+    build = (
+        "import json, sys, warnings, transformers\n"
+        "with warnings.catch_warnings(record=True) as record:\n"
+        "    warnings.simplefilter('always')\n"
+        "    config = transformers.VipLlavaConfig(**json.loads(sys.argv[1]))\n"
+        "    transformers.VipLlavaForConditionalGeneration(config)\n"
+        "print(json.dumps([str(w.message) for w in record if 'agci' in str(w.message)]))\n"
+    )
+    out = _run(build, json.dumps(config), AGCI_AUTOPATCH="1")
+    assert out.returncode == 0, out.stderr
+    (message,) = json.loads(out.stdout.splitlines()[-1])
+    assert "(model type 'vipllava') has global_context_broadcast_lambda=0.5" in message
+    assert "agci does not support 'vipllava', so AGCI is off for it" in message

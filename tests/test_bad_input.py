@@ -27,6 +27,10 @@ def files(tmp_path_factory):
     broken = root / "broken-ckpt"
     shutil.copytree(ASSET_DIR, broken)
     (broken / "config.json").write_text('{"model_type": "llava", ')
+    shutil.copytree(ASSET_DIR, root / "ckpt")
+    empty = shutil.copytree(ASSET_DIR, root / "empty-lambda-ckpt")  # "" was read as lambda 0
+    config = json.loads((empty / "config.json").read_text())
+    (empty / "config.json").write_text(json.dumps({**config, "global_context_broadcast_lambda": ""}))
     return root
 
 
@@ -54,6 +58,15 @@ CASES = [  # argv (ROOT = the fixtures' folder; OUT must stay absent), what stde
     (["demo", "--out", "ROOT/afile"], "is an existing file, not a folder"),
     (["demo", "--out", "ROOT/afile/sub"], "a part of its path is a file"),
     (["set-lambda", "ROOT/broken-ckpt", "0.5"], "is not valid JSON"),
+    (["probe", "--lambda", "", "--out", "ROOT/OUT"], "(no lambda in ''); see `agci probe --help`"),
+    (["eval", str(ASSET_DIR), "--lambda", ",", "--out", "ROOT/OUT"], "(no lambda in ',')"),
+    (["demo", "--lambda", "1_0", "--out", "ROOT/OUT"], "('1_0' is not a number)"),
+    (["set-lambda", "ROOT/ckpt", "1_0"], "lambda '1_0' is not a number; give a number >= 0"),
+    (["set-lambda", "ROOT/ckpt", "1e308"], "must be <= 1000, got 1e+308"),
+    (["probe", "--model", "ROOT/empty-lambda-ckpt", "--out", "ROOT/OUT"],
+     "global_context_broadcast_lambda must be a real number >= 0 (e.g. 0.5), got ''"),
+    (["eval", "ROOT/empty-lambda-ckpt", "--tasks", "agci_pope", "--out", "ROOT/OUT"],
+     "empty-lambda-ckpt/config.json: global_context_broadcast_lambda must be a real number"),
     (["nope"], "invalid choice: 'nope'"),
 ]  # fmt: skip
 
@@ -71,5 +84,6 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(case, message, files, 
     assert len(lines) == 1 and lines[0].startswith("agci"), err
     assert message in lines[0], lines[0]
     assert not (files / "OUT").exists()
+    assert (files / "ckpt" / "config.json").read_text() == (ASSET_DIR / "config.json").read_text()
     assert (files / "afile").read_text() == "a file, not a folder"
     assert json.loads((files / "set" / "manifest.json").read_text())["options"]["canvas"] == 300

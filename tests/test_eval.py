@@ -165,6 +165,18 @@ def test_wrong_family_and_unknown_args_are_refused(tiny_qwen):
         AGCI_qwen2_5_vl(pretrained=str(tiny_qwen), global_context_broadcast_lambda=-1, device="cpu")
 
 
+@pytest.mark.parametrize(("value", "problem"), [("", "'' is not a number"), ("1_0", "'1_0' is not a number"),
+                                               ("1e308", "must be <= 1000")])  # fmt: skip
+def test_the_lambda_model_arg_is_a_plain_number(value, problem):
+    """Refused before the checkpoint is read; "" was taken as "the checkpoint's own", 1_0 as 10."""
+    from agci.eval.lmms_model import check_model_args
+
+    with pytest.raises(
+        ValueError, match=f"^agci: global_context_broadcast_lambda={value} is not a number from 0 to 1000 .*{problem}"
+    ):
+        check_model_args("agci", "nowhere", {"global_context_broadcast_lambda": value})
+
+
 def test_the_generic_name_serves_every_family_and_refuses_an_unsupported_type(tiny, tmp_path):
     from agci.eval.lmms_model import AGCI
 

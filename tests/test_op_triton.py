@@ -257,3 +257,16 @@ def test_custom_op_passes_opcheck(device):
     x = _x(lengths, 5, torch.float32, device).requires_grad_()
     cu, seg = agci.kernels._segment_layout(tuple(lengths), x.device)
     torch.library.opcheck(custom_ops.global_context_broadcast_op, (x, 0.5, cu, seg, max(lengths)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_largest_lambda_accepted_keeps_half_precision_finite(dtype, device):
+    # the worst case at agci.configs.MAX_LAMBDA: entries of 32, a token pointing away from the mean (1 - cos = 2)
+    from agci.configs import MAX_LAMBDA
+
+    x = torch.full((64, 16), 32.0, device=device)
+    x[0] = -32.0
+    out = agci.global_context_broadcast(x.to(dtype), MAX_LAMBDA, impl="triton")
+    assert out.isfinite().all() and out.float().abs().max() == 61952
+    with pytest.raises(ValueError, match="lam must be <= 1000"):
+        agci.global_context_broadcast(x.to(dtype), MAX_LAMBDA * 1.5, impl="triton")

@@ -1,5 +1,5 @@
-"""agci.patches.core piece by piece: the pure helpers with hand-worked inputs, and the patch bookkeeping on tiny
-models (kills the mutants tests/test_patches.py leaves alive)."""
+"""The patch pieces (agci.grouping, agci.patches) one by one: the pure helpers with hand-worked inputs, and the
+patch bookkeeping on tiny models (kills the mutants tests/test_patches.py leaves alive)."""
 
 import gc
 import sys
@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 from conftest import per_image_formula
-from vlm_cases import build
+from vlm_cases import CONFIGS, build
 
 import agci
 from agci import compat, grouping
@@ -400,3 +400,138 @@ def test_pooled_patch_lengths_count_real_patches_per_pooled_token():
     positions[1, 5, 0] = -1  # a -1 in either coordinate marks padding, as transformers 5.24 counts it
     assert grouping.pooled_patch_lengths(positions, 2) == [1, 1]
     assert grouping.pooled_patch_lengths(positions, 1) == [4, 5]
+
+
+# the key where nothing reads it: warned about once when a model is built, refused where AGCI is asked for
+
+
+def _vipllava_config(**extra):
+    """A tiny VipLLaVA (a LLaVA variant agci does not support), from the tiny LLaVA's parts."""
+    import transformers
+
+    parts = {k: CONFIGS["llava"][k] for k in ("vision_config", "text_config", "image_token_index")}
+    return transformers.VipLlavaConfig(**parts, vision_feature_layers=[-2, -1], image_seq_length=4, **extra)
+
+
+def _agci_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if "agci" in str(w.message)]
+
+
+def test_a_lambda_in_an_unsupported_family_warns_once_under_patch_and_is_refused_by_name():
+    import transformers
+
+    config = _vipllava_config(global_context_broadcast_lambda=0.5)
+    with agci.patch(), warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model = transformers.VipLlavaForConditionalGeneration(config)
+        transformers.VipLlavaForConditionalGeneration(config)  # the same config again: no second warning
+        transformers.VipLlavaForConditionalGeneration(_vipllava_config())  # no key: nothing to say
+    assert _agci_warnings(record) == [
+        "agci: VipLlavaForConditionalGeneration (model type 'vipllava') has global_context_broadcast_lambda=0.5 in its "
+        f"config, but agci does not support 'vipllava', so AGCI is off for it; use one of the supported types "
+        f"({', '.join(agci.SUPPORTED_MODEL_TYPES)}) or remove the key"
+    ]
+    with pytest.raises(ValueError, match="no supported VLM found inside VipLlavaForConditionalGeneration"):
+        agci.apply_agci(model)
+    with pytest.raises(ValueError, match="model type 'vipllava' is not supported; supported: llava"):
+        agci.AutoAGCIModelForImageTextToText.from_config(config)
+
+
+def test_the_key_check_is_undone_with_the_patch():
+    import transformers
+
+    original = transformers.PreTrainedModel.__dict__["post_init"]
+    with agci.patch("llava"), agci.patch("internvl"):
+        assert transformers.PreTrainedModel.__dict__["post_init"].__agci_original__ is original
+    assert transformers.PreTrainedModel.__dict__["post_init"] is original
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        transformers.VipLlavaForConditionalGeneration(_vipllava_config(global_context_broadcast_lambda=0.5))
+
+
+def test_a_lambda_under_text_config_warns_once_under_patch_and_is_refused_by_apply_agci_and_auto():
+    text_config = dict(CONFIGS["llava"]["text_config"], global_context_broadcast_lambda=0.5)
+    stock = build("llava")
+    inputs = stock.batch()
+    with agci.patch(), warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        case = build("llava", text_config=text_config)  # its language model alone, built inside, says nothing
+        with torch.no_grad():
+            assert torch.equal(case.model(**inputs).logits, stock.model(**inputs).logits)  # AGCI is off
+    assert _agci_warnings(record) == [
+        "agci: LlavaForConditionalGeneration runs without AGCI: global_context_broadcast_lambda=0.5 is under "
+        "text_config of the config, where agci does not read it; put it at the top level of config.json (agci "
+        "set-lambda CHECKPOINT 0.5) or pass global_context_broadcast_lambda=0.5 to apply_agci or "
+        "AutoAGCIModelForImageTextToText"
+    ]
+    agci.unpatch()
+    with pytest.raises(ValueError, match="^global_context_broadcast_lambda=0.5 is under text_config of the config"):
+        agci.apply_agci(case.model)
+    with pytest.raises(ValueError, match="is under text_config"):
+        agci.AutoAGCIModelForImageTextToText.from_config(case.model.config)
+    agci.apply_agci(case.model, 0.5)  # at the top level now: AGCI acts
+    with torch.no_grad():
+        assert not torch.equal(case.model(**inputs).logits, stock.model(**inputs).logits)
+
+
+def test_using_lambda_on_a_model_agci_has_not_patched_warns_once():
+    case = build("llava")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for lam in (0.0, 0.5, 1.0):  # a sweep: one warning, and none for lambda 0
+            with agci.using_lambda(case.model, lam):
+                pass
+    assert _agci_warnings(record) == [
+        "agci.using_lambda: this LlavaForConditionalGeneration is not patched, so lambda changes nothing; call "
+        "agci.apply_agci(model) first, or agci.patch() before building the model"
+    ]
+    assert [w.filename for w in record if "agci" in str(w.message)] == [__file__]  # points at the caller
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with agci.using_lambda(agci.apply_agci(build("llava").model), 0.5):  # patched instance
+            pass
+        with agci.patch("llava"), agci.using_lambda(case.model, 0.5):  # patched class
+            pass
+        with agci.patch("llama4"), agci.using_lambda(build("llama4").model, 0.5):  # hooked at the projector
+            pass
+        with agci.using_lambda(case.model.config, 0.5):  # a config: nothing to check
+            pass
+
+
+def test_a_lambda_that_would_overflow_is_refused_where_it_gave_nan_logits():
+    case = build("llava", global_context_broadcast_lambda=1e308)
+    with pytest.raises(ValueError, match=r"global_context_broadcast_lambda must be <= 1000, got 1e\+308"):
+        agci.apply_agci(case.model)
+    case = build("llava")
+    agci.apply_agci(case.model)
+    with pytest.raises(ValueError, match="must be <= 1000"):
+        case.model.global_context_broadcast_lambda = 1e308
+    with pytest.raises(ValueError, match="must be <= 1000"), agci.patch("llava"):
+        build("llava", global_context_broadcast_lambda=1e308)
+
+
+@pytest.mark.parametrize("value", ["", False, [], {}])
+def test_a_falsy_non_number_is_refused_when_a_patched_model_is_built(value):
+    with pytest.raises(TypeError, match="must be a real number"), agci.patch("llava"):
+        build("llava", global_context_broadcast_lambda=value)
+
+
+# an override applies to the new model only
+
+
+def test_an_override_at_load_leaves_the_config_and_output_of_the_model_it_came_from(tmp_path):
+    r = build("llava", global_context_broadcast_lambda=0.5)
+    agci.apply_agci(r.model)
+    inputs = r.batch()
+    with torch.no_grad():
+        before = r.model(**inputs).logits
+    r.model.save_pretrained(tmp_path / "ckpt")
+    auto = agci.AutoAGCIModelForImageTextToText
+    for new in (
+        auto.from_config(r.model.config, global_context_broadcast_lambda=0),
+        auto.from_pretrained(tmp_path / "ckpt", config=r.model.config, global_context_broadcast_lambda=0),
+    ):
+        assert new.config is not r.model.config and new.global_context_broadcast_lambda == 0.0
+        assert r.model.config.global_context_broadcast_lambda == 0.5
+        with torch.no_grad():
+            assert torch.equal(r.model(**inputs).logits, before)

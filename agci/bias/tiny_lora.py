@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..configs import format_lambda, using_lambda
+from ..configs import format_lambda, parse_lambdas, using_lambda
 from .tiny_model import ASSET_DIR
 
 ADAPTER_DIR = ASSET_DIR.parent / "tiny-probe-llava-lora"
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
 
     processor = build_processor()
     seeds = [int(s) for s in args.seeds.split(",")]
-    lambdas = [float(v) for v in args.lambdas.split(",")]
+    lambdas = parse_lambdas(args.lambdas)
     started = time.time()
     runs = {}
     for seed in seeds:

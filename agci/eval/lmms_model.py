@@ -34,7 +34,7 @@ def check_model_args(model_name: str, pretrained: str, args: dict):
     weight loads; returns the checkpoint's config and the lambda given (None: the checkpoint's own).
 
     ``agci eval`` calls it before starting lmms-eval, which exits 0 even when it refuses a model."""
-    from ..configs import LAMBDA_KEY, validate_lambda
+    from ..configs import LAMBDA_KEY, MAX_LAMBDA, parse_lambda
     from ..vlm import load_config
 
     unknown = sorted(set(args) - set(_ACCEPTED))
@@ -49,13 +49,14 @@ def check_model_args(model_name: str, pretrained: str, args: dict):
     if str(args.get("dtype", "auto")) not in DTYPES:
         raise ValueError(f"{model_name}: dtype must be one of {', '.join(DTYPES)}, got {args['dtype']!r}")
     lam = args.get(LAMBDA_KEY)
-    if lam in (None, "", "None"):
+    if lam in (None, "None"):  # absent or null; "" is refused below, not read as "the checkpoint's own"
         lam = None
     else:
         try:
-            lam = validate_lambda(float(lam))
+            lam = parse_lambda(lam)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{model_name}: {LAMBDA_KEY}={lam} is not a number >= 0 ({exc}); e.g. 0.5") from exc
+            problem = f"{model_name}: {LAMBDA_KEY}={lam} is not a number from 0 to {MAX_LAMBDA:g}"
+            raise ValueError(f"{problem} ({exc}); e.g. 0.5") from exc
     config = load_config(pretrained, _flag(args.get("trust_remote_code", False)))
     accepted = MODEL_NAMES[model_name]
     if config.model_type not in accepted:

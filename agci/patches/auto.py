@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from ..configs import read_lambda, read_scope, write_lambda
+import copy
+
+from ..configs import read_lambda, read_scope, read_videos, write_lambda
 from .discovery import check_model_type, check_runs
+from .key_checks import check_lambda_placement
 from .lifecycle import apply_agci
 
 
 def _checked_config(config, global_context_broadcast_lambda):
+    """A copy of ``config`` with the override written into it (the caller's config, maybe a live model's, is left
+    as it is), checked before any weight is loaded."""
     check_model_type(config.model_type)
     check_runs(config.model_type)  # before any weight is loaded: a release whose own model of the type fails
+    config = copy.deepcopy(config)
     if global_context_broadcast_lambda is not None:
         write_lambda(config, global_context_broadcast_lambda)
     read_lambda(config)
     read_scope(config)
+    read_videos(config)
+    check_lambda_placement(config)
     return config
 
 

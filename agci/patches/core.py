@@ -23,5 +23,7 @@ from .discovery import (  # noqa: F401
     installed_families,
     present_families,
 )
+from .handles import PatchHandle  # noqa: F401
 from .hooks import HOOK_KINDS, grouping_input_ids, hook_kind, hooked_method  # noqa: F401
-from .lifecycle import PatchHandle, apply_agci, patch, revert_agci, unpatch  # noqa: F401
+from .key_checks import check_lambda_placement, is_patched, using_lambda, watch_lambda_key  # noqa: F401
+from .lifecycle import apply_agci, patch, revert_agci, unpatch  # noqa: F401

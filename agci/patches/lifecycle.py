@@ -12,7 +12,9 @@ import torch
 from ..configs import LAMBDA_KEY, read_lambda, read_scope, read_videos, write_lambda
 from ..registry import FAMILIES
 from .discovery import check_runs, family_classes, hook_class, inner_model, installed_families
+from .handles import _HANDLES, PatchHandle, _is_wrapped
 from .hooks import WRAPPED_NAMES, hook_kind, hooked_method
+from .key_checks import check_lambda_placement, watch_lambda_key_with
 
 
 def _wrap_init(original):
@@ -43,44 +45,6 @@ def _lambda_property() -> _LambdaProperty:
     return _LambdaProperty(fget, fset, doc=_LambdaProperty.__doc__)
 
 
-class PatchHandle:
-    """What ``patch`` changed, in order; ``undo()`` (or ``agci.unpatch()``) puts every original back."""
-
-    def __init__(self):
-        self.changes: list[tuple[type, str, object]] = []
-
-    def _set(self, cls: type, name: str, value) -> None:
-        self.changes.append((cls, name, cls.__dict__.get(name, _MISSING)))
-        setattr(cls, name, value)
-
-    def undo(self) -> None:
-        for cls, name, original in reversed(self.changes):
-            if original is _MISSING:
-                delattr(cls, name)
-            else:
-                setattr(cls, name, original)
-        self.changes.clear()
-        _HANDLES.discard(self)
-
-    @property
-    def model_types(self) -> list[str]:
-        return sorted({t for t, f in FAMILIES.items() for c, *_ in self.changes if c.__name__ == f.inner_class})
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.undo()
-
-
-_MISSING = object()
-_HANDLES: set[PatchHandle] = set()
-
-
-def _is_wrapped(cls: type, name: str) -> bool:
-    return hasattr(cls.__dict__.get(name), "__agci_original__")
-
-
 def patch(model_types=None) -> PatchHandle:
     """Make every model of the given types (default: all supported that the installed transformers has)
     honour the config key.
@@ -103,6 +67,7 @@ def patch(model_types=None) -> PatchHandle:
             handle._set(cls, wrapper.name, wrapper.wrap(getattr(cls, wrapper.name)))
         handle._set(inner, "__init__", _wrap_init(inner.__init__))
         handle._set(outer, LAMBDA_KEY, _lambda_property())  # undo() puts back an apply_agci property
+    watch_lambda_key_with(handle)
     _HANDLES.add(handle)
     return handle
 
@@ -125,6 +90,7 @@ def apply_agci(model: torch.nn.Module, global_context_broadcast_lambda: float | 
     if global_context_broadcast_lambda is not None:
         write_lambda(inner.config, global_context_broadcast_lambda)
     read_lambda(inner.config)
+    check_lambda_placement(inner.config)
     wrappers = hook_kind(model_type).wrappers(FAMILIES[model_type], type(inner))
     hooked = hook_class(model_type)
     hook_modules = [m for m in inner.modules() if isinstance(m, hooked)] if hooked else []
