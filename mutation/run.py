@@ -30,7 +30,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = {  # module -> the pytest arguments that select its tests
     "agci/kernels/reference.py": ["tests/test_op_reference.py"],
-    "agci/patches/core.py": ["tests/test_patches.py", "tests/test_patches_units.py"],
+    # the patch core, split by idea: each module against the patch tests
+    **{
+        m: ["tests/test_patches.py", "tests/test_patches_units.py"]
+        for m in (
+            "agci/grouping.py",
+            "agci/patches/hooks.py",
+            "agci/patches/lifecycle.py",
+            "agci/patches/discovery.py",
+            "agci/patches/handles.py",
+        )
+    },
     "agci/bias/metrics.py": ["tests/test_bias_sets.py"],
     "agci/bias/scoring.py": [
         "tests/test_scoring_units.py",
