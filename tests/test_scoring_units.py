@@ -15,6 +15,7 @@ from PIL import Image
 
 from agci.bias import scoring
 from agci.bias.tiny_model import ASSET_DIR, WHOLE_IMAGE_QUESTION
+from agci.registry import FAMILIES
 
 YES_NO_PROMPT = "Is there a red circle in the image? Answer yes or no."
 
@@ -144,32 +145,18 @@ def test_masked_copies_are_pil_images_with_the_colour():
 # image-feature arguments and tile grouping
 
 
-def _with_features(fn):
-    return types.SimpleNamespace(model=types.SimpleNamespace(get_image_features=fn))
-
-
-INPUTS = {"pixel_values": 1, "image_sizes": 2, "image_grid_thw": 3, "pixel_attention_mask": 4, "input_ids": 5}
-
-
-def test_feature_kwargs_pass_the_image_inputs_the_method_names():
-    def every(pixel_values, image_sizes=None, image_grid_thw=None, pixel_attention_mask=None, other=None):
-        pass
-
-    def grid_only(image_grid_thw):
-        pass
-
-    def anything(**kwargs):
-        pass
-
-    def sizes_and_more(image_sizes, **kwargs):
-        pass
-
-    assert scoring._feature_kwargs(_with_features(every), INPUTS) == {
-        "pixel_values": 1, "image_sizes": 2, "image_grid_thw": 3, "pixel_attention_mask": 4}  # fmt: skip
-    assert scoring._feature_kwargs(_with_features(every), {"pixel_values": 1}) == {"pixel_values": 1}
-    assert scoring._feature_kwargs(_with_features(grid_only), INPUTS) == {"image_grid_thw": 3}
-    assert scoring._feature_kwargs(_with_features(anything), INPUTS) == {"pixel_values": 1}
-    assert scoring._feature_kwargs(_with_features(sizes_and_more), INPUTS) == {"pixel_values": 1, "image_sizes": 2}
+def test_feature_kwargs_pass_the_image_inputs_the_family_record_names():
+    inputs = {"pixel_values": 1, "image_sizes": 2, "image_grid_thw": 3, "pixel_attention_mask": 4,
+              "image_position_ids": 5, "input_ids": 6}  # fmt: skip
+    for model_type, family in FAMILIES.items():
+        expected = {k: inputs[k] for k in family.image_inputs}
+        assert scoring._feature_kwargs(_family_vlm(model_type), inputs) == expected, model_type
+    assert scoring._feature_kwargs(_family_vlm("llava_next"), inputs) == {"pixel_values": 1, "image_sizes": 2}
+    assert scoring._feature_kwargs(_family_vlm("qwen2_5_vl"), inputs) == {"pixel_values": 1, "image_grid_thw": 3}
+    assert scoring._feature_kwargs(_family_vlm("idefics3"), inputs) == {"pixel_values": 1, "pixel_attention_mask": 4}
+    assert scoring._feature_kwargs(_family_vlm("llava"), inputs) == {"pixel_values": 1}
+    # an input the processor did not give is left out
+    assert scoring._feature_kwargs(_family_vlm("qwen2_5_vl"), {"pixel_values": 1}) == {"pixel_values": 1}
 
 
 def _family_vlm(model_type):
@@ -377,11 +364,8 @@ def test_generation_runs_max_new_tokens_steps_128_by_default(vlm):
 
 
 def test_feature_kwargs_pass_gemma4s_patch_positions():
-    def gemma4(pixel_values, image_position_ids=None, **kwargs):
-        pass
-
     inputs = {"pixel_values": 1, "image_position_ids": 5, "input_ids": 6}
-    assert scoring._feature_kwargs(_with_features(gemma4), inputs) == {"pixel_values": 1, "image_position_ids": 5}
+    assert scoring._feature_kwargs(_family_vlm("gemma4"), inputs) == {"pixel_values": 1, "image_position_ids": 5}
 
 
 # Idefics3-style rows (image token 9): <row> crop runs, then <global-img>=50 and the global view; 0 pads
