@@ -21,10 +21,8 @@ CROP, GLOBAL = 50, 60  # markers before a crop run and before the global view ru
 
 
 @pytest.fixture(autouse=True)
-def _clean_patches():
-    agci.unpatch()
-    yield
-    agci.unpatch()
+def _clean(clean_patches):
+    pass
 
 
 def _inner(model):
