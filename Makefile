@@ -5,11 +5,12 @@ BIN := $(VENV)/bin
 # These lie on the project's machines (a CUDA build that also runs on CPU); elsewhere pip fetches them.
 # torchvision is needed by timm, which Gemma3n's vision tower uses. Override freely.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-# The patch tests also run against these transformers releases (the newest comes with `setup`):
+# The patch tests also run against these transformers releases (the newest comes with `setup`), read from
+# OLDER_RELEASES in agci/registry.py, which the tests and the family table read too:
 # 4.57.x and 5.6.0, LLaMA-Factory's ceiling. Each is a small overlay on PYTHONPATH. A 5.x overlay carries the
 # `kernels` release its transformers pins: 5.6.0 imports an installed `kernels` and fails on the 0.19 that the
 # newest transformers (5.25) brings into .venv ("Either a revision or a version must be specified").
-TRANSFORMERS_VERSIONS ?= 4.57.6 5.6.0
+TRANSFORMERS_VERSIONS ?= $(shell $(PYTHON) -c 'import ast, re; text = open("agci/registry.py").read(); print(*ast.literal_eval(re.search(r"^OLDER_RELEASES = (.*)$$", text, re.M).group(1)))')
 # LLaMA-Factory 0.9.5 pins transformers <= 5.6.0 (and peft, accelerate, datasets, trl) and imports
 # torchaudio at start-up, so its tests get their own environment.
 LF_VENV ?= .venv-lf

@@ -27,18 +27,11 @@ def demo_command(args) -> int:
 
 
 def info_command(args) -> int:
-    import importlib.metadata as md
-
     import torch
 
     from . import __version__
     from .kernels import IMPL_ENV, resolve_impl, triton_available
-
-    def version(name):
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            return "not installed"
+    from .runs import versions
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -46,8 +39,9 @@ def info_command(args) -> int:
     except ValueError as exc:
         return refuse("info", exc)
     print(f"agci {__version__}")
+    installed = versions("torch", "triton")
     for name in ("torch", "transformers", "triton"):
-        print(f"{name} {version(name)}")
+        print(f"{name} {installed[name] or 'not installed'}")
     print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}")
     print(f"triton kernels usable on {device}: {triton_available(device)}")
     print(f"impl='auto' on {device} bf16 runs: {chosen} (set {IMPL_ENV}=reference|triton to force)")
@@ -74,6 +68,7 @@ def families_command(args) -> int:
 def set_lambda_command(args) -> int:
     from .configs import LAMBDA_KEY, parse_lambda
     from .patches.discovery import check_model_type
+    from .runs import write_text
 
     path = Path(args.checkpoint)
     config_path = path / "config.json" if path.is_dir() else path
@@ -110,12 +105,9 @@ def set_lambda_command(args) -> int:
         return refuse("set-lambda", exc)
     previous = config.get(LAMBDA_KEY)
     config[LAMBDA_KEY] = value
-    tmp = config_path.with_suffix(".json.tmp")
     try:
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        tmp.replace(config_path)
+        write_text(config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         return refuse(
             "set-lambda", f"cannot write {config_path} ({exc.strerror or exc}); check the folder's permissions"
         )

@@ -36,8 +36,12 @@ def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # nothing half-written is left beside the file
+        raise
     return path
 
 
@@ -63,6 +67,11 @@ def drop_partial_line(path: str | Path) -> None:
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def data_digest(data) -> str:
+    """sha256 (16 hex digits) of ``data`` as canonical JSON (keys sorted): what a fingerprint keeps of a list."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def file_digest(*paths: str | Path) -> str:

@@ -59,7 +59,7 @@ def profile_case(name, lengths, d, bw) -> None:
         f" at 3 passes) | graph bwd {_us(graph_bwd)} us ({5 * elem_us / (graph_bwd * 1e3):.0%} at 5 passes)",
         flush=True,
     )
-    block, _ = K._row_launch(d)
+    block, _ = K._row_launch(d, K.FWD_WIDE_ROW)
     for warps in (2, 4, 8):
         inj = do_bench(
             lambda w=warps: K._inject_rows[(t,)](

@@ -26,6 +26,16 @@ def per_image_formula(x: torch.Tensor, lam: float, lengths: list[int]) -> torch.
 
 
 @pytest.fixture
+def clean_patches():
+    """No class-level agci patch before or after the test (``agci.unpatch()`` both ways)."""
+    import agci
+
+    agci.unpatch()
+    yield
+    agci.unpatch()
+
+
+@pytest.fixture
 def device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agci.bias.tiny_model import ASSET_DIR
+from agci.bias.shipped import ASSET_DIR
 from agci.cli import main
 
 

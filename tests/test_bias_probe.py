@@ -30,7 +30,7 @@ from agci.bias.scoring import (
     score_yes_no,
     similarity,
 )
-from agci.bias.tiny_model import ASSET_DIR
+from agci.bias.shipped import ASSET_DIR
 from agci.vlm import chat_messages
 
 
@@ -73,7 +73,7 @@ def test_answer_words_and_parsing(vlm):
 def test_the_embedded_model_was_trained_it_names_objects():
     """Random weights name nothing; the shipped model names a lone object's colour and shape."""
     from agci.bias.synthetic import synthetic_pairs
-    from agci.bias.tiny_model import WHOLE_IMAGE_QUESTION
+    from agci.bias.training.model import WHOLE_IMAGE_QUESTION
 
     vlm = load_probe_vlm(ASSET_DIR)
     pairs = synthetic_pairs(30, seed=99)

@@ -21,26 +21,37 @@ def _submodule_or_package(package: str, name: str) -> str:
     return f"{package}.{name}" if (folder / f"{name}.py").is_file() or (folder / name).is_dir() else package
 
 
-def _imports() -> dict[str, set[str]]:
-    """part -> the other parts of agci it imports (at any depth: lazy imports count too)."""
+def _module_imports() -> dict[str, set[str]]:
+    """module -> the modules of agci it imports (at any depth: lazy imports inside functions count too)."""
     graph: dict[str, set[str]] = {}
     for path in PACKAGE.rglob("*.py"):
         rel = path.relative_to(PACKAGE.parent).with_suffix("")
         module = ".".join(rel.parts).removesuffix(".__init__")
         package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-        found = graph.setdefault(_part(module), set())
+        found = graph.setdefault(module, set())
         for node in ast.walk(ast.parse(path.read_text())):
             targets = []
             if isinstance(node, ast.ImportFrom):
                 if node.level:
                     base = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join(base + ([node.module] if node.module else []))
-                    targets = [base] if node.module else [_submodule_or_package(base, a.name) for a in node.names]
+                    targets = [_submodule_or_package(base, a.name) for a in node.names]
                 elif node.module and node.module.split(".")[0] == "agci":
-                    targets = [node.module]
+                    targets = [_submodule_or_package(node.module, a.name) for a in node.names]
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names if a.name.split(".")[0] == "agci"]
-            found.update(_part(t) for t in targets if t.count(".") >= 1)
+            found.update(t for t in targets if t != module)
+    return graph
+
+
+MODULES = _module_imports()
+
+
+def _imports() -> dict[str, set[str]]:
+    """part -> the other parts of agci it imports (``agci.bias.runner`` -> ``bias``)."""
+    graph: dict[str, set[str]] = {}
+    for module, targets in MODULES.items():
+        graph.setdefault(_part(module), set()).update(_part(t) for t in targets if t.count(".") >= 1)
     for part, deps in graph.items():
         deps.discard(part)
     return graph
@@ -77,3 +88,30 @@ def test_no_part_of_the_package_imports_itself_back_through_another():
 def test_boundaries_between_the_parts(part, must_not_import):
     assert {"vlm", "configs"} <= GRAPH["eval"] and "patches" in GRAPH["vlm"]  # the reader sees imports
     assert not GRAPH[part] & must_not_import, sorted(GRAPH[part] & must_not_import)
+
+
+def test_no_module_imports_itself_back_through_others():
+    """Cycles between modules, lazy imports inside functions included (they fail nowhere, so only this sees them)."""
+    graph = MODULES
+
+    def cycle_from(start):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start:
+                    return path + [start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+        return None
+
+    cycles = {" -> ".join(c) for m in graph if (c := cycle_from(m))}
+    assert not cycles, sorted(cycles)
+
+
+def test_nothing_of_the_runtime_imports_the_training_floor():
+    """agci.bias.training made the shipped assets; the runtime reads them through agci.bias.shipped only."""
+    floor = "agci.bias.training"
+    users = {m for m, ts in MODULES.items() if not m.startswith(floor) and any(t.startswith(floor) for t in ts)}
+    assert not users, sorted(users)

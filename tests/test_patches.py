@@ -19,10 +19,8 @@ FAMILIES = family_params()  # a family that transformers here has broken is skip
 
 
 @pytest.fixture(autouse=True)
-def _clean_patches():
-    agci.unpatch()
-    yield
-    agci.unpatch()
+def _clean(clean_patches):
+    pass
 
 
 def _inner(model):

@@ -33,12 +33,9 @@ FORMULA_TOL, LOGITS_TOL = 1e-2, 3e-2
 
 
 @pytest.fixture(autouse=True)
-def _clean_patches(monkeypatch):
+def _clean_patches(monkeypatch, clean_patches):
     if ON_CPU:
         monkeypatch.setenv("AGCI_IMPL", "triton")
-    agci.unpatch()
-    yield
-    agci.unpatch()
 
 
 def _to_device(inputs: dict) -> dict:

@@ -21,10 +21,8 @@ CROP, GLOBAL = 50, 60  # markers before a crop run and before the global view ru
 
 
 @pytest.fixture(autouse=True)
-def _clean_patches():
-    agci.unpatch()
-    yield
-    agci.unpatch()
+def _clean(clean_patches):
+    pass
 
 
 def _inner(model):
@@ -51,6 +49,11 @@ def test_inject_on_tensors_one_image_per_row_or_by_lengths_or_batch_wide():
     wide = grouping.inject(rows, 0.7, batch_wide=True)
     assert wide.shape == (3, 2, 4)
     _close(wide.reshape(6, 4), per_image_formula(flat, 0.7, [6]))
+    # [n, H, W, D] (Aya Vision on 4.57) without lengths: one image per row, as [n, H * W, D]
+    grid = torch.randn(3, 2, 2, 4)
+    out = grouping.inject(grid, 0.7)
+    assert out.shape == (3, 2, 2, 4)
+    _close(out.reshape(12, 4), per_image_formula(grid.reshape(12, 4), 0.7, [4, 4, 4]))
 
 
 def test_inject_on_lists_and_tuples_keeps_the_container_and_the_sizes():
@@ -192,8 +195,16 @@ def test_image_lengths_follows_the_family_grouping():
     assert grouping.image_lengths(idefics, config, torch.zeros(1, 10, 4), row) == [7, 3]
     assert grouping.image_lengths(idefics, config, torch.zeros(5, 1, 2, 4), row) == [7, 3]
     assert grouping.image_lengths(idefics, config, torch.zeros(1, 9, 4), row) is None  # not the row's 10 tokens
-    with pytest.warns(UserWarning, match="without input_ids or inputs_embeds"):
+    with pytest.warns(UserWarning) as caught:
         assert grouping.image_lengths(idefics, config, torch.zeros(1, 10, 4), None) is None
+        assert grouping.image_lengths(FAMILIES["internvl"], config, tiles, None) == [2, 2, 2]  # per tile
+    fix = "to group them into images as the forward does, call inside `with "
+    fix += "agci.patches.hooks.grouping_input_ids(model, input_ids):`"
+    assert [str(w.message) for w in caught] == [
+        f"agci: {name} image features were computed without input_ids or inputs_embeds (outside the model's forward "
+        f"and generate), so each {entry} gets its own global context; {fix}"
+        for name, entry in (("Idefics-like", "sample or tile"), ("InternVL", "tile"))
+    ]
 
 
 def test_input_ids_are_found_by_keyword_or_first_argument_else_recovered_from_inputs_embeds():
@@ -389,7 +400,35 @@ def test_a_family_missing_from_transformers_does_not_hide_the_others(monkeypatch
     qwen_module = sys.modules[discovery.family_classes("qwen2_vl")[0].__module__]
     monkeypatch.delattr(qwen_module, FAMILIES["qwen2_vl"].inner_class)
     case = build("llava")
+    holder = torch.nn.ModuleList([case.model])  # no config to start from (a DDP-like wrapper): every family is tried
+    assert discovery.inner_model(holder) == (case.model.model, "llava")
+
+
+def test_the_inner_model_is_found_from_the_config_model_type_without_trying_other_families(monkeypatch):
+    case = build("llava")
+    asked = []
+    real = discovery.family_classes
+    monkeypatch.setattr(discovery, "family_classes", lambda t: asked.append(t) or real(t))
     assert discovery.inner_model(case.model) == (case.model.model, "llava")
+    assert asked == ["llava"]  # one family's module, not every one's
+    asked.clear()
+    assert discovery.inner_model(torch.nn.ModuleList([case.model])) == (case.model.model, "llava")
+    assert len(asked) > 1
+
+
+def test_every_wrapper_names_the_method_it_wraps():
+    """``__agci_original__`` of each wrapper patch() puts on a class is the method it replaced (what tells a wrapped
+    method and what the tests' stock paths call)."""
+    handle = agci.patch()
+    wrapped = [(cls, name, cls.__dict__[name]) for cls, name, _ in handle.changes]
+    handle.undo()
+    checked = 0
+    for cls, name, wrapper in wrapped:
+        if isinstance(wrapper, property):
+            continue
+        assert wrapper.__agci_original__ is getattr(cls, name), (cls.__name__, name)
+        checked += 1
+    assert checked >= 2 * len(discovery.installed_families())
 
 
 def test_pooled_patch_lengths_count_real_patches_per_pooled_token():
@@ -400,6 +439,30 @@ def test_pooled_patch_lengths_count_real_patches_per_pooled_token():
     positions[1, 5, 0] = -1  # a -1 in either coordinate marks padding, as transformers 5.24 counts it
     assert grouping.pooled_patch_lengths(positions, 2) == [1, 1]
     assert grouping.pooled_patch_lengths(positions, 1) == [4, 5]
+    # the family's sizes argument, pooled by the config attribute its record names
+    config = types.SimpleNamespace(vision_config=types.SimpleNamespace(pooling_kernel_size=2))
+    assert grouping.sizes_argument_lengths(FAMILIES["gemma4"], config, positions) == [1, 1]
+    config.vision_config.pooling_kernel_size = 1
+    assert grouping.sizes_argument_lengths(FAMILIES["gemma4"], config, positions) == [4, 5]
+
+
+def test_placeholder_ids_group_as_the_input_ids_would_in_any_dtype_and_with_many_markers():
+    """Stand-in ids from embeddings group like the real ids: global views after one marker among many others
+    (more distinct markers than the image token's id), the embeddings in another dtype than the embedding table."""
+    torch.manual_seed(0)
+    embedding = torch.nn.Embedding(32, 8)
+    embedding.weight.data = torch.randn(32, 8, dtype=torch.float64)  # values a float32 cannot hold exactly
+    token = 1
+    row = []
+    for crop_marker in (20, 21, 22, 23, 24):
+        row += [crop_marker, token, token, 30, token, token, token]  # a crop, then its global view after <30>
+    ids = torch.tensor([row, [0] * 7 + row[7:]])
+    sizes = (ids == token).sum(1).tolist()
+    embeds = embedding(ids).float()  # a float32 forward of a float64 table
+    stand_in = grouping.placeholder_ids(embeds, embedding, token)
+    assert torch.equal(stand_in == token, ids == token)
+    assert grouping.global_view_lengths(stand_in, token, sizes) == grouping.global_view_lengths(ids, token, sizes)
+    assert grouping.global_view_lengths(ids, token, sizes) == [5] * 5 + [5] * 4
 
 
 # the key where nothing reads it: warned about once when a model is built, refused where AGCI is asked for

@@ -17,7 +17,8 @@ from agci.bias.adapters import AdapterSwitch, probed_models
 from agci.bias.metrics import compare_settings, paired_t_test, sign_test
 from agci.bias.probe_sets import SetOptions, build
 from agci.bias.runner import ProbeConfig, model_lambdas, run_probe, shipped_adapters
-from agci.bias.tiny_lora import ADAPTER_DIR, ADAPTER_RECORD, adapter_name
+from agci.bias.shipped import ADAPTER_DIR, ADAPTER_RECORD
+from agci.bias.training.lora import adapter_name
 from agci.runs import RunRefused
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -169,7 +170,7 @@ def test_compare_settings_pairs_seeds_and_cells():
 
 @pytest.mark.skipif(not shipped_adapters(), reason="no LoRA adapters shipped in agci/bias/assets")
 def test_the_shipped_adapters_load_change_the_model_and_reproduce_their_recorded_accuracies(tmp_path):
-    """The demo's adapters (python -m agci.bias.tiny_lora): each loads onto the embedded model and changes its
+    """The demo's adapters (python -m agci.bias.training.lora): each loads onto the embedded model and changes its
     answers, and `agci probe` on the demo set gives the per-cell accuracies recorded when they were trained."""
     from PIL import Image
 

@@ -17,7 +17,7 @@ import pytest
 
 from agci.bias.probe_sets import SetOptions, build
 from agci.bias.runner import ProbeConfig, run_probe
-from agci.bias.tiny_model import ASSET_DIR
+from agci.bias.shipped import ASSET_DIR
 from agci.runs import LOCK, RECORD, RunFolder, RunRefused, save_figure, write_json
 
 # a small probe: position questions and three occlusion maps of 16 squares each, at two lambdas

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from agci.bias import scoring
-from agci.bias.tiny_model import ASSET_DIR, WHOLE_IMAGE_QUESTION
+from agci.bias.shipped import ASSET_DIR
+from agci.bias.training.model import WHOLE_IMAGE_QUESTION
 from agci.registry import FAMILIES
 
 YES_NO_PROMPT = "Is there a red circle in the image? Answer yes or no."

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from agci.bias.probe_sets import POSITIONS, SetOptions, build, normalise_record, read_records
 from agci.bias.runner import ProbeConfig, run_probe
-from agci.bias.tiny_model import ASSET_DIR
+from agci.bias.shipped import ASSET_DIR
 from agci.cli import main
 from agci.runs import RECORD, RunFolder, RunRefused, content_digests, model_fingerprint
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from agci.bias.tiny_training import train
+from agci.bias.training.embedded import train
 
 
 @pytest.mark.parametrize(("align", "curriculum"), [(0.0, 0.0), (1.0, 0.5)])

@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 
 from agci import compat
+from agci.registry import OLDER_RELEASES
 
 CONFIGS = json.loads((Path(__file__).parent / "fixtures" / "tiny_configs.json").read_text())
 PAD = 0
-OLDER = ("4.57.6", "5.6.0")  # the releases `make test-versions` overlays; anything else is "newest"
+OLDER = OLDER_RELEASES  # the releases `make test-versions` overlays (from the registry); anything else is "newest"
 
 
 def version_label() -> str:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from ..configs import LAMBDA_KEY, validate_lambda
 from ..runs import file_digest
+from .shipped import ADAPTER_RECORD
 
 BASE = "base"
-RECORD = "agci-adapter.json"  # written next to an adapter by agci.bias.tiny_lora: the lambda it was trained with
 _SEED = re.compile(r"^(?P<setting>.+)-seed(?P<seed>\d+)$")
 
 
@@ -48,7 +48,7 @@ class ProbedModel:
 
 
 def _trained_lambda(folder: Path) -> float | None:
-    record = folder / RECORD
+    record = folder / ADAPTER_RECORD
     if not record.is_file():
         return None
     try:
@@ -121,7 +121,10 @@ def fingerprint(models: list[ProbedModel]) -> dict:
     """What identifies the adapters of a run (their label, config, weights and record)."""
     return {
         m.label: file_digest(
-            *(m.adapter / f for f in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", RECORD))
+            *(
+                m.adapter / f
+                for f in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", ADAPTER_RECORD)
+            )
         )  # fmt: skip
         for m in models
         if m.adapter is not None

@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
         "--adapter",
         help="comma-separated PEFT adapter folders, each probed next to the base model on the same batches "
         "(at the lambda in its agci-adapter.json unless --lambda is given); default without --model: the LoRA "
-        "adapters shipped with agci (agci.bias.tiny_lora); 'none': the base alone",
+        "adapters shipped with agci (agci.bias.training.lora); 'none': the base alone",
     )
     probe.add_argument(
         "--data",

@@ -34,6 +34,7 @@ from ..runs import (
 )
 from .adapters import AdapterSwitch, check_bases, fingerprint, probed_models
 from .probe_sets import MANIFEST, PROMPT, SetOptions, build, read_records
+from .shipped import embedded_model, shipped_adapters
 from .summary import lambda_dir, read_rows, summarise
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class ProbeConfig:
     out: str = "agci-probe"
     lambdas: list[float] | None = None  # None: 0 and the checkpoint's value (0.5 when it has none); see models
     adapters: tuple[str, ...] | None = None  # PEFT adapter folders probed next to the base; None: the shipped
-    # ones when `model` is None too (agci.bias.tiny_lora), else none
+    # ones when `model` is None too (agci.bias.training.lora), else none
     tasks: tuple[str, ...] = TASKS
     batch_size: int = 16
     prefetch: int = 1  # batches read and encoded ahead on a worker thread while the model runs; 0: none
@@ -416,21 +417,3 @@ def model_lambdas(asked: list[float] | None, models: list, own: float) -> dict[s
     if len(models) == 1:
         return {models[0].label: [0.0, own if own > 0 else 0.5]}
     return {m.label: [own if m.trained_lambda is None else m.trained_lambda] for m in models}
-
-
-def shipped_adapters() -> list[Path]:
-    """The LoRA adapters trained from the embedded model (agci.bias.tiny_lora), in name order."""
-    from .tiny_lora import ADAPTER_DIR
-
-    return sorted(p for p in ADAPTER_DIR.glob("*") if (p / "adapter_config.json").is_file())
-
-
-def embedded_model() -> Path:
-    from .tiny_model import ASSET_DIR
-
-    if not (ASSET_DIR / "config.json").is_file():
-        raise FileNotFoundError(
-            f"the embedded probe model is missing from {ASSET_DIR}; reinstall agci or train it with "
-            "`python -m agci.bias.tiny_training`"
-        )
-    return ASSET_DIR

@@ -21,6 +21,6 @@ TINY_LLAVA = {
     "projector_hidden_act": "gelu",
 }  # fmt: skip
 GRID = 16
-# CLIP's normalisation, shared by this demo model and the embedded probe model (agci.bias.tiny_model)
+# CLIP's normalisation, shared by this demo model and the embedded probe model (agci.bias.training.model)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

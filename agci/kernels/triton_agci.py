@@ -42,10 +42,15 @@ SPLIT_BLOCK_S = 16  # partial results reduced 16 chunks x 128 columns per load
 SPLIT_BLOCK_D = 128
 
 
-def _row_launch(d: int) -> tuple[int, int]:
+FWD_WIDE_ROW = 8192  # the forward's rows get 8 warps from this block width: 4 beat 8 and 16 at D 3584-4096 (H200)
+BWD_WIDE_ROW = 4096  # the backward's per-row pass reads two more rows (dy, dL/dg), so 8 warps pay off earlier
+
+
+def _row_launch(d: int, wide: int) -> tuple[int, int]:
+    """(block width, warps) of a one-program-per-row kernel over rows ``d`` wide: rows up to ROW_BLOCK_MAX are read
+    in one block; blocks of ``wide`` columns or more get 8 warps."""
     block = min(triton.next_power_of_2(max(d, 1)), ROW_BLOCK_MAX)
-    num_warps = 8 if block >= 8192 else 4  # 4 beat 8 and 16 at D 3584-4096 on an H200
-    return block, num_warps
+    return block, 8 if block >= wide else 4
 
 
 @triton.jit
@@ -109,6 +114,21 @@ def _sum_partials(P, G, D, n_splits, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexp
 
 
 @triton.jit
+def _cosine(dot, xx, gg, eps):
+    """``(cos, defined, safe denominator)`` of rows with ``<x, g> = dot``, ``|x|^2 = xx`` and ``|g|^2 = gg``."""
+    denom = tl.sqrt(xx) * tl.sqrt(gg)
+    defined = denom > eps
+    safe = tl.maximum(denom, eps)
+    return tl.where(defined, dot / safe, 0.0), defined, safe
+
+
+@triton.jit
+def _row_sums(x, g):
+    """``<x, g>``, ``|x|^2`` and ``|g|^2`` of one block of a row (the statistics both per-row kernels need)."""
+    return tl.sum(x * g, axis=0), tl.sum(x * x, axis=0), tl.sum(g * g, axis=0)
+
+
+@triton.jit
 def _inject_rows(X, Y, G, SEG, D, stride_x, stride_y, lam, eps, BLOCK_D: tl.constexpr, ONE_BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     seg = tl.load(SEG + row).to(tl.int64)
@@ -120,11 +140,8 @@ def _inject_rows(X, Y, G, SEG, D, stride_x, stride_y, lam, eps, BLOCK_D: tl.cons
         cmask = cols < D
         x = tl.load(x_row + cols, mask=cmask, other=0.0).to(tl.float32)
         g = tl.load(g_row + cols, mask=cmask, other=0.0)
-        dot = tl.sum(x * g, axis=0)
-        xx = tl.sum(x * x, axis=0)
-        gg = tl.sum(g * g, axis=0)
-        denom = tl.sqrt(xx) * tl.sqrt(gg)
-        cos = tl.where(denom > eps, dot / tl.maximum(denom, eps), 0.0)
+        dot, xx, gg = _row_sums(x, g)
+        cos, _, _ = _cosine(dot, xx, gg, eps)
         coef = lam * (1.0 - cos)
         tl.store(y_row + cols, (x + coef * g).to(Y.dtype.element_ty), mask=cmask)
     else:
@@ -136,11 +153,11 @@ def _inject_rows(X, Y, G, SEG, D, stride_x, stride_y, lam, eps, BLOCK_D: tl.cons
             cmask = cols < D
             x = tl.load(x_row + cols, mask=cmask, other=0.0).to(tl.float32)
             g = tl.load(g_row + cols, mask=cmask, other=0.0)
-            dot += tl.sum(x * g, axis=0)
-            xx += tl.sum(x * x, axis=0)
-            gg += tl.sum(g * g, axis=0)
-        denom = tl.sqrt(xx) * tl.sqrt(gg)
-        cos = tl.where(denom > eps, dot / tl.maximum(denom, eps), 0.0)
+            block_dot, block_xx, block_gg = _row_sums(x, g)
+            dot += block_dot
+            xx += block_xx
+            gg += block_gg
+        cos, _, _ = _cosine(dot, xx, gg, eps)
         coef = lam * (1.0 - cos)
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D)
@@ -148,15 +165,6 @@ def _inject_rows(X, Y, G, SEG, D, stride_x, stride_y, lam, eps, BLOCK_D: tl.cons
             x = tl.load(x_row + cols, mask=cmask, other=0.0).to(tl.float32)
             g = tl.load(g_row + cols, mask=cmask, other=0.0)
             tl.store(y_row + cols, (x + coef * g).to(Y.dtype.element_ty), mask=cmask)
-
-
-@triton.jit
-def _cosine(dot, xx, gg, eps):
-    """``(cos, defined, safe denominator)`` of rows with ``<x, g> = dot``, ``|x|^2 = xx`` and ``|g|^2 = gg``."""
-    denom = tl.sqrt(xx) * tl.sqrt(gg)
-    defined = denom > eps
-    safe = tl.maximum(denom, eps)
-    return tl.where(defined, dot / safe, 0.0), defined, safe
 
 
 @triton.jit
@@ -293,9 +301,7 @@ def _bwd_rows(
         x = tl.load(x_row + cols, mask=cmask, other=0.0).to(tl.float32)
         dy = tl.load(dy_row + cols, mask=cmask, other=0.0).to(tl.float32)
         g = tl.load(g_row + cols, mask=cmask, other=0.0)
-        dot = tl.sum(x * g, axis=0)
-        xx = tl.sum(x * x, axis=0)
-        gg = tl.sum(g * g, axis=0)
+        dot, xx, gg = _row_sums(x, g)
         dyg = tl.sum(dy * g, axis=0)
     else:
         dot = 0.0
@@ -308,9 +314,10 @@ def _bwd_rows(
             x = tl.load(x_row + cols, mask=cmask, other=0.0).to(tl.float32)
             dy = tl.load(dy_row + cols, mask=cmask, other=0.0).to(tl.float32)
             g = tl.load(g_row + cols, mask=cmask, other=0.0)
-            dot += tl.sum(x * g, axis=0)
-            xx += tl.sum(x * x, axis=0)
-            gg += tl.sum(g * g, axis=0)
+            block_dot, block_xx, block_gg = _row_sums(x, g)
+            dot += block_dot
+            xx += block_xx
+            gg += block_gg
             dyg += tl.sum(dy * g, axis=0)
     cos, defined, safe = _cosine(dot, xx, gg, eps)
     p = lam * dyg
@@ -359,7 +366,7 @@ def forward(x: torch.Tensor, lam: float, cu_seqlens: torch.Tensor, seg_ids: torc
         _sum_partials[(S, triton.cdiv(D, SPLIT_BLOCK_D))](
             partials, g, D, n_splits, BLOCK_S=SPLIT_BLOCK_S, BLOCK_D=SPLIT_BLOCK_D, num_warps=4
         )
-    block, num_warps = _row_launch(D)
+    block, num_warps = _row_launch(D, FWD_WIDE_ROW)
     _inject_rows[(T,)](
         x, y, g, seg_ids, D, x.stride(0), y.stride(0), float(lam), EPS,
         BLOCK_D=block, ONE_BLOCK=block >= D, num_warps=num_warps,
@@ -399,9 +406,9 @@ def backward(
             partials, gamma, g, cu_seqlens, grad_g, D, n_splits,
             BLOCK_S=SPLIT_BLOCK_S, BLOCK_D=SPLIT_BLOCK_D, GG_BLOCK=BWD_BLOCK_D, num_warps=4,
         )  # fmt: skip
-    block = min(triton.next_power_of_2(D), ROW_BLOCK_MAX)
+    block, num_warps = _row_launch(D, BWD_WIDE_ROW)
     _bwd_rows[(T,)](
         x, dy, dx, g, grad_g, seg_ids, D, x.stride(0), dy.stride(0), dx.stride(0), float(lam), EPS,
-        BLOCK_D=block, ONE_BLOCK=block >= D, num_warps=8 if block >= 4096 else 4,
+        BLOCK_D=block, ONE_BLOCK=block >= D, num_warps=num_warps,
     )  # fmt: skip
     return dx

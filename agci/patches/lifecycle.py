@@ -94,8 +94,8 @@ def apply_agci(model: torch.nn.Module, global_context_broadcast_lambda: float | 
     wrappers = hook_kind(model_type).wrappers(FAMILIES[model_type], type(inner))
     hooked = hook_class(model_type)
     hook_modules = [m for m in inner.modules() if isinstance(m, hooked)] if hooked else []
-    first = hook_modules[0] if wrappers[0].where == "hook" and hook_modules else inner
-    if _is_wrapped(type(first), wrappers[0].name) or wrappers[0].name in first.__dict__:
+    on_inner = next(w.name for w in wrappers if w.where == "inner")  # every hook kind wraps the inner model too
+    if _is_wrapped(type(inner), on_inner) or on_inner in inner.__dict__:
         return model  # patched already, by class or earlier on this instance
     _, outer = family_classes(model_type)
     outer_instance = next((m for m in model.modules() if isinstance(m, outer)), None)

@@ -11,7 +11,6 @@ inputs, otherwise it is refused (``force`` deletes the folder's results and star
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from ..inputs import read_jsonl
 from ..runs import (
     RECORD,
     RunFolder,
+    data_digest,
     drop_partial_line,
     file_digest,
     model_fingerprint,
@@ -102,17 +102,13 @@ def build_rcm_set(refs: Path, instances: Path, out: Path, seed: int = 0) -> dict
     return write_rcm(build_rcm(examples, seed), out, {"refs": str(refs), "instances": str(instances), "seed": seed})
 
 
-def _digest(data) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _extract_fingerprint(model: str, items: list[dict], images: Path, dtype: str, with_text: bool,
                          task: str | None) -> dict:  # fmt: skip
     """What defines a feature cache: a rerun resumes only when all of it is the same.
 
     The items (ids, texts, images, splits, targets) stand for the task's data files: they are what the
     cache is made of. Batch size and device do not change the features, so they may differ between runs."""
-    return {**model_fingerprint(model), "task": task, "items": _digest(items),
+    return {**model_fingerprint(model), "task": task, "items": data_digest(items),
             "images": str(Path(images).resolve()), "dtype": dtype, "with_text": with_text,
             "versions": versions()}  # fmt: skip
 
@@ -158,7 +154,7 @@ def _cache_fingerprint(cache: Path) -> dict:
     extraction = None
     if record.is_file():
         try:
-            extraction = _digest(json.loads(record.read_text())["runs"]["extract"]["fingerprint"])
+            extraction = data_digest(json.loads(record.read_text())["runs"]["extract"]["fingerprint"])
         except (ValueError, KeyError, TypeError):
             extraction = None
     return {"cache": file_digest(cache / "index.json", cache / "items.jsonl"), "cache_extraction": extraction}

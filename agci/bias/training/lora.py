@@ -1,13 +1,13 @@
 """The AGCI paper's experiment in miniature: LoRA adapters on the embedded probe VLM, with and without AGCI.
 
-The embedded model (``agci.bias.tiny_training``) learnt the probe with targets planted mostly in the centre
+The embedded model (``agci.bias.training.embedded``) learnt the probe with targets planted mostly in the centre
 cell, so it answers well only there. Each seed fine-tunes two PEFT LoRA adapters from it on the same
 balanced data (the target equally often in each of the nine cells), with the same steps, learning rate,
 batch order and initialisation: one at lambda 0 (the LoRA baseline) and one with AGCI at lambda 0.5 (the
 paper's setting). ``agci probe`` without ``--model`` then compares the base and both kinds of adapter.
 
-    python -m agci.bias.tiny_lora                # every adapter into agci/bias/assets/: 7 min on 2 CPU cores
-    python -m agci.bias.tiny_lora --seeds 0 --out /tmp/lora
+    python -m agci.bias.training.lora                # every adapter into agci/bias/assets/: 7 min on 2 CPU cores
+    python -m agci.bias.training.lora --seeds 0 --out /tmp/lora
 
 Each adapter folder holds PEFT's files and ``agci-adapter.json`` (the lambda it was trained with, which the
 probe uses, and how it was trained); ``training.json`` next to them records the whole run.
@@ -24,11 +24,9 @@ from pathlib import Path
 
 import torch
 
-from ..configs import format_lambda, parse_lambdas, using_lambda
-from .tiny_model import ASSET_DIR
+from ...configs import LAMBDA_KEY, format_lambda, parse_lambdas, using_lambda
+from ..shipped import ADAPTER_DIR, ADAPTER_RECORD, ASSET_DIR
 
-ADAPTER_DIR = ASSET_DIR.parent / "tiny-probe-llava-lora"
-ADAPTER_RECORD = "agci-adapter.json"  # the lambda an adapter was trained with, read by `agci probe --adapter`
 SEEDS = (0, 1, 2)
 LAMBDAS = (0.0, 0.5)  # the LoRA baseline and AGCI at the paper's lambda
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
@@ -45,26 +43,26 @@ def balanced_data(processor, canvases: int, seed: int):
     train only the answer, and the colour and shape word ids of each cell (for the alignment loss)."""
     from tqdm.auto import tqdm
 
-    from .probe_sets import PROMPT
-    from .tiny_training import _canvas, _encode, _left_pad, _object_pairs
+    from ..probe_sets import PROMPT
+    from .canvases import draw_canvas, encode_rows, left_pad, object_pairs
 
     rng = random.Random(seed)
-    pairs = _object_pairs(seed)
+    pairs = object_pairs(seed)
     images: dict = {}
     chunks, words = [], []
     tok = processor.tokenizer
     for start in tqdm(range(0, canvases, 128), desc="rendering balanced canvases"):
         rows = []
         for _ in range(min(128, canvases - start)):
-            by_cell, cell, absent, image = _canvas(rng, pairs, images, 9, [1] * 9)
+            by_cell, cell, absent, image = draw_canvas(rng, pairs, images, 9, [1] * 9)
             rows += [(PROMPT.format(caption=by_cell[cell]), "Yes", image),
                      (PROMPT.format(caption=absent), "No", image)]  # fmt: skip
             words += [[tok.convert_tokens_to_ids(c.split()[-2:]) for c in by_cell]] * 2
-        ids, masks, pixels = _encode(processor, rows, answers=True)
+        ids, masks, pixels = encode_rows(processor, rows, answers=True)
         chunks.append((ids, masks, pixels.half()))
     pad = processor.tokenizer.pad_token_id
-    ids = _left_pad([c[0] for c in chunks], pad)
-    masks = _left_pad([c[1] for c in chunks], 0)
+    ids = left_pad([c[0] for c in chunks], pad)
+    masks = left_pad([c[1] for c in chunks], 0)
     pixels = torch.cat([c[2] for c in chunks])
     assistant = (ids == processor.tokenizer.convert_tokens_to_ids("ASSISTANT")).int().argmax(1)
     positions = torch.arange(ids.shape[1]).expand_as(ids)
@@ -80,13 +78,13 @@ def train_adapter(
     from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
 
-    from ..vlm import load_vlm
+    from ...vlm import load_vlm
 
     base = load_vlm(ASSET_DIR, global_context_broadcast_lambda=0.0, dtype="float32").model
     torch.manual_seed(seed)  # the LoRA initialisation: the same for both lambdas of a seed
     model = get_peft_model(base, LoraConfig(**LORA))
     model.train()
-    from .tiny_training import _alignment_loss
+    from .embedded import alignment_loss
 
     ids, masks, pixels, labels, words = data
     shown, lone = torch.ones(batch_size, 9), torch.zeros(batch_size, dtype=torch.bool)  # nine objects, always
@@ -101,7 +99,7 @@ def train_adapter(
             loss = model(input_ids=ids[pick], attention_mask=masks[pick], pixel_values=batch_pixels,
                          labels=labels[pick]).loss  # fmt: skip
             if align_weight:
-                loss = loss + align_weight * _alignment_loss(model, batch_pixels, words[pick], shown, lone)
+                loss = loss + align_weight * alignment_loss(model, batch_pixels, words[pick], shown, lone)
         loss.backward()
         optimiser.step()
         optimiser.zero_grad(set_to_none=True)
@@ -109,7 +107,7 @@ def train_adapter(
             log.append({"step": step, "loss": round(loss.item(), 4)})
             bar.set_postfix(loss=f"{loss.item():.3f}")
     record = {
-        "global_context_broadcast_lambda": lam, "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
+        LAMBDA_KEY: lam, "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr,
         "align_weight": align_weight,
         "lora": LORA, "data": {"canvases": len(ids) // 2, "data_seed": seed + DATA_SEED_OFFSET,
                                "cell_weights": [1] * 9},
@@ -128,7 +126,7 @@ def record_results(folder: Path) -> dict:
     ``folder/results.json``, which the tests reproduce."""
     import tempfile
 
-    from .runner import ProbeConfig, run_probe
+    from ..runner import ProbeConfig, run_probe
 
     adapters = tuple(str(p) for p in sorted(folder.glob("*")) if (p / "adapter_config.json").is_file())
     with tempfile.TemporaryDirectory() as work:
@@ -170,7 +168,7 @@ def main(argv=None) -> int:
     if args.record_only:
         record_results(args.out)
         return 0
-    from .tiny_model import build_processor
+    from .model import build_processor
 
     processor = build_processor()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -184,8 +182,8 @@ def main(argv=None) -> int:
             record = train_adapter(
                 args.out / name, lam, seed, data, args.steps, args.batch_size, args.lr, args.align_weight
             )
-            runs[name] = {k: record[k] for k in ("global_context_broadcast_lambda", "seed", "train_seconds")}
-    command = " ".join(["python -m agci.bias.tiny_lora", *(sys.argv[1:] if argv is None else argv)])
+            runs[name] = {k: record[k] for k in (LAMBDA_KEY, "seed", "train_seconds")}
+    command = " ".join(["python -m agci.bias.training.lora", *(sys.argv[1:] if argv is None else argv)])
     summary = {"command": command, "threads": args.threads,
                "seconds": round(time.time() - started, 1), "adapters": runs}  # fmt: skip
     (args.out / "training.json").write_text(json.dumps(summary, indent=1) + "\n")

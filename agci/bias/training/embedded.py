@@ -1,4 +1,4 @@
-"""Training the tiny probe VLM shipped with agci (the model itself: ``agci.bias.tiny_model``).
+"""Training the tiny probe VLM shipped with agci (the model itself: ``agci.bias.training.model``).
 
 It is trained on the synthetic position probe ("is there a red circle?"), on canvases that grow from
 1 object to the probe's 9 (a curriculum; from scratch on 9-object canvases it stays at chance), with an
@@ -8,7 +8,7 @@ data bias of the kind the AGCI paper blames; the probe then measures the positio
 In the second half, batches alternate lambda 0 and ``--agci-lambda`` so the same weights serve as the
 baseline (lambda 0) and as an AGCI-tuned model.
 
-    python -m agci.bias.tiny_training --out agci/bias/assets/tiny-probe-llava
+    python -m agci.bias.training.embedded --out agci/bias/assets/tiny-probe-llava
 """
 
 from __future__ import annotations
@@ -22,65 +22,14 @@ from pathlib import Path
 
 import torch
 
-from ..configs import format_lambda, using_lambda
-from .probe_sets import POSITIONS, PROMPT, grid_canvas
-from .synthetic import COLOURS, SHAPES, synthetic_pairs
-from .tiny_model import ASSET_DIR, WHOLE_IMAGE_QUESTION, build_model, build_processor, save_portable
+from ...configs import format_lambda, using_lambda
+from ..probe_sets import POSITIONS, PROMPT
+from ..shipped import ASSET_DIR
+from ..synthetic import synthetic_pairs
+from .canvases import draw_canvas, draw_canvases, encode_rows, left_pad, object_pairs
+from .model import WHOLE_IMAGE_QUESTION, build_model, build_processor, save_portable
 
 CELL_WEIGHTS = (1, 3, 1, 3, 9, 3, 1, 3, 1)  # how often the target sits in each cell during training
-
-
-def _canvas(rng: random.Random, pairs, images: dict, objects: int, weights, size: int = 840):
-    """A canvas with ``objects`` shapes of distinct captions: the target in a cell drawn with ``weights``,
-    the distractors in random other cells, the remaining cells blank (white). Returns (caption by cell,
-    ``None`` where blank; target cell; a caption that is not on the canvas; the PIL canvas)."""
-    chosen = []
-    for p in rng.sample(pairs, len(pairs)):
-        if all(p.caption != c.caption for c in chosen):
-            chosen.append(p)
-        if len(chosen) == objects + 1:
-            break
-    cell = rng.choices(range(9), weights=weights)[0]
-    cells = [cell, *rng.sample([c for c in range(9) if c != cell], objects - 1)]
-    by_cell, pictures = [None] * 9, [None] * 9
-    for p, c in zip(chosen[:objects], cells, strict=False):
-        if p.id not in images:
-            images[p.id] = p.load_image(size // 3)
-        by_cell[c], pictures[c] = p.caption, images[p.id]
-    return by_cell, cell, chosen[objects].caption, grid_canvas(pictures, size)
-
-
-def _object_pairs(seed: int):
-    """The synthetic objects canvases are drawn from: every caption several times, in a seeded order."""
-    return synthetic_pairs(max(4 * len(COLOURS) * len(SHAPES), 120), seed)
-
-
-def _canvases(n: int, seed: int, weights, desc: str, objects=(9,)):
-    """``n`` canvases, their object counts cycling through ``objects``."""
-    from tqdm.auto import tqdm
-
-    rng = random.Random(seed)
-    pairs = _object_pairs(seed)
-    images: dict = {}
-    return [_canvas(rng, pairs, images, objects[i % len(objects)], weights) for i in tqdm(range(n), desc=desc)]
-
-
-def _encode(processor, rows, answers: bool):
-    """Token ids, attention mask and pixel values for (prompt, answer, image) rows."""
-    from ..vlm import chat_messages
-
-    texts, images = [], []
-    for prompt, answer, image in rows:
-        messages = chat_messages(prompt, answer=answer if answers else None)
-        texts.append(processor.apply_chat_template(messages, add_generation_prompt=not answers))
-        images.append(image)
-    batch = processor(images=images, text=texts, return_tensors="pt", padding=True)
-    return batch["input_ids"], batch["attention_mask"], batch["pixel_values"]
-
-
-def _left_pad(tensors: list[torch.Tensor], value: int) -> torch.Tensor:
-    width = max(t.shape[1] for t in tensors)
-    return torch.cat([torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value) for t in tensors])
 
 
 @torch.no_grad()
@@ -91,7 +40,7 @@ def _accuracy_by_cell(model, processor, rows, cells, batch_size=64):
     hits = torch.zeros(9)
     counts = torch.zeros(9)
     for i in range(0, len(rows), batch_size):
-        ids, mask, pixels = _encode(processor, rows[i : i + batch_size], answers=False)
+        ids, mask, pixels = encode_rows(processor, rows[i : i + batch_size], answers=False)
         logits = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits[:, -1]
         pred = ["Yes" if a > b else "No" for a, b in zip(logits[:, yes].tolist(), logits[:, no].tolist(), strict=False)]
         for (_, answer, _), cell, p in zip(rows[i : i + batch_size], cells[i : i + batch_size], pred, strict=False):
@@ -109,14 +58,14 @@ def _probe_rows(canvases):
     return rows, cells
 
 
-def _alignment_loss(model, pixels, words, shown, lone):
+def alignment_loss(model, pixels, words, shown, lone):
     """1 - cosine between each visual token after the projector and the summed embeddings of the colour
     and shape words of what its cell shows (blank cells left out; a lone object: the mean token against
     its name).
 
     Yes/No matching has no first-order gradient (neither the caption nor the image alone predicts the
     answer); without this loss the model stays at chance even on lone objects."""
-    from ..compat import image_features_per_image
+    from ...compat import image_features_per_image
 
     feats = torch.stack(image_features_per_image(model.model.get_image_features(pixel_values=pixels)))
     target = model.get_input_embeddings()(words).sum(2)
@@ -134,7 +83,7 @@ def _training_data(processor, pool: int, seed: int):
 
     tok = processor.tokenizer
     rng = random.Random(seed)
-    pairs = _object_pairs(seed)
+    pairs = object_pairs(seed)
     images: dict = {}
     chunks, rows, objects, shown, lone = [], [], [], [], []
 
@@ -144,12 +93,12 @@ def _training_data(processor, pool: int, seed: int):
         shown.append(cells)
         lone.append(alone)
         if len(rows) == 256:
-            chunks.append(_encode(processor, rows, answers=True))
+            chunks.append(encode_rows(processor, rows, answers=True))
             rows.clear()
 
     for i in tqdm(range(pool), desc="rendering training canvases"):
         n = 1 + i % 9
-        by_cell, cell, absent, image = _canvas(rng, pairs, images, n, CELL_WEIGHTS)
+        by_cell, cell, absent, image = draw_canvas(rng, pairs, images, n, CELL_WEIGHTS)
         add((PROMPT.format(caption=by_cell[cell]), "Yes", image), n, by_cell)
         add((PROMPT.format(caption=absent), "No", image), n, by_cell)
         if n == 1:
@@ -157,9 +106,9 @@ def _training_data(processor, pool: int, seed: int):
     for pair in synthetic_pairs(max(1, pool // 6), seed + 2):
         add((WHOLE_IMAGE_QUESTION, pair.caption, pair.load_image()), 0, [pair.caption] * 9, alone=True)
     if rows:
-        chunks.append(_encode(processor, rows, answers=True))
-    ids = _left_pad([c[0] for c in chunks], tok.pad_token_id)
-    masks = _left_pad([c[1] for c in chunks], 0)
+        chunks.append(encode_rows(processor, rows, answers=True))
+    ids = left_pad([c[0] for c in chunks], tok.pad_token_id)
+    masks = left_pad([c[1] for c in chunks], 0)
     pixels = torch.cat([c[2].half() for c in chunks])
     pad = tok.pad_token_id
     words = torch.tensor([[tok.convert_tokens_to_ids(c.split()[-2:]) if c else [pad, pad] for c in cells]
@@ -188,7 +137,7 @@ def train(
     alternation keeps the model at chance: the injected mean shifts the visual tokens between steps)."""
     from tqdm.auto import tqdm
 
-    from ..patches.lifecycle import apply_agci
+    from ...patches.lifecycle import apply_agci
 
     torch.manual_seed(seed)
     processor = build_processor()
@@ -199,7 +148,7 @@ def train(
     assistant = (ids == tok.convert_tokens_to_ids("ASSISTANT")).int().argmax(1)
     positions = torch.arange(ids.shape[1]).expand_as(ids)
     labels = torch.where(positions > assistant[:, None] + 1, ids, -100)  # the answer after "ASSISTANT :"
-    held_out = _canvases(360, seed + 1, [1] * 9, "rendering held-out canvases")
+    held_out = draw_canvases(360, seed + 1, [1] * 9, "rendering held-out canvases")
     eval_rows, eval_cells = _probe_rows(held_out)
 
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -226,7 +175,7 @@ def train(
             loss = model(input_ids=ids[pick], attention_mask=masks[pick], pixel_values=batch_pixels,
                          labels=labels[pick]).loss  # fmt: skip
             if align_weight:
-                loss = loss + align_weight * _alignment_loss(model, batch_pixels, words[pick], present[pick],
+                loss = loss + align_weight * alignment_loss(model, batch_pixels, words[pick], present[pick],
                                                              lone[pick])  # fmt: skip
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -268,7 +217,7 @@ def _save(model, processor, out: Path, record: dict) -> None:
 
     import transformers
 
-    from ..patches.lifecycle import revert_agci
+    from ...patches.lifecycle import revert_agci
 
     snapshot = revert_agci(copy.deepcopy(model)).eval()
     out.mkdir(parents=True, exist_ok=True)

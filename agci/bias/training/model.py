@@ -4,7 +4,7 @@ A LLaVA (CLIP vision tower at 42 px, 14 px patches -> 9 visual tokens, one per c
 3 x 3 grid; a 3-layer Llama) with a word-level tokenizer and a LLaVA-1.5 style chat template, saved as a
 normal transformers checkpoint (``agci/bias/assets/tiny-probe-llava``) so that ``agci probe`` loads it
 through the same ``AutoProcessor`` / ``AutoAGCIModelForImageTextToText`` path as a real model.
-``agci.bias.tiny_training`` trains it.
+``agci.bias.training.embedded`` trains it.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from pathlib import Path
 
 import torch
 
-from ..configs.tiny import CLIP_MEAN, CLIP_STD
-from .probe_sets import PROMPT
-from .synthetic import TEXTURES, captions
+from ...configs.tiny import CLIP_MEAN, CLIP_STD
+from ..probe_sets import PROMPT
+from ..synthetic import TEXTURES, captions
 
-ASSET_DIR = Path(__file__).parent / "assets" / "tiny-probe-llava"
 IMAGE_SIZE = 42
 PATCH = 14
 WHOLE_IMAGE_QUESTION = "What is in the image?"  # the naming task's question, part of the vocabulary
