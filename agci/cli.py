@@ -30,8 +30,8 @@ def info_command(args) -> int:
     import torch
 
     from . import __version__
+    from .fingerprints import versions
     from .kernels import IMPL_ENV, resolve_impl, triton_available
-    from .runs import versions
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:

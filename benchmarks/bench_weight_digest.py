@@ -1,4 +1,4 @@
-"""What fingerprinting a checkpoint's weights by content costs (agci.runs.model_fingerprint): a 7B-sized
+"""What fingerprinting a checkpoint's weights by content costs (agci.fingerprints.model_fingerprint): a 7B-sized
 checkpoint (``--gb`` of random safetensors shards, default 15) is written to a scratch folder, its
 fingerprint taken cold (page cache dropped when run as root, digest cache empty), then again with the digest
 cache warm; the folder is deleted afterwards.
@@ -54,7 +54,7 @@ def main() -> None:
     scratch = Path(args.dir or tempfile.mkdtemp(prefix="agci-digest-bench-"))
     cache = scratch / "cache"
     os.environ["AGCI_CACHE_DIR"] = str(cache)
-    from agci.runs import model_fingerprint
+    from agci.fingerprints import model_fingerprint
 
     try:
         t = time.perf_counter()

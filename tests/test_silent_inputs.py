@@ -23,7 +23,8 @@ from agci.bias.probe_sets import POSITIONS, SetOptions, build, normalise_record,
 from agci.bias.runner import ProbeConfig, run_probe
 from agci.bias.shipped import ASSET_DIR
 from agci.cli import main
-from agci.runs import RECORD, RunFolder, RunRefused, content_digests, model_fingerprint
+from agci.fingerprints import content_digests, model_fingerprint
+from agci.runs import RECORD, RunFolder, RunRefused
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +86,11 @@ def test_weights_rewritten_at_the_same_size_are_noticed_and_the_digest_is_cached
     with pytest.raises(RunRefused, match=r"model_weights: .* then, .* now"):
         _probe(tmp_path / "out", probe_set, model=str(ckpt))
     # the digest is read from the cache while the file's size and times are unchanged
-    import agci.runs
+    import agci.fingerprints
 
     reads = []
-    real = agci.runs._content_digest
-    monkeypatch.setattr(agci.runs, "_content_digest", lambda p: reads.append(p) or real(p))
+    real = agci.fingerprints._content_digest
+    monkeypatch.setattr(agci.fingerprints, "_content_digest", lambda p: reads.append(p) or real(p))
     first = model_fingerprint(ckpt)
     assert model_fingerprint(ckpt) == first and reads == []
     (ckpt / "model.safetensors").touch()  # a new mtime: read again, same bytes, same fingerprint

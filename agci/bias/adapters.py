@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..configs import LAMBDA_KEY, validate_lambda
-from ..runs import file_digest
+from ..fingerprints import file_digest
 from .shipped import ADAPTER_RECORD
 
 BASE = "base"

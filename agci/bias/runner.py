@@ -15,25 +15,18 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..arguments import check_device, check_dtype
 from ..configs import format_lambda, read_lambda, using_lambda
+from ..fingerprints import content_digests, file_digest, model_fingerprint, versions
 from ..images import read_image
-from ..runs import (
-    RunFolder,
-    content_digests,
-    drop_partial_line,
-    file_digest,
-    model_fingerprint,
-    versions,
-    write_json,
-)
+from ..runs import RunFolder, drop_partial_line, write_json
 from .adapters import AdapterSwitch, check_bases, fingerprint, probed_models
 from .probe_sets import MANIFEST, PROMPT, SetOptions, build, read_records
+from .processes import Processes
 from .shipped import embedded_model, shipped_adapters
 from .summary import lambda_dir, read_rows, summarise
 
@@ -88,45 +81,6 @@ class ProbeConfig:
             self.device = check_device(self.device, "device")
 
 
-class _Processes:
-    """This process's rank and share under ``accelerate launch`` / ``torchrun`` (or a single process).
-
-    Both launchers set RANK, WORLD_SIZE and LOCAL_RANK; the process group is created here (NCCL on GPUs,
-    Gloo on CPUs) only to wait for every rank before the summary."""
-
-    def __init__(self, device: str | None):
-        import torch
-
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.device = device
-        if self.world > 1:
-            import torch.distributed as dist
-
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            if torch.cuda.is_available():
-                self.device = device or f"cuda:{local}"
-                torch.cuda.set_device(torch.device(self.device))
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def share(self, items: list) -> list:
-        return items[self.rank :: self.world]
-
-    def wait(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def suffix(self) -> str:
-        return "" if self.world == 1 else f".rank{self.rank}-of-{self.world}"
-
-
 def _image_path(record: dict, root: Path) -> Path:
     path = Path(record["image"])
     return path if path.is_absolute() else root / path
@@ -139,7 +93,7 @@ def _load_image(record: dict, root: Path):
     return read_image(path)
 
 
-def _prepare_data(cfg: ProbeConfig, out: Path, procs: _Processes) -> tuple[Path, dict | None]:
+def _prepare_data(cfg: ProbeConfig, out: Path, procs: Processes) -> tuple[Path, dict | None]:
     """The probe-set folder to read (built from ``cfg.source`` when no data is given)."""
     if cfg.data:
         data = Path(cfg.data)
@@ -252,7 +206,7 @@ def _occlusion_rows(vlm, record: dict, root: Path, cfg: ProbeConfig, slots: list
 
 
 def _score_task(vlm, task: str, records: list[dict], slots: list, switch, out: Path, root: Path,
-                cfg: ProbeConfig, procs: _Processes) -> None:  # fmt: skip
+                cfg: ProbeConfig, procs: Processes) -> None:  # fmt: skip
     """Write every (model, lambda) slot's missing rows of ``task``: batches are read and encoded once, then
     scored in each slot that still lacks one of their samples."""
     from tqdm.auto import tqdm
@@ -332,7 +286,7 @@ def _fingerprint(cfg: ProbeConfig, model_path: str, models: list) -> dict:
 
 def _images_digest(cfg: ProbeConfig, data: Path) -> str:
     """A digest of the bytes of every image the records name (a row depends on its image as much as on its
-    record): the contents are cached against each file's size and times (:func:`agci.runs.content_digests`),
+    record): the contents are cached against each file's size and times (:func:`agci.fingerprints.content_digests`),
     so an unchanged set is not read again, and an image overwritten after a run is noticed."""
     root = Path(cfg.image_root) if cfg.image_root else (data if data.is_dir() else data.parent)
     records = [r for task in ("position", "similarity") if (found := _records(data, task, warn=False)) for r in found]
@@ -363,7 +317,7 @@ def run_probe(cfg: ProbeConfig) -> dict | None:
     from ..vlm import load_config
     from .scoring import load_probe_vlm
 
-    procs = _Processes(cfg.device)
+    procs = Processes(cfg.device)
     model_path = cfg.model or str(embedded_model())
     config = load_config(model_path)
     adapters = cfg.adapters

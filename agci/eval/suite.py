@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..configs import LAMBDA_KEY, format_lambda, validate_lambda
-from ..runs import RunFolder, model_fingerprint, save_figure, versions, write_json, write_text
+from ..fingerprints import model_fingerprint, versions
+from ..runs import RunFolder, save_figure, write_json, write_text
 from . import TASKS_DIR
 from .plugin import MODEL_NAMES
 

@@ -16,19 +16,10 @@ from pathlib import Path
 
 import torch
 
+from ..fingerprints import data_digest, file_digest, model_fingerprint, versions
 from ..images import read_image
 from ..inputs import read_jsonl
-from ..runs import (
-    RECORD,
-    RunFolder,
-    data_digest,
-    drop_partial_line,
-    file_digest,
-    model_fingerprint,
-    versions,
-    write_json,
-    write_text,
-)
+from ..runs import RECORD, RunFolder, drop_partial_line, write_json, write_text
 from .data import RefExample, build_rcm, load_refcocog, write_rcm
 from .features import FeatureCache, adapter_type, extract, load_adapter, torch_dtype
 from .probes import TASKS, TrainConfig, train_probe

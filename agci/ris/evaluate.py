@@ -8,17 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fingerprints import file_digest, model_fingerprint, versions
 from ..images import read_image
-from ..runs import (
-    RunFolder,
-    drop_partial_line,
-    file_digest,
-    model_fingerprint,
-    save_figure,
-    versions,
-    write_json,
-    write_text,
-)
+from ..runs import RunFolder, drop_partial_line, save_figure, write_json, write_text
 from .encoders import Encoder
 from .pipeline import choose, load_proposer, proposals_fingerprint
 from .spatial import summarise, upsample

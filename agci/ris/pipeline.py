@@ -143,8 +143,8 @@ def parse_proposals(spec: str) -> tuple[str, str]:
 
 def proposals_fingerprint(spec: str) -> dict:
     """What identifies the proposals: the resolved folder of ``disk:`` masks (which must exist; their files
-    are not hashed), or the checkpoint of a proposer (as :func:`agci.runs.model_fingerprint`)."""
-    from ..runs import model_fingerprint
+    are not hashed), or the checkpoint of a proposer (as :func:`agci.fingerprints.model_fingerprint`)."""
+    from ..fingerprints import model_fingerprint
 
     kind, arg = parse_proposals(spec)
     if kind == "disk":
