@@ -77,3 +77,19 @@ def _argparse_type(check, option: str):
 
 dtype_arg = _argparse_type(check_dtype, "--dtype")
 device_arg = _argparse_type(check_device, "--device")
+
+
+# the options several commands share, defined once (each command keeps its own wording where it needs one)
+FORCE_HELP = "delete --out's results of a run with other inputs and start over"
+
+
+def add_force(parser, help: str = FORCE_HELP) -> None:
+    parser.add_argument("--force", action="store_true", help=help)
+
+
+def add_seed(parser) -> None:
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def add_device(parser, default: str | None = None, help: str | None = None) -> None:
+    parser.add_argument("--device", default=default, type=device_arg, help=help)

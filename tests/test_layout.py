@@ -115,3 +115,10 @@ def test_nothing_of_the_runtime_imports_the_training_floor():
     floor = "agci.bias.training"
     users = {m for m, ts in MODULES.items() if not m.startswith(floor) and any(t.startswith(floor) for t in ts)}
     assert not users, sorted(users)
+
+
+def test_the_commands_sit_on_top():
+    """agci.commands (one module per top-level command) is imported by the entry point alone."""
+    users = {m for m, ts in MODULES.items() if not m.startswith("agci.commands") and any(
+        t.startswith("agci.commands") for t in ts)}  # fmt: skip
+    assert users == {"agci.cli"}, sorted(users)

@@ -1,11 +1,11 @@
-"""``agci probe`` and ``agci probe-set``: their arguments, handlers and the summary they print."""
+"""``agci probe``: its arguments, handler and the summary it prints."""
 
 from __future__ import annotations
 
-from ..arguments import device_arg, dtype_arg, lambdas, refuse
+from ..arguments import add_device, add_force, add_seed, dtype_arg, lambdas, refuse
 
 
-def add_parser(subparsers) -> None:
+def register(subparsers) -> None:
     probe = subparsers.add_parser(
         "probe",
         help="position / similarity / occlusion probes of spatial bias, for a sweep of lambdas (the main job)",
@@ -27,8 +27,7 @@ def add_parser(subparsers) -> None:
     probe.add_argument("--image-root", help="folder that record image paths are relative to (default: the data's)")
     probe.add_argument("--out", default="agci-probe",
                        help="output folder; a rerun with the same model, data and options resumes")  # fmt: skip
-    probe.add_argument("--force", action="store_true",
-                       help="delete --out's results of a run with other inputs and start over")  # fmt: skip
+    add_force(probe)
     probe.add_argument(
         "--lambda", dest="lambdas", type=lambdas, default=None,
         help="comma-separated lambdas, e.g. 0,0.25,0.5,1 (default: 0 and the checkpoint's value, or 0.5)",
@@ -45,34 +44,14 @@ def add_parser(subparsers) -> None:
     probe.add_argument("--pooling", default="max", choices=["max", "mean"], help="similarity pooling over tokens")
     probe.add_argument("--limit", type=int, help="score only the first N records of each task")
     probe.add_argument("--dtype", default="auto", type=dtype_arg, help="auto, float32, bfloat16, float16")
-    probe.add_argument("--device", type=device_arg,
-                       help="cpu, cuda, cuda:1 ... (default: the model's; accelerate's when launched)")  # fmt: skip
+    add_device(probe, help="cpu, cuda, cuda:1 ... (default: the model's; accelerate's when launched)")
     probe.add_argument("--attn", help="attn_implementation, e.g. sdpa, eager, flash_attention_2")
-    probe.add_argument("--seed", type=int, default=0)
+    add_seed(probe)
     probe.set_defaults(func=run_probe_command)
-    pset = subparsers.add_parser(
-        "probe-set", help="build a position + similarity probe set (with a manifest) from pairs"
-    )
-    pset.add_argument("out", help="output folder")
-    pset.add_argument(
-        "--source",
-        default="synthetic:60",
-        help="synthetic[:N], synthetic-textured[:N], a folder, a .jsonl/.csv of image+caption, hf:NAME[:SPLIT]",
-    )
-    pset.add_argument("--seed", type=int, default=0)
-    pset.add_argument("--canvas", type=int, default=840)
-    pset.add_argument("--negatives-per-pair", type=int, default=3)
-    pset.add_argument("--no-similarity", action="store_true")
-    pset.add_argument("--max-pairs", type=int)
-    pset.add_argument("--image-column", default="image")
-    pset.add_argument("--caption-column", default="caption")
-    pset.add_argument("--force", action="store_true", help="delete a set built with other options and build again")
-    pset.add_argument("--from-manifest", help="rebuild exactly the set that this manifest.json describes")
-    pset.set_defaults(func=probe_set_command)
 
 
 def run_probe_command(args) -> int:
-    from .runner import ProbeConfig, run_probe
+    from ..bias.runner import ProbeConfig, run_probe
 
     try:
         cfg = ProbeConfig(
@@ -143,26 +122,3 @@ def _figures(tasks: dict) -> list[str]:
     if occ.get("bias", {}).get("spread") is not None:
         parts.append(f"occlusion target-share spread {occ['bias']['spread']:.3f}")
     return parts
-
-
-def probe_set_command(args) -> int:
-    from .probe_sets import SetOptions, build, rebuild
-
-    try:
-        if args.from_manifest:
-            manifest = rebuild(args.from_manifest, args.out, force=args.force)
-        else:
-            options = SetOptions(
-                source=args.source, seed=args.seed, canvas=args.canvas, negatives_per_pair=args.negatives_per_pair,
-                similarity=not args.no_similarity, max_pairs=args.max_pairs, image_column=args.image_column,
-                caption_column=args.caption_column,
-            )  # fmt: skip
-            manifest = build(args.out, options, force=args.force)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
-        return refuse("probe-set", exc)
-    print(
-        f"{args.out}: {manifest['questions']} position questions "
-        f"({manifest['positives']} Yes, {manifest['negatives']} No), "
-        f"{manifest['similarity_samples']} similarity samples, {len(manifest['skipped'])} pairs skipped"
-    )
-    return 0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..arguments import device_arg, refuse
+from ..arguments import add_device, add_force, refuse
 
 
-def add_parser(subparsers) -> None:
+def register(subparsers) -> None:
     ris = subparsers.add_parser("ris", help="mid-layer zero-shot referring segmentation with CLIP / SigLIP / SigLIP2")
     ris_sub = ris.add_subparsers(dest="action", required=True)
     evaluate = ris_sub.add_parser("evaluate", help="mIoU, oIoU and Prec@X on RefCOCO/+/g (REFER files), resumable")
@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
                          help="full; global: global score only; pmap: map regions only")  # fmt: skip
         cmd.add_argument("--layer", type=int, help="1-based layer of the map (default: two thirds up, 8 of 12)")
         cmd.add_argument("--normalise", default="channel", choices=["channel", "patch"])
-        cmd.add_argument("--device", default="cpu", type=device_arg)
+        add_device(cmd, "cpu")
     evaluate.add_argument(
         "--refer", required=True, help="REFER root: <root>/<dataset>/refs(<split_by>).p, instances.json"
     )
@@ -36,8 +36,7 @@ def add_parser(subparsers) -> None:
     evaluate.add_argument("--language", help="a column of --translations to ground with, or centroid (all of them)")
     evaluate.add_argument("--out", required=True,
                           help="results folder (splits may share it); the same inputs resume")  # fmt: skip
-    evaluate.add_argument("--force", action="store_true",
-                          help="delete --out's results of a run with other inputs and start over")  # fmt: skip
+    add_force(evaluate)
     show.add_argument("--image", required=True)
     show.add_argument("--text", required=True)
     show.add_argument("--out", required=True, help="PNG path")
@@ -45,7 +44,7 @@ def add_parser(subparsers) -> None:
 
 
 def ris_command(args) -> int:
-    from . import evaluate as ris
+    from ..ris import evaluate as ris
 
     try:
         if args.action == "evaluate":

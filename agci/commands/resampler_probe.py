@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..arguments import device_arg, refuse
+from ..arguments import add_device, add_force, add_seed, refuse
 
 TASKS = ["refcocog", "rcm", "vsr"]
 PROBES = ["linear", "mlp2", "mlp4"]
@@ -24,7 +24,7 @@ def layers(text: str) -> list[int] | None:
         ) from exc
 
 
-def add_parser(subparsers) -> None:
+def register(subparsers) -> None:
     rp = subparsers.add_parser(
         "resampler-probe", help="diagnostic probes of Q-Former resamplers (BLIP-2, InstructBLIP)"
     )
@@ -33,7 +33,7 @@ def add_parser(subparsers) -> None:
     b.add_argument("--refs", required=True, help="refs(umd).p of RefCOCOg")
     b.add_argument("--instances", required=True, help="COCO instances.json of the refs")
     b.add_argument("--out", required=True)
-    b.add_argument("--seed", type=int, default=0)
+    add_seed(b)
     e = rp_sub.add_parser("extract", help="query outputs of every layer, cached once (resumable)")
     e.add_argument("--model", required=True, help="BLIP-2 stage-1 (e.g. Salesforce/blip2-itm-vit-g) or InstructBLIP")
     e.add_argument("--task", required=True, choices=TASKS)
@@ -41,10 +41,9 @@ def add_parser(subparsers) -> None:
     e.add_argument("--instances", help="refcocog: COCO instances.json")
     e.add_argument("--images", required=True, help="folder the items' image paths are relative to")
     e.add_argument("--out", required=True, help="cache folder; a rerun with the same inputs resumes")
-    e.add_argument("--force", action="store_true",
-                   help="delete --out's results of a run with other inputs and start over")  # fmt: skip
+    add_force(e)
     e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--device", default="cpu", type=device_arg)
+    add_device(e, "cpu")
     e.add_argument("--dtype", default="float32")
     e.add_argument("--no-text", action="store_true", help="queries only, without the text in the Q-Former")
     t = rp_sub.add_parser("train", help="a frozen probe per layer on cached features")
@@ -57,26 +56,24 @@ def add_parser(subparsers) -> None:
     t.add_argument("--patience", type=int, help="early stopping (the study uses 10 for RCM)")
     t.add_argument("--giou-weight", type=float, default=1.0)
     t.add_argument("--l1-weight", type=float, default=1.0)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu", type=device_arg)
+    add_seed(t)
+    add_device(t, "cpu")
     t.add_argument("--joint", action="store_true", help="fine-tune the resampler with the probe (needs --images)")
     t.add_argument("--images", help="the images folder, for --joint")
     t.add_argument("--out", required=True,
                    help="results folder (results.jsonl, per_layer.png); the same inputs resume")  # fmt: skip
-    t.add_argument("--force", action="store_true",
-                   help="delete --out's results of a run with other inputs and start over")  # fmt: skip
+    add_force(t)
     s = rp_sub.add_parser("search", help="Bayesian hyper-parameter search (optuna) for one layer")
     s.add_argument("--cache", required=True)
     s.add_argument("--task", required=True, choices=TASKS)
     s.add_argument("--layer", type=int, required=True, help="1-based")
     s.add_argument("--probe", default="linear", choices=PROBES)
     s.add_argument("--trials", type=int, default=10)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu", type=device_arg)
+    add_seed(s)
+    add_device(s, "cpu")
     s.add_argument("--out", required=True,
                    help="results folder (study.db, trials.jsonl, search.json); the same inputs resume")  # fmt: skip
-    s.add_argument("--force", action="store_true",
-                   help="delete --out's results of a run with other inputs and start over")  # fmt: skip
+    add_force(s)
     r = rp_sub.add_parser("report", help="per-layer curve, and the best layer's accuracy per group (Kendall tau)")
     r.add_argument("run", help="the --out folder of train")
     r.add_argument("--cache", required=True, help="the feature cache the run trained on")
@@ -107,7 +104,7 @@ def _existing_files(*options: tuple[str, str, str]) -> None:
 
 
 def _build_rcm(args) -> None:
-    from .runner import build_rcm_set
+    from ..resampler_probes.runner import build_rcm_set
 
     _existing_files(("--refs", args.refs, REFS), ("--instances", args.instances, INSTANCES))
     manifest = build_rcm_set(Path(args.refs), Path(args.instances), Path(args.out), args.seed)
@@ -116,7 +113,7 @@ def _build_rcm(args) -> None:
 
 
 def _extract(args) -> None:
-    from . import runner
+    from ..resampler_probes import runner
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: give the number of items encoded at once, at least 1")
@@ -136,7 +133,7 @@ def _extract(args) -> None:
 
 
 def _train(args) -> None:
-    from .runner import run_train
+    from ..resampler_probes.runner import run_train
 
     if args.joint and not args.images:
         raise ValueError("--joint fine-tunes the resampler on the images: give --images (the images folder)")
@@ -150,7 +147,7 @@ def _train(args) -> None:
 
 
 def _search(args) -> None:
-    from .runner import run_search
+    from ..resampler_probes.runner import run_search
 
     s = run_search(Path(args.cache), args.task, args.layer - 1, args.probe, Path(args.out),
                    trials=args.trials, seed=args.seed, device=args.device, force=args.force)  # fmt: skip
@@ -158,7 +155,7 @@ def _search(args) -> None:
 
 
 def _report(args) -> None:
-    from .report import best_layer, per_layer
+    from ..resampler_probes.report import best_layer, per_layer
 
     run = Path(args.run)
     print(per_layer(run / "results.jsonl", run))

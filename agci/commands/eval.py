@@ -6,10 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..arguments import device_arg, lambdas, refuse
+from ..arguments import add_device, add_force, lambdas, refuse
 
 
-def add_parser(subparsers) -> None:
+def register(subparsers) -> None:
     ev = subparsers.add_parser(
         "eval",
         help="the paper's benchmark suite through lmms-eval at lambda 0 and the given lambdas, with a comparison",
@@ -21,13 +21,12 @@ def add_parser(subparsers) -> None:
     ev.add_argument("--tasks", default="agci_paper", help="agci_paper (the suite), agci_crpe, or task names")
     ev.add_argument("--data", help="folder with local copies of the benchmarks (layout in README); default: the hub")
     ev.add_argument("--out", default="agci-eval", help="output folder; rerunning into it skips finished lambdas")
-    ev.add_argument("--force", action="store_true",
-                    help="delete --out's results of a run with other inputs and start over")  # fmt: skip
+    add_force(ev)
     ev.add_argument("--lmms-model", help="agci_qwen2_5_vl, agci_llava, ... (default: from config.json)")
     ev.add_argument("--batch-size", type=int, default=1)
     ev.add_argument("--limit", type=int, help="first N documents per task (for trying it out)")
     ev.add_argument("--model-args", default="", help="more lmms-eval model_args, e.g. dtype=bfloat16,max_pixels=...")
-    ev.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:1 ...")
+    add_device(ev, help="cpu, cuda, cuda:1 ...")
     ev.set_defaults(func=eval_command)
 
 
@@ -40,7 +39,7 @@ def eval_command(args) -> int:
     if importlib.util.find_spec("lmms_eval") is None:
         return refuse("eval", f"lmms-eval is not installed; {EXTRA_HINT}")
     try:
-        from . import suite
+        from ..eval import suite
     except ImportError as exc:
         return refuse("eval", f"{exc}; {EXTRA_HINT}")
     try:
