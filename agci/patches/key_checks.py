@@ -15,6 +15,7 @@ from .. import configs
 from ..configs import LAMBDA_KEY, misplaced_lambda, validate_lambda
 from ..registry import FAMILIES, SUPPORTED_MODEL_TYPES
 from .handles import _HANDLES, PatchHandle, _is_wrapped
+from .hooks import hooked_method
 
 _WARNED: dict[int, set[str]] = {}  # id of a config or model -> the warnings given about it
 
@@ -110,12 +111,10 @@ def watch_lambda_key() -> PatchHandle:
 def is_patched(model) -> bool:
     """Whether AGCI acts on ``model``: a supported VLM inside it whose hooked method is wrapped (by class or on
     the instance)."""
-    for family in FAMILIES.values():
-        module = sys.modules.get(family.module)  # a model of the family has its module imported
-        cls = getattr(module, family.hook_class or family.inner_class, None)
-        name = "forward" if family.hook_class else "get_image_features"
-        if cls is None:
+    for model_type, family in FAMILIES.items():
+        if family.module not in sys.modules:  # a model of the family has its module imported
             continue
+        cls, name = hooked_method(model_type)
         for target in model.modules():
             if isinstance(target, cls) and (_is_wrapped(type(target), name) or name in target.__dict__):
                 return True
