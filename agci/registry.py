@@ -39,6 +39,22 @@ class Broken:
 
 
 @dataclass(frozen=True)
+class OnVllm:
+    """How vLLM serves the family, as far as AGCI needs to know (agci.vllm reads it): the architecture name
+    checkpoints declare and vLLM registers, and the method of vLLM's class that returns the image items' embeddings
+    (one ``[T_i, D]`` tensor per image, or ``[n, T, D]``), which agci wraps."""
+
+    architecture: str
+    images_method: str = "_process_image_input"
+    videos_method: str | None = None  # the same for video items, where agci applies AGCI to videos too
+
+
+# vLLM releases whose model classes agci has been tested against; another one is refused (when lambda is set)
+VLLM_TESTED = ("0.32.0",)
+NOT_ON_VLLM_YET = "not yet tested on vLLM: agci refuses the key there"
+
+
+@dataclass(frozen=True)
 class Family:
     model_type: str
     name: str  # as people call it
@@ -68,6 +84,8 @@ class Family:
     # tests read this, so a family is listed here exactly when its tests ran there
     tested: tuple[str, ...] = ("newest",)
     broken: Broken | None = None  # releases where transformers' own model of the family fails
+    # how vLLM serves it (agci.vllm), or why agci does not serve it there
+    vllm: OnVllm | str = NOT_ON_VLLM_YET
 
     def __post_init__(self):
         if self.reference_mean not in ("batch", "image"):
@@ -112,7 +130,7 @@ OLD = (*OLDER_RELEASES, "newest")
 NEW = ("5.6.0", "newest")  # families whose tiny configs use 5.x's rope_parameters, or that 4.57 lacks
 _FAMILIES = (
     Family("llava", "LLaVA-1.5", "LlavaModel", "LlavaForConditionalGeneration", since="4.57",
-           llamafactory_templates=("llava",), tested=OLD,
+           llamafactory_templates=("llava",), tested=OLD, vllm=OnVllm("LlavaForConditionalGeneration"),
            reference_note="no reference code (the paper used the original LLaVA code): the paper's per-image "
            "formula (the same as scope image)"),
     Family("llava_next", "LLaVA-NeXT", "LlavaNextModel", "LlavaNextForConditionalGeneration", since="4.57",
@@ -123,7 +141,8 @@ _FAMILIES = (
            "which transformers adds after get_image_features (the one known deviation)"),
     Family("qwen2_5_vl", "Qwen2.5-VL", "Qwen2_5_VLModel", "Qwen2_5_VLForConditionalGeneration", since="4.57",
            videos=True, llamafactory_templates=("qwen2_vl",), reference_mean="batch", reference_note=BATCH_NOTE,
-           image_inputs=GRID, tested=OLD),
+           image_inputs=GRID, tested=OLD,
+           vllm=OnVllm("Qwen2_5_VLForConditionalGeneration", videos_method="_process_video_input")),
     Family("qwen3_vl", "Qwen3-VL", "Qwen3VLModel", "Qwen3VLForConditionalGeneration", since="4.57", videos=True,
            image_inputs=GRID, llamafactory_templates=("qwen3_vl_nothink", "qwen3_vl"), reference_mean="batch",
            reference_note=BATCH_NOTE, tested=OLD),
@@ -165,7 +184,8 @@ _FAMILIES = (
     Family("smolvlm", "SmolVLM", "SmolVLMModel", "SmolVLMForConditionalGeneration", since="4.57", image_inputs=MASKED,
            grouping="global_view", tested=OLD),
     Family("aya_vision", "Aya Vision", "AyaVisionModel", "AyaVisionForConditionalGeneration", since="4.57",
-           grouping="global_view", tested=OLD),
+           grouping="global_view", tested=OLD,
+           vllm="vLLM removed AyaVisionForConditionalGeneration in 0.24"),
     Family("llava_next_video", "LLaVA-NeXT-Video", "LlavaNextVideoModel", "LlavaNextVideoForConditionalGeneration",
            since="4.57", image_inputs=SIZES, videos=True,
            llamafactory_templates=("llava_next_video", "llava_next_video_mistral", "llava_next_video_yi"),

@@ -133,12 +133,13 @@ def processed_families_here() -> list[str]:
     return here if version_label() == "newest" else [t for t in here if t in FIRST_SIX]
 
 
-def save_tiny(model_type: str, out: Path, lam: float | None = None, seed: int = 0) -> Path:
-    """A tiny random ``model_type`` checkpoint (tiny_configs.json) with its processor, saved to ``out``."""
+def save_tiny(model_type: str, out: Path, lam: float | None = None, seed: int = 0, config: dict | None = None) -> Path:
+    """A tiny random ``model_type`` checkpoint (tiny_configs.json, or ``config``) with its processor, saved to
+    ``out``."""
     import torch
     import transformers as tf
 
-    d = CONFIGS[model_type]
+    d = CONFIGS[model_type] if config is None else config
     torch.manual_seed(seed)
     if model_type in ("llava", "llava_next"):
         tok = _tokenizer({"<image>": 100}, d["text_config"]["vocab_size"])

@@ -1,0 +1,100 @@
+"""agci's model classes for vLLM: for each family the registry marks as served on vLLM, a subclass of vLLM's own
+class whose image (and, when asked, video) embedding method applies AGCI to each item it returns.
+
+vLLM batches items of several requests into one encoder call and caches each item's embeddings; the op runs per
+item, so a request's result does not depend on what it was batched or cached with. The classes are built on first
+use (``AgciLlavaForConditionalGeneration`` and so on, by name, for vLLM's lazy model registry).
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+
+from ..configs import read_videos
+from ..grouping import inject
+from ..registry import FAMILIES, Family, OnVllm
+from . import checks
+
+PREFIX = "Agci"
+# items AGCI was applied to in this process, by modality (a process serves one model)
+ITEMS = collections.Counter()
+_CLASSES: dict[str, type] = {}
+
+
+def _family_of(class_name: str) -> Family:
+    for family in FAMILIES.values():
+        if isinstance(family.vllm, OnVllm) and class_name == PREFIX + family.vllm.architecture:
+            return family
+    raise AttributeError(class_name)
+
+
+def _vllm_class(architecture: str) -> type:
+    """vLLM's own class for ``architecture`` (from its built-in table, not the registry that agci overrides)."""
+    from vllm.model_executor.models import registry
+
+    module, name = registry._VLLM_MODELS[architecture]
+    return getattr(importlib.import_module(registry._resolve_module_name(module)), name)
+
+
+def _count(out) -> int:
+    return out.shape[0] if hasattr(out, "shape") else len(out)
+
+
+def _wrapped(base: type, method_name: str, modality: str):
+    original = getattr(base, method_name)
+
+    def method(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.agci_lambda == 0 or (modality == "video" and not self.agci_videos) or _count(out) == 0:
+            return out
+        ITEMS[modality] += _count(out)
+        return inject(out, self.agci_lambda)
+
+    method.__name__ = method_name
+    method.__doc__ = f"vLLM's {method_name}, then AGCI on each {modality} item (one context per item)."
+    return method
+
+
+def agci_class(family: Family) -> type:
+    """The subclass of vLLM's class for ``family`` (built once per process)."""
+    name = PREFIX + family.vllm.architecture
+    if name in _CLASSES:
+        return _CLASSES[name]
+    base = _vllm_class(family.vllm.architecture)
+
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        base.__init__(self, vllm_config=vllm_config, prefix=prefix)
+        model_config = vllm_config.model_config
+        found = checks.settings(model_config.hf_config, model_config.architectures, checks.vllm_version())
+        self.agci_lambda = found[1] if found else 0.0
+        self.agci_videos = bool(found) and read_videos(model_config.hf_config)
+
+    body = {"__init__": __init__, "__module__": __name__, "__qualname__": name,
+            family.vllm.images_method: _wrapped(base, family.vllm.images_method, "image")}  # fmt: skip
+    if family.vllm.videos_method:
+        body[family.vllm.videos_method] = _wrapped(base, family.vllm.videos_method, "video")
+    cls = _CLASSES[name] = type(name, (base,), body)
+    return cls
+
+
+def __getattr__(name: str) -> type:  # vLLM's lazy registry imports "agci.vllm.models:AgciX"
+    if not name.startswith(PREFIX):
+        raise AttributeError(name)
+    return agci_class(_family_of(name))
+
+
+def register_all() -> None:
+    """Register agci's class for each family served on vLLM, under the architecture name its checkpoints declare
+    (lazily: nothing of vLLM's models is imported here)."""
+    from vllm import ModelRegistry
+
+    for family in FAMILIES.values():
+        if isinstance(family.vllm, OnVllm):
+            ModelRegistry.register_model(family.vllm.architecture, f"{__name__}:{PREFIX}{family.vllm.architecture}")
+
+
+def items_injected(model=None) -> dict[str, int]:
+    """The image and video items AGCI was applied to in this process so far (``LLM.apply_model(items_injected)``
+    asks each worker)."""
+    return dict(ITEMS)

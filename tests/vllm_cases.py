@@ -1,0 +1,88 @@
+"""Tiny checkpoints that vLLM's CPU build serves, and the prompts the vLLM tests send, per family.
+
+vLLM's CPU attention refuses heads smaller than 64, so the language models here have 2 query heads of 64 (hidden
+128) and one KV head; the tiny_configs.json vision towers are kept at one 64-wide head too. Checkpoints are written
+in the key layout hub checkpoints use, which vLLM's loaders expect (transformers 5.x saves some towers under other
+names and reads both).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tiny_checkpoints import save_tiny
+from vlm_cases import CONFIGS
+
+TEXT = {"hidden_size": 128, "intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "head_dim": 64, "max_position_embeddings": 1024}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class VllmCase:
+    model_type: str
+    image: str  # the prompt text of one image, as the family's processor expects it
+    vision: dict  # config changes of the vision tower
+    top: dict | None = None  # config changes at the top level
+    renames: tuple[tuple[str, str], ...] = ()  # safetensors key prefixes: as transformers saves -> as the hub has
+
+    def config(self) -> dict:
+        d = copy.deepcopy(CONFIGS[self.model_type])
+        d["text_config"].update(TEXT)
+        d["vision_config"].update(self.vision)
+        d.update(self.top or {})
+        return d
+
+    def prompt(self, n_images: int, words: str = "what is in the image ?") -> str:
+        return "USER: " + self.image * n_images + words + " ASSISTANT:" if self.model_type == "llava" else (
+            "<|im_start|>user\n" + self.image * n_images + words + "<|im_end|>\n<|im_start|>assistant\n"
+        )
+
+
+CASES = {
+    c.model_type: c
+    for c in (
+        VllmCase("llava", "<image>\n", {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1},
+                 renames=(("vision_tower.", "vision_tower.vision_model."),)),
+        VllmCase("qwen2_5_vl", "<|vision_start|><|image_pad|><|vision_end|>",
+                 {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "out_hidden_size": 128},
+                 top={}),
+    )
+}  # fmt: skip
+
+
+def _rename_keys(path: Path, renames) -> None:
+    if not renames:
+        return
+    from safetensors.torch import load_file, save_file
+
+    for file in path.glob("*.safetensors"):
+        tensors = load_file(file)
+        renamed = {}
+        for key, value in tensors.items():
+            for old, new in renames:
+                if key.startswith(old):
+                    key = new + key[len(old) :]
+                    break
+            renamed[key] = value
+        save_file(renamed, file, metadata={"format": "pt"})
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        raise NotImplementedError("tiny checkpoints are one file")
+
+
+def save_for_vllm(model_type: str, out: Path, lam: float | None = None, seed: int = 0) -> Path:
+    """A tiny ``model_type`` checkpoint with its processor that vLLM's CPU build loads, lambda in config.json."""
+    case = CASES[model_type]
+    config = case.config()
+    if model_type == "qwen2_5_vl":
+        config["text_config"]["rope_scaling"] = {"type": "mrope", "mrope_section": [8, 12, 12]}
+    save_tiny(model_type, out, lam=lam, seed=seed, config=config)
+    _rename_keys(Path(out), case.renames)
+    return Path(out)
+
+
+def read_config(path: Path) -> dict:
+    return json.loads((Path(path) / "config.json").read_text())
