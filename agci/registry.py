@@ -202,7 +202,7 @@ FAMILIES = {f.model_type: f for f in _FAMILIES}
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
 TABLE_COLUMNS = ("model type", "family", "hook", "images from", "transformers", "lmms-eval", "LLaMA-Factory",
-                 "tested on")  # fmt: skip
+                 "tested on", "vLLM")  # fmt: skip
 
 
 def _versions(f: Family) -> str:
@@ -215,11 +215,15 @@ def _tested(f: Family) -> str:
     return ", ".join(v + skipped if v == "newest" else v for v in f.tested)
 
 
+def _on_vllm(f: Family) -> str:
+    return f"yes ({', '.join(VLLM_TESTED)})" if isinstance(f.vllm, OnVllm) else f.vllm
+
+
 def table_rows() -> list[tuple[str, ...]]:
     """One row per family, as ``agci families`` and README's support table show it."""
     return [
         (f.model_type, f.name, f.hook, f.grouping, _versions(f), f.lmms_eval_name,
-         ", ".join(f.llamafactory_templates) or "none in 0.9.5", _tested(f))
+         ", ".join(f.llamafactory_templates) or "none in 0.9.5", _tested(f), _on_vllm(f))
         for f in FAMILIES.values()
     ]  # fmt: skip
 

