@@ -136,13 +136,18 @@ def greedy_first(llm, requests: list[dict]) -> list[dict[int, float]]:
 @contextlib.contextmanager
 def engine(path: Path, plugins: bool = True, env: dict | None = None, **kwargs):
     """A vLLM engine on ``path``; ``plugins=False`` starts it with no plugin (stock vLLM, agci installed or not).
-    The engine is shut down on exit, so that the next one gets the memory."""
+    With the plugin and one rank, the engine runs in this process: ``LLM.generate`` then hands all its requests to
+    the scheduler before the first step, so that their images meet in one encoder call (in a separate engine process
+    the first request may start alone). The engine is shut down on exit, so that the next one gets the memory."""
     import gc
     import os
 
-    from vllm import LLM
+    from vllm import LLM, envs
 
-    env = {**(env or {}), **({} if plugins else {"VLLM_PLUGINS": ""})}
+    envs.disable_envs_cache()  # an engine run in this process caches the variables; the next one must read them
+    in_process = plugins and kwargs.get("tensor_parallel_size", 1) == 1
+    env = {**(env or {}), **({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if in_process else {}),
+           **({} if plugins else {"VLLM_PLUGINS": ""})}  # fmt: skip
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # read by the engine's processes as they start
     try:
