@@ -162,40 +162,29 @@ def _wrap_video_features(original):
     return _marked(get_video_features, original)
 
 
-def _wrap_forward_keeping_ids(original, family: Family):
-    """Inner model forward: keep input_ids (or inputs_embeds to recover them from) where get_image_features can
-    find them (families whose grouping reads them)."""
+def _wrap_within(context: Callable):
+    """A wrapper factory ``wrap(original, family)``: the wrapped method runs inside ``context(self, grouping_ids)``,
+    its call's input_ids (or inputs_embeds to recover them from) handed to a hook that runs inside it."""
 
-    @functools.wraps(original)
-    def forward(self, *args, **kwargs):
-        with _stashed_input_ids(self, _grouping_ids_of(self, family, args, kwargs)):
-            return original(self, *args, **kwargs)
+    def wrap(original, family: Family):
+        @functools.wraps(original)
+        def method(self, *args, **kwargs):
+            with context(self, _grouping_ids_of(self, family, args, kwargs)):
+                return original(self, *args, **kwargs)
 
-    return _marked(forward, original)
+        return _marked(method, original)
 
-
-def _wrap_generate_keeping_ids(original, family: Family):
-    """Outer model generate: 5.x may compute image features before the first forward (InternVL)."""
-
-    @functools.wraps(original)
-    def generate(self, *args, **kwargs):
-        with _stashed_input_ids(inner_model(self)[0], _grouping_ids_of(self, family, args, kwargs)):
-            return original(self, *args, **kwargs)
-
-    return _marked(generate, original)
+    return wrap
 
 
-def _wrap_feeding_projector(original, family: Family):
-    """Forward (and generate) of a model hooked at its multi_modal_projector: the projector, called inside, finds
-    the model (its config) and the input_ids here. generate too: since transformers 5.25 it projects the images
-    before the first forward (get_image_features applies the projector there)."""
-
-    @functools.wraps(original)
-    def method(self, *args, **kwargs):
-        with _projecting(self, _grouping_ids_of(self, family, args, kwargs)):
-            return original(self, *args, **kwargs)
-
-    return _marked(method, original)
+# Inner model forward: keep input_ids where get_image_features can find them (families whose grouping reads them).
+_wrap_forward_keeping_ids = _wrap_within(_stashed_input_ids)
+# Outer model generate: 5.x may compute image features before the first forward (InternVL).
+_wrap_generate_keeping_ids = _wrap_within(lambda model, ids: _stashed_input_ids(inner_model(model)[0], ids))
+# Forward and generate of a model hooked at its multi_modal_projector: the projector, called inside, finds the model
+# (its config) and the input_ids there. generate too: since transformers 5.25 it projects the images before the
+# first forward (get_image_features applies the projector there).
+_wrap_feeding_projector = _wrap_within(_projecting)
 
 
 def _wrap_projector(original, family: Family):
