@@ -3,8 +3,8 @@
 No torch or transformers import here, and nothing engine-specific beyond class and attribute names: the CLI's
 table, the lmms-eval entry points, the LLaMA-Factory recipe checks, the probes and the transformers patches
 (``agci.patches``) all read these records; the grouping rules they name are in :mod:`agci.grouping`. Adding a
-family is one record here plus its tiny test config (``tests/fixtures/tiny_configs.json``) and its case in
-``tests/vlm_cases.py``.
+family is one record here plus its tiny test config (``tests/fixtures/tiny_configs.json``) and its row of test
+cases in ``tests/family_cases.py``.
 """
 
 from __future__ import annotations

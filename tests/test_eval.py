@@ -15,6 +15,7 @@ import pytest
 
 pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install 'agci[eval]')")
 
+from family_cases import CASES  # noqa: E402
 from tiny_checkpoints import processed_families_here  # noqa: E402
 
 from agci.eval import TASKS_DIR, scoring, suite  # noqa: E402
@@ -256,7 +257,7 @@ def test_batched_answers_equal_single_answers(model_type, tiny):
     images = [[Image.new("RGB", (48, 40), (200, 30, 30))], [Image.new("RGB", (70, 30), (30, 30, 200))], [],
               [Image.new("RGB", (40, 40), (30, 200, 30))]]  # fmt: skip
     prompts = ["Is there a dog in the image?", "What is in the image?", "Which colour?", "What colour is it?"]
-    if model_type == "paligemma":  # its processor refuses a prompt without an image
+    if CASES[model_type].prompt_needs_image:  # PaliGemma's processor refuses a prompt without an image
         del images[2], prompts[2]
     kwargs = {"max_new_tokens": 5, "until": ["\n"]}
     batched = model._generate(prompts, images, dict(kwargs))
@@ -415,12 +416,10 @@ def test_lmms_eval_command_runs_every_task_with_the_lambda(tmp_path, tiny_qwen):
 
 
 # The real lmms-eval command costs about half a minute per family on the 2-core CI machine, so it runs for the
-# first six families and one of each later kind (crops per sample, patch positions, MoE text model); every
-# family runs the same model class in process (test_batched_answers_equal_single_answers above).
-COMMAND_FAMILIES = ["qwen3_vl", "gemma3n", "internvl", "llava", "llava_next", "idefics3", "gemma4", "kimi_k25"]
-
-
-@pytest.mark.parametrize("model_type", [f for f in FAMILIES if f in COMMAND_FAMILIES])
+# first six families and one of each later kind (crops per sample, patch positions, MoE text model): the rows
+# with lmms_eval_command; every family runs the same model class in process
+# (test_batched_answers_equal_single_answers above).
+@pytest.mark.parametrize("model_type", [f for f in FAMILIES if CASES[f].lmms_eval_command])
 def test_lmms_eval_command_for_each_family(model_type, tmp_path, tiny):
     sys.path.insert(0, str(HERE))
     from eval_fixtures import write_benchmarks

@@ -148,7 +148,8 @@ def test_a_sample_without_images_adds_no_image():
 
 
 def test_every_family_has_a_tiny_checkpoint_with_its_processor_or_a_stated_reason():
-    from tiny_checkpoints import NO_TINY_PROCESSOR, SAVED_WITH_PROCESSOR
+    from family_cases import CASES
 
-    for model_type in FAMILIES:
-        assert (model_type in SAVED_WITH_PROCESSOR) != (model_type in NO_TINY_PROCESSOR), model_type
+    assert list(CASES) == list(FAMILIES), "one row per registry family in tests/family_cases.py, in its order"
+    for model_type, row in CASES.items():
+        assert (row.processor is None) == bool(row.no_processor), model_type

@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 from conftest import per_image_formula, relative_error
+from family_cases import CASES
 from vlm_cases import build, families_here, family_params
 
 import agci
@@ -55,9 +56,6 @@ def _unpatched_features(case, inputs):
     return case.stock_features(inputs)
 
 
-FIXED_SIZE = ("llava", "gemma3n", "gemma3", "paligemma")  # every image gives the same number of tokens
-
-
 @pytest.mark.parametrize("model_type", FAMILIES)
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_language_model_receives_the_per_image_formula(model_type, padding_side):
@@ -67,7 +65,7 @@ def test_language_model_receives_the_per_image_formula(model_type, padding_side)
     embeds = _embeds_reaching_language_model(case.model, inputs)
     features = case.per_image(_unpatched_features(case, inputs))
     lengths = [f.shape[0] for f in features]
-    assert len(lengths) >= 2 and (len(set(lengths)) > 1 or model_type in FIXED_SIZE)
+    assert len(lengths) >= 2 and (len(set(lengths)) > 1 or CASES[model_type].fixed_size)
     assert torch.cat(features).abs().sum() > 0  # a vacuous case (all-zero features) would pass anything
     expected = per_image_formula(torch.cat(features), 0.7, lengths)
     assert relative_error(expected, torch.cat(features)) > 1e-4  # nor one where AGCI changes nothing (cos 1)
@@ -354,13 +352,9 @@ def test_qwen3_vl_videos_are_left_alone():
     assert not torch.allclose(images[0], stock[0])
 
 
-# Read from the authors' code (the table in the design notes), not from agci.patches.families.
-REFERENCE_MIXES_THE_BATCH = {"qwen2_5_vl", "qwen3_vl", "llava_next", "internvl"}
-
-
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_scope_reference_follows_the_authors_code_of_each_family(model_type):
-    mixes = model_type in REFERENCE_MIXES_THE_BATCH
+    mixes = CASES[model_type].reference_mixes_batch  # read from the authors' code, not from the registry
     assert (REGISTRY[model_type].reference_mean == "batch") == mixes
     case = build(model_type, global_context_broadcast_lambda=0.5, global_context_broadcast_scope="reference")
     inputs = case.batch()

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from family_cases import CASES
 from vlm_cases import build
 
 import agci
@@ -15,7 +16,7 @@ def test_lora_training_step_merge_and_unload_keep_agci(model_type):
     case = build(model_type, global_context_broadcast_lambda=0.5)
     inputs = case.batch("right")
     inner = discovery.inner_model(case.model)[0]
-    projector = "multi_modal_projector" if model_type == "llava" else "visual.merger"
+    projector = CASES[model_type].projector
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=None)
     model = peft.get_peft_model(case.model, config)
     for name, param in model.named_parameters():

@@ -3,6 +3,7 @@ template), so that tools which load by path (lmms-eval) run on them offline."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -99,69 +100,75 @@ def _finish(model, processor, out: Path, lam: float | None, eos: int) -> Path:
     return out
 
 
-# Qwen-style families: (processor class, model class); they share the tokenizer and template below
-QWEN_PROCESSED = {
-    "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2_5_VLForConditionalGeneration"),
-    "qwen2_vl": ("Qwen2VLProcessor", "Qwen2VLForConditionalGeneration"),
-    "qwen3_vl": ("Qwen3VLProcessor", "Qwen3VLForConditionalGeneration"),
-    "qwen3_vl_moe": ("Qwen3VLProcessor", "Qwen3VLMoeForConditionalGeneration"),
-    "qwen3_5": ("Qwen3VLProcessor", "Qwen3_5ForConditionalGeneration"),
-    "qwen3_5_moe": ("Qwen3VLProcessor", "Qwen3_5MoeForConditionalGeneration"),
-}
-SAVED_WITH_PROCESSOR = ("llava", "llava_next", "qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5",
-                        "qwen3_5_moe", "internvl",
-                        "gemma3n", "gemma3", "paligemma", "llava_onevision", "mistral3", "idefics3",
-                        "smolvlm", "glm4v", "glm46v", "gemma4", "kimi_k25", "aya_vision",
-                        "llava_next_video")  # fmt: skip
-# The families whose probe and lmms-eval tests cannot run on a tiny checkpoint here, and why
-NO_TINY_PROCESSOR: dict[str, str] = {
-    "llama4": "Llama4Processor builds offline with a tiny tokenizer (tests/test_patches.py checks its token layout), "
-    "but the probes' similarity reads get_image_features, which returns features from before Llama 4's projector up "
-    "to transformers 5.24, and the newest here (5.24.0) cannot run the model: not done yet",
-}
-
-
-FIRST_SIX = ("llava", "llava_next", "qwen2_5_vl", "qwen3_vl", "gemma3n", "internvl")
-
-
 def processed_families_here() -> list[str]:
     """The families that have a tiny checkpoint with a processor and whose tests run on this transformers;
-    on the older releases (processors' arguments differ there) the first six, whose builders cover them."""
+    on the older releases (processors' arguments differ there) the seed families, whose builders cover them."""
+    from family_cases import CASES
     from vlm_cases import families_here, version_label
 
-    here = [t for t in families_here() if t in SAVED_WITH_PROCESSOR]
-    return here if version_label() == "newest" else [t for t in here if t in FIRST_SIX]
+    here = [t for t in families_here() if CASES[t].processor is not None]
+    return here if version_label() == "newest" else [t for t in here if CASES[t].seed]
 
 
 def save_tiny(model_type: str, out: Path, lam: float | None = None, seed: int = 0, config: dict | None = None) -> Path:
-    """A tiny random ``model_type`` checkpoint (tiny_configs.json, or ``config``) with its processor, saved to
-    ``out``."""
+    """A tiny random ``model_type`` checkpoint (tiny_configs.json, or ``config``) with its processor (its row's
+    ``processor``), saved to ``out``."""
     import torch
     import transformers as tf
+    from family_cases import CASES
 
     d = CONFIGS[model_type] if config is None else config
+    saver = CASES[model_type].processor
+    if saver is None:
+        raise ValueError(model_type)
     torch.manual_seed(seed)
-    if model_type in ("llava", "llava_next"):
-        tok = _tokenizer({"<image>": 100}, d["text_config"]["vocab_size"])
-        tok.image_token = "<image>"
-        common = {"size": {"shortest_edge": 28}, "crop_size": {"height": 28, "width": 28}}
-        if model_type == "llava":
-            image_processor = tf.CLIPImageProcessor(**common)
-            processor_cls, model_cls, config_cls = tf.LlavaProcessor, tf.LlavaForConditionalGeneration, tf.LlavaConfig
-        else:
-            image_processor = tf.LlavaNextImageProcessor(**common, image_grid_pinpoints=d["image_grid_pinpoints"])
-            processor_cls, model_cls = tf.LlavaNextProcessor, tf.LlavaNextForConditionalGeneration
-            config_cls = tf.LlavaNextConfig
-        processor = processor_cls(
-            image_processor=image_processor, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-            num_additional_image_tokens=1, chat_template=_template("<image>\n"),
-        )  # fmt: skip
-        return _finish(model_cls(config_cls(**d)), processor, out, lam, 2)
-    if model_type in QWEN_PROCESSED:
+    processor, model, eos = saver(d, tf)
+    return _finish(model, processor, out, lam, eos)
+
+
+# ----- the processors of the tiny checkpoints: each ``(config dict, transformers) -> (processor, model, eos id)``
+
+
+def _from_config(builder):
+    """A builder ``(d, tf, ...) -> (processor, model class)`` as a row's processor: the model built from ``d``,
+    eos id 2."""
+
+    @functools.wraps(builder)
+    def save(d, tf, *args, **kwargs):
+        processor, model_cls = builder(d, tf, *args, **kwargs)
+        return processor, model_cls(model_cls.config_class(**d)), 2
+
+    return save
+
+
+def llava_processor(d, tf, next_: bool = False):
+    """LLaVA (``next_``: LLaVA-NeXT, with its grid pinpoints)."""
+    tok = _tokenizer({"<image>": 100}, d["text_config"]["vocab_size"])
+    tok.image_token = "<image>"
+    common = {"size": {"shortest_edge": 28}, "crop_size": {"height": 28, "width": 28}}
+    if not next_:
+        image_processor = tf.CLIPImageProcessor(**common)
+        processor_cls, model_cls, config_cls = tf.LlavaProcessor, tf.LlavaForConditionalGeneration, tf.LlavaConfig
+    else:
+        image_processor = tf.LlavaNextImageProcessor(**common, image_grid_pinpoints=d["image_grid_pinpoints"])
+        processor_cls, model_cls = tf.LlavaNextProcessor, tf.LlavaNextForConditionalGeneration
+        config_cls = tf.LlavaNextConfig
+    processor = processor_cls(
+        image_processor=image_processor, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=_template("<image>\n"),
+    )  # fmt: skip
+    return processor, model_cls(config_cls(**d)), 2
+
+
+def qwen_processor(processor_name: str, model_name: str, byte_level: bool = False):
+    """Qwen-style families: ``processor_name`` and ``model_name`` of transformers, the shared tokenizer and
+    template; ``byte_level``: a byte-level BPE (transformers rebuilds Qwen3.5's from the vocabulary and merges)."""
+
+    def save(d, tf):
         specials = {"<|image_pad|>": 120, "<|video_pad|>": 121, "<|vision_start|>": 122, "<|vision_end|>": 123,
                     "<|im_start|>": 124, "<|im_end|>": 125}  # fmt: skip
         qwen_cls = tf.Qwen2TokenizerFast if compat.qwen_processors_need_qwen2_tokenizer() else None
-        if model_type.startswith("qwen3_5"):  # transformers rebuilds Qwen3.5's BPE from the vocabulary and merges
+        if byte_level:
             tok = _byte_level_tokenizer(list(specials))
             specials = {name: tok.convert_tokens_to_ids(name) for name in specials}
             ids = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
@@ -169,7 +176,6 @@ def save_tiny(model_type: str, out: Path, lam: float | None = None, seed: int = 
                  "text_config": {**d["text_config"], "vocab_size": 640}}  # fmt: skip
         else:
             tok = _tokenizer(specials, d["text_config"]["vocab_size"], cls=qwen_cls)
-        processor_name, model_name = QWEN_PROCESSED[model_type]
         if processor_name != "Qwen3VLProcessor":  # 14 px patches
             pixels = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 9}
             video_cls = tf.Qwen2VLVideoProcessor
@@ -184,40 +190,43 @@ def save_tiny(model_type: str, out: Path, lam: float | None = None, seed: int = 
         )  # fmt: skip
         config = config_cls(**d)
         config.text_config.eos_token_id = specials["<|im_end|>"]
-        return _finish(model_cls(config), processor, out, lam, specials["<|im_end|>"])
-    if model_type == "internvl":
-        specials = {"<IMG_CONTEXT>": 120, "<img>": 121, "</img>": 122, "<image>": 123, "<video>": 124}
-        named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
-                 "video_token": "<video>"}  # fmt: skip
-        tok = _tokenizer(specials, d["text_config"]["vocab_size"], named)
-        processor = tf.InternVLProcessor(
-            image_processor=tf.GotOcr2ImageProcessor(size={"height": 56, "width": 56}, crop_to_patches=True,
-                                                     min_patches=1, max_patches=3),
-            tokenizer=tok, video_processor=tf.InternVLVideoProcessor(size={"height": 56, "width": 56}),
-            image_seq_length=4, chat_template=_template("<IMG_CONTEXT>\n"),
-        )  # fmt: skip
-        return _finish(tf.InternVLForConditionalGeneration(tf.InternVLConfig(**d)), processor, out, lam, 2)
-    if model_type == "gemma3n":
-        specials = {"<image_soft_token>": 129, "<start_of_image>": 126, "<end_of_image>": 128,
-                    "<audio_soft_token>": 145, "<start_of_audio>": 127, "<end_of_audio>": 144}  # fmt: skip
-        named = {
-            "image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
-            "audio_token": "<audio_soft_token>", "boa_token": "<start_of_audio>", "eoa_token": "<end_of_audio>",
-        }  # fmt: skip
-        tok = _tokenizer(specials, d["text_config"]["vocab_size_per_layer_input"], named)
-        processor = tf.Gemma3nProcessor(
-            feature_extractor=tf.Gemma3nAudioFeatureExtractor(), tokenizer=tok,
-            image_processor=tf.SiglipImageProcessor(size={"height": 64, "width": 64}),
-            chat_template=_template("<image_soft_token>"), image_seq_length=4, audio_seq_length=2,
-        )  # fmt: skip
-        return _finish(tf.Gemma3nForConditionalGeneration(tf.Gemma3nConfig(**d)), processor, out, lam, 1)
-    if model_type in _BUILDERS:
-        processor, model_cls = _BUILDERS[model_type](d, tf)
-        return _finish(model_cls(model_cls.config_class(**d)), processor, out, lam, 2)
-    raise ValueError(model_type)
+        return processor, model_cls(config), specials["<|im_end|>"]
+
+    return save
 
 
-def _gemma3(d, tf):
+def internvl_processor(d, tf):
+    specials = {"<IMG_CONTEXT>": 120, "<img>": 121, "</img>": 122, "<image>": 123, "<video>": 124}
+    named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+             "video_token": "<video>"}  # fmt: skip
+    tok = _tokenizer(specials, d["text_config"]["vocab_size"], named)
+    processor = tf.InternVLProcessor(
+        image_processor=tf.GotOcr2ImageProcessor(size={"height": 56, "width": 56}, crop_to_patches=True,
+                                                 min_patches=1, max_patches=3),
+        tokenizer=tok, video_processor=tf.InternVLVideoProcessor(size={"height": 56, "width": 56}),
+        image_seq_length=4, chat_template=_template("<IMG_CONTEXT>\n"),
+    )  # fmt: skip
+    return processor, tf.InternVLForConditionalGeneration(tf.InternVLConfig(**d)), 2
+
+
+def gemma3n_processor(d, tf):
+    specials = {"<image_soft_token>": 129, "<start_of_image>": 126, "<end_of_image>": 128,
+                "<audio_soft_token>": 145, "<start_of_audio>": 127, "<end_of_audio>": 144}  # fmt: skip
+    named = {
+        "image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+        "audio_token": "<audio_soft_token>", "boa_token": "<start_of_audio>", "eoa_token": "<end_of_audio>",
+    }  # fmt: skip
+    tok = _tokenizer(specials, d["text_config"]["vocab_size_per_layer_input"], named)
+    processor = tf.Gemma3nProcessor(
+        feature_extractor=tf.Gemma3nAudioFeatureExtractor(), tokenizer=tok,
+        image_processor=tf.SiglipImageProcessor(size={"height": 64, "width": 64}),
+        chat_template=_template("<image_soft_token>"), image_seq_length=4, audio_seq_length=2,
+    )  # fmt: skip
+    return processor, tf.Gemma3nForConditionalGeneration(tf.Gemma3nConfig(**d)), 1
+
+
+@_from_config
+def gemma3_processor(d, tf):
     named = {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"}
     tok = _tokenizer({"<image_soft_token>": 120, "<start_of_image>": 122, "<end_of_image>": 123}, 128, named)
     return tf.Gemma3Processor(
@@ -226,7 +235,8 @@ def _gemma3(d, tf):
     ), tf.Gemma3ForConditionalGeneration  # fmt: skip
 
 
-def _paligemma(d, tf):
+@_from_config
+def paligemma_processor(d, tf):
     tok = _tokenizer({"<image>": 120}, 128, {"image_token": "<image>"})
     image_processor = tf.SiglipImageProcessor(size={"height": 32, "width": 32}, image_seq_length=16)
     # PaliGemma's processor puts the image tokens before the prompt itself
@@ -234,7 +244,8 @@ def _paligemma(d, tf):
         tf.PaliGemmaForConditionalGeneration  # fmt: skip
 
 
-def _llava_onevision(d, tf):
+@_from_config
+def llava_onevision_processor(d, tf):
     tok = _tokenizer({"<image>": 120, "<video>": 121}, 128, {"image_token": "<image>", "video_token": "<video>"})
     size = {"height": 28, "width": 28}
     return tf.LlavaOnevisionProcessor(
@@ -244,7 +255,8 @@ def _llava_onevision(d, tf):
     ), tf.LlavaOnevisionForConditionalGeneration  # fmt: skip
 
 
-def _mistral3(d, tf):
+@_from_config
+def mistral3_processor(d, tf):
     tok = _tokenizer({"[IMG]": 120, "[IMG_BREAK]": 121, "[IMG_END]": 122}, 128)
     return tf.PixtralProcessor(
         image_processor=tf.PixtralImageProcessor(size={"longest_edge": 64}, patch_size=8), tokenizer=tok,
@@ -252,7 +264,8 @@ def _mistral3(d, tf):
     ), tf.Mistral3ForConditionalGeneration  # fmt: skip
 
 
-def _idefics3(d, tf, smolvlm: bool = False):
+@_from_config
+def idefics3_processor(d, tf, smolvlm: bool = False):
     """Images split into crops of 32 px (up to 2 x 2 for a 64 px image) plus the global view, 4 tokens each."""
     specials = {"<image>": 120, "<fake_token_around_image>": 110, "<global-img>": 111, "<end_of_utterance>": 113}
     specials |= {f"<row_{r}_col_{c}>": 80 + 3 * r + c for r in (1, 2, 3) for c in (1, 2, 3)}
@@ -269,13 +282,14 @@ def _idefics3(d, tf, smolvlm: bool = False):
                                 chat_template=_template("<image>")), tf.Idefics3ForConditionalGeneration  # fmt: skip
 
 
-def _glm(d, tf, model_type: str):
+@_from_config
+def glm_processor(d, tf, processor_name: str, model_name: str):
+    """GLM-4.1V and GLM-4.6V: ``processor_name`` and ``model_name`` of transformers."""
     specials = {"<|image|>": 120, "<|video|>": 121, "<|begin_of_image|>": 122, "<|end_of_image|>": 123,
                 "<|begin_of_video|>": 124, "<|end_of_video|>": 125}  # fmt: skip
     tok = _tokenizer(specials, 128, {"image_token": "<|image|>", "video_token": "<|video|>"})
     pixels = {"size": {"shortest_edge": 28 * 28 * 4, "longest_edge": 28 * 28 * 9}, "patch_size": 14}
-    processor_cls, model_cls = ((tf.Glm4vProcessor, tf.Glm4vForConditionalGeneration) if model_type == "glm4v" else
-                                (tf.Glm46VProcessor, tf.Glm46VForConditionalGeneration))  # fmt: skip
+    processor_cls, model_cls = getattr(tf, processor_name), getattr(tf, model_name)
     return processor_cls(
         image_processor=tf.Glm4vImageProcessor(**pixels), tokenizer=tok,
         video_processor=tf.Glm4vVideoProcessor(**pixels),
@@ -283,7 +297,8 @@ def _glm(d, tf, model_type: str):
     ), model_cls  # fmt: skip
 
 
-def _gemma4(d, tf):
+@_from_config
+def gemma4_processor(d, tf):
     """Gemma 4's processor with 8 px patches pooled 2 x 2, at its smallest budget (70 soft tokens)."""
     specials = {"<|image|>": 120, "<|video|>": 121, "<|boi|>": 122, "<|eoi|>": 123, "<|boa|>": 124, "<|eoa|>": 125,
                 "<|audio|>": 126}  # fmt: skip
@@ -297,7 +312,8 @@ def _gemma4(d, tf):
     ), tf.Gemma4ForConditionalGeneration  # fmt: skip
 
 
-def _kimi_k25(d, tf):
+@_from_config
+def kimi_k25_processor(d, tf):
     specials = {"<|media_pad|>": 120, "<|kimi_k25_video_placeholder|>": 121, "<|media_begin|>": 122,
                 "<|media_end|>": 123}  # fmt: skip
     tok = _tokenizer(specials, 128, {"image_token": "<|media_pad|>", "video_token": "<|kimi_k25_video_placeholder|>"})
@@ -308,7 +324,8 @@ def _kimi_k25(d, tf):
     ), tf.Kimi_K25ForConditionalGeneration  # fmt: skip
 
 
-def _aya_vision(d, tf):
+@_from_config
+def aya_vision_processor(d, tf):
     """Tiles of 32 px (up to 4, then the global view), 4 tokens each, as Aya Vision's processor writes them."""
     specials = {"<|IMG_PATCH|>": 120, "<|START_OF_IMG|>": 122, "<|END_OF_IMG|>": 123, "<|IMG_LINE_BREAK|>": 124,
                 "<image>": 125}  # fmt: skip
@@ -320,7 +337,8 @@ def _aya_vision(d, tf):
     ), tf.AyaVisionForConditionalGeneration  # fmt: skip
 
 
-def _llava_next_video(d, tf):
+@_from_config
+def llava_next_video_processor(d, tf):
     tok = _tokenizer({"<image>": 120, "<video>": 121}, 128, {"image_token": "<image>", "video_token": "<video>"})
     common = {"size": {"shortest_edge": 28}, "crop_size": {"height": 28, "width": 28}}
     return tf.LlavaNextVideoProcessor(
@@ -329,15 +347,6 @@ def _llava_next_video(d, tf):
         patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
         chat_template=_template("<image>\n"),
     ), tf.LlavaNextVideoForConditionalGeneration  # fmt: skip
-
-
-_BUILDERS = {
-    "aya_vision": _aya_vision, "llava_next_video": _llava_next_video,
-    "kimi_k25": _kimi_k25,
-    "glm4v": lambda d, tf: _glm(d, tf, "glm4v"), "glm46v": lambda d, tf: _glm(d, tf, "glm46v"), "gemma4": _gemma4,
-    "gemma3": _gemma3, "paligemma": _paligemma, "llava_onevision": _llava_onevision, "mistral3": _mistral3,
-    "idefics3": _idefics3, "smolvlm": lambda d, tf: _idefics3(d, tf, smolvlm=True),
-}  # fmt: skip
 
 
 def read_config(path: Path) -> dict:

@@ -135,74 +135,85 @@ def _ids(*parts) -> torch.Tensor:
 
 
 def build(model_type: str, seed: int = 0, **config_overrides) -> Case:
-    import transformers
+    """The family's tiny random model and batch (its row in ``family_cases.CASES``), from its tiny config with
+    ``config_overrides``."""
+    from family_cases import CASES
 
     torch.manual_seed(seed)
-    d = dict(CONFIGS[model_type], **config_overrides)
-    tiles = None
-    if model_type == "llava":
-        model = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(**d))
-        samples = [{"input_ids": _ids(*[100] * 4), "pixel_values": torch.randn(1, 3, 28, 28)} for _ in range(2)]
-        token = 100
-    elif model_type == "llava_next":
-        model = transformers.LlavaNextForConditionalGeneration(transformers.LlavaNextConfig(**d))
-        samples = [
-            {
-                "input_ids": _ids(*[100] * n),
-                "pixel_values": torch.randn(1, 5, 3, 28, 28),
-                "image_sizes": torch.tensor([hw]),
-            }
-            for n, hw in ((14, [40, 60]), (24, [30, 30]))
-        ]
-        token = 100
-    elif model_type in ("qwen2_5_vl", "qwen3_vl"):
-        if model_type == "qwen2_5_vl":
-            model = transformers.Qwen2_5_VLForConditionalGeneration(transformers.Qwen2_5_VLConfig(**d))
-            patch_dim = 1176
-        else:
-            model = transformers.Qwen3VLForConditionalGeneration(transformers.Qwen3VLConfig(**d))
-            patch_dim = 1536
-        samples = []
-        for w in (4, 6):
-            s = {
-                "input_ids": _ids(122, *[120] * w, 123),
-                "pixel_values": torch.randn(4 * w, patch_dim),
-                "image_grid_thw": torch.tensor([[1, 4, w]]),
-            }
-            if model_type == "qwen3_vl" and compat.qwen3_vl_takes_mm_token_type_ids():
-                s["mm_token_type_ids"] = (s["input_ids"] == 120).int()
-            samples.append(s)
-        token = 120
-    elif model_type == "gemma3n":
-        model = transformers.Gemma3nForConditionalGeneration(transformers.Gemma3nConfig(**d))
-        # 64 px through timm's test_convnext: a 2x2 grid, 4 tokens between <boi>=126 and <eoi>=128
-        samples = [
-            {"input_ids": _ids(126, *[129] * 4, 128), "pixel_values": torch.randn(1, 3, 64, 64)} for _ in range(2)
-        ]
-        token = 129
-    elif model_type == "internvl":
-        model = transformers.InternVLForConditionalGeneration(transformers.InternVLConfig(**d))
-        # 3 tiles (12 tokens) and 1 tile (4 tokens), each image between <img>=121 and </img>=122
-        samples = [
-            {"input_ids": _ids(121, *[120] * 4 * t, 122), "pixel_values": torch.randn(t, 3, 56, 56)} for t in (3, 1)
-        ]
-        token, tiles = 120, [3, 1]
-    elif model_type == "llama4":
-        return _llama4_case(d)
-    elif model_type in _IMAGES:
-        return _built_from_features(model_type, d)
-    else:
-        raise ValueError(model_type)
-    return Case(model_type, model.eval(), token, samples, tiles)
+    return CASES[model_type].build(model_type, dict(CONFIGS[model_type], **config_overrides))
 
 
-def _qwen_grid(patch: int, grids, channels: int = 3, temporal: int = 2) -> dict:
+# ----- the cases built by hand (the first six families and Llama 4); the others are built from their features
+
+
+def llava_case(model_type: str, d: dict) -> Case:
+    import transformers
+
+    model = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(**d))
+    samples = [{"input_ids": _ids(*[100] * 4), "pixel_values": torch.randn(1, 3, 28, 28)} for _ in range(2)]
+    return Case(model_type, model.eval(), 100, samples)
+
+
+def llava_next_case(model_type: str, d: dict) -> Case:
+    import transformers
+
+    model = transformers.LlavaNextForConditionalGeneration(transformers.LlavaNextConfig(**d))
+    samples = [
+        {
+            "input_ids": _ids(*[100] * n),
+            "pixel_values": torch.randn(1, 5, 3, 28, 28),
+            "image_sizes": torch.tensor([hw]),
+        }
+        for n, hw in ((14, [40, 60]), (24, [30, 30]))
+    ]
+    return Case(model_type, model.eval(), 100, samples)
+
+
+def qwen_vl_case(model_class: str, patch_dim: int, model_type: str, d: dict, mm_token_types: bool = False) -> Case:
+    """Qwen2.5-VL and Qwen3-VL: ``model_class`` from its config, flattened patches of ``patch_dim`` values;
+    ``mm_token_types``: the samples carry mm_token_type_ids where transformers here takes them (Qwen3-VL)."""
+    import transformers
+
+    cls = getattr(transformers, model_class)
+    model = cls(cls.config_class(**d))
+    samples = []
+    for w in (4, 6):
+        s = {
+            "input_ids": _ids(122, *[120] * w, 123),
+            "pixel_values": torch.randn(4 * w, patch_dim),
+            "image_grid_thw": torch.tensor([[1, 4, w]]),
+        }
+        if mm_token_types and compat.qwen3_vl_takes_mm_token_type_ids():
+            s["mm_token_type_ids"] = (s["input_ids"] == 120).int()
+        samples.append(s)
+    return Case(model_type, model.eval(), 120, samples)
+
+
+def gemma3n_case(model_type: str, d: dict) -> Case:
+    import transformers
+
+    model = transformers.Gemma3nForConditionalGeneration(transformers.Gemma3nConfig(**d))
+    # 64 px through timm's test_convnext: a 2x2 grid, 4 tokens between <boi>=126 and <eoi>=128
+    samples = [{"input_ids": _ids(126, *[129] * 4, 128), "pixel_values": torch.randn(1, 3, 64, 64)} for _ in range(2)]
+    return Case(model_type, model.eval(), 129, samples)
+
+
+def internvl_case(model_type: str, d: dict) -> Case:
+    import transformers
+
+    model = transformers.InternVLForConditionalGeneration(transformers.InternVLConfig(**d))
+    # 3 tiles (12 tokens) and 1 tile (4 tokens), each image between <img>=121 and </img>=122
+    samples = [{"input_ids": _ids(121, *[120] * 4 * t, 122), "pixel_values": torch.randn(t, 3, 56, 56)} for t in (3, 1)]
+    return Case(model_type, model.eval(), 120, samples, [3, 1])
+
+
+def qwen_grid(patch: int, grids, channels: int = 3, temporal: int = 2) -> dict:
     """Flattened patches of images of ``grids`` (h, w in patches), Qwen-style."""
     pixels = torch.randn(sum(h * w for h, w in grids), channels * temporal * patch * patch)
     return {"pixel_values": pixels, "image_grid_thw": torch.tensor([[1, h, w] for h, w in grids])}
 
 
-def _padded(sizes, side: int) -> dict:
+def padded(sizes, side: int) -> dict:
     """Images of ``sizes`` (h, w) padded to side x side, with their sizes (Mistral3)."""
     pixels = torch.zeros(len(sizes), 3, side, side)
     for i, (h, w) in enumerate(sizes):
@@ -210,38 +221,10 @@ def _padded(sizes, side: int) -> dict:
     return {"pixel_values": pixels, "image_sizes": torch.tensor(sizes)}
 
 
-# per family: the image inputs of sample 0 (two images of different sizes where the family allows) and sample 1
-_IMAGES = {
-    **{t: lambda: (_qwen_grid(14, [(4, 4), (4, 6)]), _qwen_grid(14, [(4, 8)]))
-       for t in ("qwen2_vl", "glm4v", "glm46v")},
-    **{t: lambda: (_qwen_grid(16, [(4, 4), (4, 6)]), _qwen_grid(16, [(4, 8)]))
-       for t in ("qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")},
-    "kimi_k25": lambda: tuple(
-        {"pixel_values": torch.randn(sum(h * w for h, w in g), 3, 14, 14),
-         "image_grid_thw": torch.tensor([[1, h, w] for h, w in g])} for g in ([(4, 4), (4, 6)], [(4, 8)])),
-    "gemma3": lambda: ({"pixel_values": torch.randn(2, 3, 32, 32)}, {"pixel_values": torch.randn(1, 3, 32, 32)}),
-    "paligemma": lambda: ({"pixel_values": torch.randn(2, 3, 32, 32)}, {"pixel_values": torch.randn(1, 3, 32, 32)}),
-    "mistral3": lambda: (_padded([(32, 64), (64, 64)], 64), _padded([(64, 48)], 64)),
-    "llava_onevision": lambda: (
-        {"pixel_values": torch.randn(2, 5, 3, 28, 28), "image_sizes": torch.tensor([[40, 60], [30, 30]])},
-        {"pixel_values": torch.randn(1, 5, 3, 28, 28), "image_sizes": torch.tensor([[56, 28]])}),
-}  # fmt: skip
 IMAGE_TOKEN, BEFORE, AFTER = 120, 122, 123
-# Idefics3, SmolVLM: views (crops + the global view) of each image, per sample; the pixel values hold them all
-_VIEWS = {t: ([3, 1], [2]) for t in ("idefics3", "smolvlm", "aya_vision")}
-_IMAGES.update(
-    {
-        t: lambda: ({"pixel_values": torch.randn(1, 4, 3, 32, 32)}, {"pixel_values": torch.randn(1, 2, 3, 32, 32)})
-        for t in ("idefics3", "smolvlm")
-    }
-)
-# Aya Vision: every tile of the batch in one [tiles, C, H, W]
-_IMAGES["aya_vision"] = lambda: ({"pixel_values": torch.randn(4, 3, 32, 32)},
-                                 {"pixel_values": torch.randn(2, 3, 32, 32)})  # fmt: skip
-_IMAGES["llava_next_video"] = _IMAGES["llava_onevision"]
 
 
-def _gemma4_images() -> tuple[dict, dict]:
+def gemma4_images() -> tuple[dict, dict]:
     """Gemma 4's own image processor (patches with their positions); 8 px patches, 2 x 2 pooling."""
     from PIL import Image
     from transformers import Gemma4ImageProcessor
@@ -256,7 +239,6 @@ def _gemma4_images() -> tuple[dict, dict]:
     return encode([(32, 16), (24, 24)]), encode([(16, 32)])
 
 
-_IMAGES["gemma4"] = _gemma4_images
 FAKE, GLOBAL, ROW = 110, 111, 112  # <fake_token_around_image>, <global-img>, <row_1_col_1> (then 113, ...)
 
 
@@ -271,15 +253,17 @@ def _view_ids(views: list[int], tokens_per_view: int) -> list[int]:
     return ids
 
 
-def _built_from_features(model_type: str, config: dict) -> Case:
+def built_from_features(model_type: str, config: dict) -> Case:
     """A family built from its registry classes: each image's placeholder run is as long as the features the
     stock get_image_features returns for it, between two marker tokens (as processors write them)."""
     import importlib
     import inspect
 
+    from family_cases import CASES
+
     from agci.patches.families import FAMILIES
 
-    family = FAMILIES[model_type]
+    family, row = FAMILIES[model_type], CASES[model_type]
     module = importlib.import_module(family.module)
     outer = getattr(module, family.outer_class)
     model = outer(outer.config_class(**config)).eval()
@@ -288,11 +272,11 @@ def _built_from_features(model_type: str, config: dict) -> Case:
             torch.nn.init.normal_(param, std=0.02)
     takes_types = "mm_token_type_ids" in inspect.signature(model.forward).parameters
     samples, image_tokens = [], []
-    for i, images in enumerate(_IMAGES[model_type]()):
+    for i, images in enumerate(row.images()):
         with torch.no_grad():
             features = compat.image_features_per_image(model.model.get_image_features(**images))
-        if model_type in _VIEWS:
-            views = _VIEWS[model_type][i]
+        if row.views is not None:
+            views = row.views[i]
             tokens = sum(f.numel() // f.shape[-1] for f in features)  # per sample or per view, 2-D to 4-D
             per_view = tokens // sum(views)
             ids = _view_ids(views, per_view)
@@ -307,7 +291,7 @@ def _built_from_features(model_type: str, config: dict) -> Case:
         sample = {"input_ids": _ids(*ids), **images}
         if takes_types:
             sample["mm_token_type_ids"] = (sample["input_ids"] == IMAGE_TOKEN).int()
-        if model_type == "paligemma":  # prefix-LM attention: without it the stock model is not batch-invariant
+        if row.prefix_lm:  # prefix-LM attention: without it the stock model is not batch-invariant
             sample["token_type_ids"] = torch.zeros_like(sample["input_ids"])
         samples.append(sample)
     return Case(model_type, model, IMAGE_TOKEN, samples, image_tokens=image_tokens or None)
@@ -335,7 +319,7 @@ def _llama4_ids(grids: list[tuple[int, int]], per_tile: int) -> list[int]:
 BEFORE_L4, AFTER_L4 = 121, 122  # <|image_start|>, <|image_end|> (boi/eoi in the tiny config)
 
 
-def _llama4_case(config: dict) -> Case:
+def llama4_case(model_type: str, config: dict) -> Case:
     """Sample 0: an image of 1 x 2 crops (plus its global view) and a one-tile image; sample 1: 2 x 1 crops.
     Tiles are 32 px, 4 tokens each after the pixel shuffle; pixel_values holds every tile of the batch."""
     import transformers
@@ -349,4 +333,4 @@ def _llama4_case(config: dict) -> Case:
         samples.append(
             {"input_ids": _ids(*_llama4_ids(grids, per_tile)), "pixel_values": torch.randn(sum(tiles), 3, 32, 32)}
         )
-    return Case("llama4", model, IMAGE_TOKEN, samples, image_tokens=image_tokens)
+    return Case(model_type, model, IMAGE_TOKEN, samples, image_tokens=image_tokens)

@@ -162,40 +162,25 @@ def _wrap_video_features(original):
     return _marked(get_video_features, original)
 
 
-def _wrap_forward_keeping_ids(original, family: Family):
-    """Inner model forward: keep input_ids (or inputs_embeds to recover them from) where get_image_features can
-    find them (families whose grouping reads them)."""
-
-    @functools.wraps(original)
-    def forward(self, *args, **kwargs):
-        with _stashed_input_ids(self, _grouping_ids_of(self, family, args, kwargs)):
-            return original(self, *args, **kwargs)
-
-    return _marked(forward, original)
-
-
-def _wrap_generate_keeping_ids(original, family: Family):
-    """Outer model generate: 5.x may compute image features before the first forward (InternVL)."""
-
-    @functools.wraps(original)
-    def generate(self, *args, **kwargs):
-        with _stashed_input_ids(inner_model(self)[0], _grouping_ids_of(self, family, args, kwargs)):
-            return original(self, *args, **kwargs)
-
-    return _marked(generate, original)
-
-
-def _wrap_feeding_projector(original, family: Family):
-    """Forward (and generate) of a model hooked at its multi_modal_projector: the projector, called inside, finds
-    the model (its config) and the input_ids here. generate too: since transformers 5.25 it projects the images
-    before the first forward (get_image_features applies the projector there)."""
+def _wrap_within(context: Callable, original, family: Family):
+    """``original`` run inside ``context(self, grouping_ids)``: its call's input_ids (or inputs_embeds to recover them
+    from) handed to the hook that runs inside it. The contexts: :func:`_stashed_input_ids` (inner model forward, for
+    families whose grouping reads input_ids), :func:`_stashed_in_inner_model` (outer generate) and
+    :func:`_projecting` (forward and generate of a model hooked at its multi_modal_projector: the projector, called
+    inside, finds the model (its config) and the input_ids there; generate too, since transformers 5.25 projects the
+    images before the first forward)."""
 
     @functools.wraps(original)
     def method(self, *args, **kwargs):
-        with _projecting(self, _grouping_ids_of(self, family, args, kwargs)):
+        with context(self, _grouping_ids_of(self, family, args, kwargs)):
             return original(self, *args, **kwargs)
 
     return _marked(method, original)
+
+
+def _stashed_in_inner_model(model, grouping_ids: _GroupingIds):
+    """Outer model generate: 5.x may compute image features before the first forward (InternVL)."""
+    return _stashed_input_ids(inner_model(model)[0], grouping_ids)
 
 
 def _wrap_projector(original, family: Family):
@@ -255,8 +240,8 @@ class ImageFeaturesHook(HookKind):
             out.append(Wrapper("inner", "get_video_features", _wrap_video_features))
         if family.reads_input_ids:
             out += [
-                Wrapper("inner", "forward", functools.partial(_wrap_forward_keeping_ids, family=family)),
-                Wrapper("outer", "generate", functools.partial(_wrap_generate_keeping_ids, family=family)),
+                Wrapper("inner", "forward", functools.partial(_wrap_within, _stashed_input_ids, family=family)),
+                Wrapper("outer", "generate", functools.partial(_wrap_within, _stashed_in_inner_model, family=family)),
             ]
         return out
 
@@ -272,7 +257,7 @@ class ProjectorHook(HookKind):
         return hook_class(model_type), "forward"
 
     def wrappers(self, family: Family, inner: type) -> list[Wrapper]:
-        feeding = functools.partial(_wrap_feeding_projector, family=family)
+        feeding = functools.partial(_wrap_within, _projecting, family=family)
         return [
             Wrapper("hook", "forward", functools.partial(_wrap_projector, family=family)),
             Wrapper("inner", "forward", feeding),
