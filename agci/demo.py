@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .configs import LAMBDA_KEY, using_lambda
-from .configs.tiny import CLIP_MEAN, CLIP_STD, TINY_LLAVA
+from .demo_model import CLIP_MEAN, CLIP_STD, TINY_LLAVA
 from .kernels import resolve_impl
 from .kernels.reference import EPS
 from .runs import save_figure, write_text

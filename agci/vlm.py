@@ -24,7 +24,7 @@ class LoadedVLM:
     processor: object
     name: str
     # held around every use of the processor's tokenizer, which may not be used from two threads at once
-    # (a fast tokenizer raises "Already borrowed"); agci.bias.scoring.prefetched encodes on a worker thread
+    # (a fast tokenizer raises "Already borrowed"); agci.bias.model_runs.prefetched encodes on a worker thread
     tokenizer_lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property

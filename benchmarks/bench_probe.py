@@ -33,20 +33,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agci.bias import scoring  # noqa: E402
+from agci.bias import model_runs  # noqa: E402
 from agci.bias.probe_sets import PROMPT, SetOptions, build, read_records  # noqa: E402
 from agci.configs import format_lambda, parse_lambdas, using_lambda  # noqa: E402
 
 
 class Clock:
-    """Wall time of a block, and how much of it ``scoring.encode`` (processor and transfer) took."""
+    """Wall time of a block, and how much of it ``model_runs.encode`` (processor and transfer) took."""
 
     def __init__(self, device):
         self.cuda = torch.device(device).type == "cuda"
         self.seconds = self.processor_seconds = 0.0
 
     def __enter__(self):
-        real = self.real = scoring.encode
+        real = self.real = model_runs.encode
 
         def timed(*args, **kwargs):
             start = time.perf_counter()
@@ -55,7 +55,7 @@ class Clock:
             finally:
                 self.processor_seconds += time.perf_counter() - start
 
-        scoring.encode = timed
+        model_runs.encode = timed
         self._sync()
         self.start = time.perf_counter()
         return self
@@ -63,7 +63,7 @@ class Clock:
     def __exit__(self, *exc):
         self._sync()
         self.seconds += time.perf_counter() - self.start
-        scoring.encode = self.real
+        model_runs.encode = self.real
 
     def _sync(self):
         if self.cuda:
@@ -96,18 +96,18 @@ def position(vlm, images, prompts, lambdas, args, absolute: bool) -> dict:
         for lam in lambdas:
             with using_lambda(vlm.model, lam):
                 reference[lam] = [
-                    scoring.generate_answers(vlm, [im], [p], args.max_new_tokens)[0]
+                    model_runs.generate_answers(vlm, [im], [p], args.max_new_tokens)[0]
                     for im, p in zip(images, prompts, strict=True)
                 ]
 
     def agci_way(prefetch: int) -> dict:
         fast: dict = {lam: [] for lam in lambdas}
-        batches = scoring.chunks(list(zip(images, prompts, strict=True)), args.batch_size)
-        encode = lambda batch: scoring.encode(vlm, *zip(*batch, strict=True))  # noqa: E731
-        for inputs in scoring.prefetched(encode, batches, prefetch):
+        batches = model_runs.chunks(list(zip(images, prompts, strict=True)), args.batch_size)
+        encode = lambda batch: model_runs.encode(vlm, *zip(*batch, strict=True))  # noqa: E731
+        for inputs in model_runs.prefetched(encode, batches, prefetch):
             for lam in lambdas:
                 with using_lambda(vlm.model, lam):
-                    fast[lam] += scoring.yes_no_from_inputs(vlm, inputs)
+                    fast[lam] += model_runs.yes_no_from_inputs(vlm, inputs)
         return fast
 
     with Clock(device) as sequential_clock:
@@ -132,15 +132,16 @@ def occlusion(vlm, image, prompt, sample_id, lambdas, args, absolute: bool) -> d
     with Clock(device) as ref_clock:
         for lam in lambdas:
             with using_lambda(vlm.model, lam):
-                slow[lam] = scoring.occlusion_map_by_generation(vlm, image, prompt, args.mask, args.max_new_tokens)[1]
+                _, slow[lam] = model_runs.occlusion_map_by_generation(vlm, image, prompt, args.mask,
+                                                                      args.max_new_tokens)  # fmt: skip
 
     def agci_way(prefetch: int) -> dict:
-        inputs = scoring.encode(vlm, [image], [prompt])
+        inputs = model_runs.encode(vlm, [image], [prompt])
         answers = {}
         for lam in lambdas:
             with using_lambda(vlm.model, lam):
-                answers[lam] = scoring.generate_from_inputs(vlm, inputs, args.max_new_tokens)[0]["answer_ids"]
-        return scoring.occlusion_maps(vlm, image, prompt, answers, args.mask, args.batch_size, prefetch, inputs)
+                answers[lam] = model_runs.generate_from_inputs(vlm, inputs, args.max_new_tokens)[0]["answer_ids"]
+        return model_runs.occlusion_maps(vlm, image, prompt, answers, args.mask, args.batch_size, prefetch, inputs)
 
     with Clock(device) as sequential_clock:
         agci_way(0)
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
     from agci.bias.runner import embedded_model
 
     model = args.model or str(embedded_model())
-    vlm = scoring.load_probe_vlm(model, args.dtype, args.device)
+    vlm = model_runs.load_probe_vlm(model, args.dtype, args.device)
     on_gpu = vlm.device.type == "cuda"
     data = Path(args.data) if args.data else Path(tempfile.gettempdir()) / "agci-bench-probe-set"
     if not args.data:
@@ -184,8 +185,8 @@ def main(argv=None) -> int:
     prompts = [PROMPT.format(caption=r["caption"]) for r in records]
 
     # warm-up both paths
-    scoring.generate_answers(vlm, images[:1], prompts[:1], args.max_new_tokens)
-    scoring.score_yes_no(vlm, images[:2], prompts[:2])
+    model_runs.generate_answers(vlm, images[:1], prompts[:1], args.max_new_tokens)
+    model_runs.score_yes_no(vlm, images[:2], prompts[:2])
 
     result_position = position(vlm, images, prompts, lambdas, args, on_gpu)
     positives = [i for i, r in enumerate(records) if r["answer"] == "Yes"][: args.occlusion_samples]

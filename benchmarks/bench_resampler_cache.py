@@ -26,7 +26,7 @@ RESULTS = Path(__file__).parent / "results"
 def build(device: str):
     import transformers as tf
 
-    from agci.resampler_probes.features import Blip2QFormer
+    from agci.resampler_probes.encoders import Blip2QFormer
 
     vision = {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 4, "num_attention_heads": 6,
               "image_size": 224, "patch_size": 14}  # fmt: skip
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     from agci.resampler_probes.features import FeatureCache, extract
 
     torch.manual_seed(0)
-    adapter = build(args.device)
+    encoder = build(args.device)
     rng = np.random.default_rng(0)
     pictures = [Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)) for _ in range(args.items)]
     items = [{"id": i, "text": f"w{i % 200} w{(7 * i) % 200} w3"} for i in range(args.items)]
@@ -101,13 +101,13 @@ def main(argv=None) -> int:
 
     def encode(idx):
         with torch.no_grad():
-            feats = adapter.encode([pictures[i] for i in idx], [items[i]["text"] for i in idx])
+            feats = encoder.encode([pictures[i] for i in idx], [items[i]["text"] for i in idx])
         return feats[:, args.layer].flatten(1)
 
     with tempfile.TemporaryDirectory() as tmp:
         sync()
         start = time.perf_counter()
-        extract(adapter, items, lambda it: pictures[it["id"]], Path(tmp), batch_size=args.batch_size)
+        extract(encoder, items, lambda it: pictures[it["id"]], Path(tmp), batch_size=args.batch_size)
         sync()
         extract_seconds = time.perf_counter() - start
         cached = FeatureCache(Path(tmp)).layer(args.layer).to(args.device)

@@ -42,7 +42,7 @@ MODULES = {  # module -> the pytest arguments that select its tests
         )
     },
     "agci/bias/metrics.py": ["tests/test_bias_sets.py"],
-    "agci/bias/scoring.py": [
+    "agci/bias/model_runs.py": [
         "tests/test_scoring_units.py",
         "tests/test_bias_probe.py",
         "-k",

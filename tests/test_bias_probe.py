@@ -14,9 +14,7 @@ import pytest
 import torch
 from tiny_checkpoints import processed_families_here
 
-from agci.bias.probe_sets import PROMPT, SetOptions, build, read_records
-from agci.bias.runner import ProbeConfig, run_probe
-from agci.bias.scoring import (
+from agci.bias.model_runs import (
     answer_logprob,
     generate_answers,
     load_probe_vlm,
@@ -30,6 +28,8 @@ from agci.bias.scoring import (
     score_yes_no,
     similarity,
 )
+from agci.bias.probe_sets import PROMPT, SetOptions, build, read_records
+from agci.bias.runner import ProbeConfig, run_probe
 from agci.bias.shipped import ASSET_DIR
 from agci.vlm import chat_messages
 
@@ -294,11 +294,11 @@ def test_an_interrupted_run_resumes_without_rescoring(tmp_path, probe_set):
 
 
 def test_a_sweep_encodes_each_batch_once_and_scores_like_single_lambda_runs(tmp_path, probe_set, monkeypatch):
-    import agci.bias.scoring as scoring
+    import agci.bias.model_runs as model_runs
 
     calls = []
-    real_encode = scoring.encode
-    monkeypatch.setattr(scoring, "encode", lambda vlm, images, prompts: calls.append(len(images)) or
+    real_encode = model_runs.encode
+    monkeypatch.setattr(model_runs, "encode", lambda vlm, images, prompts: calls.append(len(images)) or
                         real_encode(vlm, images, prompts))  # fmt: skip
     options = dict(adapters=(), data=str(probe_set), tasks=("position", "occlusion"), limit=12, batch_size=8,
                    occlusion_samples=1, mask=168, progress=False)  # fmt: skip
@@ -535,7 +535,7 @@ def test_a_missing_model_path_or_an_out_that_is_a_file_is_refused_and_creates_no
 def test_p_yes_and_the_yes_no_mass_are_read_from_the_models_own_next_token_distribution(vlm, probe_set):
     """One forward done here, without the scorer: P(Yes) and P(No) are the softmax summed over every Yes and
     No token id; p_yes = P(Yes) / (P(Yes) + P(No)) and the mass is P(Yes) + P(No)."""
-    from agci.bias.scoring import encode, yes_no_from_inputs
+    from agci.bias.model_runs import encode, yes_no_from_inputs
 
     records, images, prompts = _samples(probe_set, 12, step=7)
     inputs = encode(vlm, images, prompts)
@@ -563,7 +563,7 @@ def test_yes_no_scores_from_hand_made_next_token_probabilities():
     one (3). p_yes sums the Yes variants; the prediction compares the best Yes token with the best No token."""
     from types import SimpleNamespace
 
-    from agci.bias.scoring import yes_no_from_inputs
+    from agci.bias.model_runs import yes_no_from_inputs
 
     probs = torch.tensor([[0.1, 0.3, 0.2, 0.25, 0.05, 0.1],  # P(Yes) 0.5, P(No) 0.25: p_yes 2/3, mass 0.75
                           [0.1, 0.2, 0.2, 0.3, 0.1, 0.1],  # P(Yes) 0.4 > P(No) 0.3, yet no Yes token beats No

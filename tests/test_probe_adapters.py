@@ -174,7 +174,7 @@ def test_the_shipped_adapters_load_change_the_model_and_reproduce_their_recorded
     answers, and `agci probe` on the demo set gives the per-cell accuracies recorded when they were trained."""
     from PIL import Image
 
-    from agci.bias.scoring import encode, load_probe_vlm, yes_no_from_inputs
+    from agci.bias.model_runs import encode, load_probe_vlm, yes_no_from_inputs
 
     record = json.loads((ADAPTER_DIR / "results.json").read_text())
     adapters = shipped_adapters()

@@ -18,7 +18,8 @@ import torch
 
 from agci.cli import main
 from agci.resampler_probes.data import CELL_NAMES, RefExample, build_rcm, load_refcocog
-from agci.resampler_probes.features import FeatureCache, extract, load_adapter
+from agci.resampler_probes.encoders import load_encoder
+from agci.resampler_probes.features import FeatureCache, extract
 from agci.resampler_probes.probes import TrainConfig, build_probe, train_probe
 from agci.runs import RunFolder
 
@@ -91,7 +92,7 @@ def test_cache_round_trip_and_resume(tmp_path):
     from PIL import Image
     from tiny_checkpoints import save_qformer_model
 
-    adapter = load_adapter(save_qformer_model("blip2", tmp_path / "blip2"))
+    encoder = load_encoder(save_qformer_model("blip2", tmp_path / "blip2"))
     rng = np.random.default_rng(1)
     pictures = {i: Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for i in range(10)}
     items = [{"id": i, "text": f"a thing {i} on the left"} for i in range(10)]
@@ -101,20 +102,20 @@ def test_cache_round_trip_and_resume(tmp_path):
         calls.append(item["id"])
         return pictures[item["id"]]
 
-    index = extract(adapter, items, load, tmp_path / "cache", batch_size=3, shard_size=4)
+    index = extract(encoder, items, load, tmp_path / "cache", batch_size=3, shard_size=4)
     assert [s["count"] for s in index["shards"]] == [4, 4, 2] and index["shape"] == [3, 4, 32]
     cache = FeatureCache(tmp_path / "cache")
-    direct = adapter.encode([pictures[i] for i in range(10)], [it["text"] for it in items])
+    direct = encoder.encode([pictures[i] for i in range(10)], [it["text"] for it in items])
     for layer in range(3):
         torch.testing.assert_close(cache.layer(layer), direct[:, layer].flatten(1).half().float())
     # an interrupted run: the last shard is missing from the index; a rerun encodes only it
     index["shards"] = index["shards"][:2]
     (tmp_path / "cache" / "index.json").write_text(json.dumps(index))
     calls.clear()
-    extract(adapter, items, load, tmp_path / "cache", batch_size=3, shard_size=4)
+    extract(encoder, items, load, tmp_path / "cache", batch_size=3, shard_size=4)
     assert calls == [8, 9]
     with pytest.raises(FileExistsError, match="other items"):
-        extract(adapter, items[:5], load, tmp_path / "cache")
+        extract(encoder, items[:5], load, tmp_path / "cache")
     with pytest.raises(ValueError, match="out of range"):
         cache.layer(3)
 
@@ -151,19 +152,19 @@ def test_joint_fine_tuning_trains_the_resampler(tmp_path):
     from PIL import Image
     from tiny_checkpoints import save_qformer_model
 
-    adapter = load_adapter(save_qformer_model("instructblip", tmp_path / "ib"))
+    encoder = load_encoder(save_qformer_model("instructblip", tmp_path / "ib"))
     rng = np.random.default_rng(0)
     pictures = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(40)]
     labels = torch.tensor([i % 2 for i in range(40)])
-    before = [p.detach().clone() for p in adapter.resampler_parameters()]
+    before = [p.detach().clone() for p in encoder.resampler_parameters()]
 
     def features(idx, training):
         with torch.set_grad_enabled(training):
-            return adapter.encode([pictures[i] for i in idx], ["is it on the left?"] * len(idx))[:, -1].flatten(1)
+            return encoder.encode([pictures[i] for i in idx], ["is it on the left?"] * len(idx))[:, -1].flatten(1)
 
     cfg = TrainConfig(task="vsr", lr=1e-3, epochs=2, batch_size=8)
-    _, result = train_probe(features, labels, _splits(40), cfg, adapter.resampler_parameters(), progress=False)
-    changed = [not torch.equal(a, b) for a, b in zip(before, adapter.resampler_parameters(), strict=True)]
+    _, result = train_probe(features, labels, _splits(40), cfg, encoder.resampler_parameters(), progress=False)
+    changed = [not torch.equal(a, b) for a, b in zip(before, encoder.resampler_parameters(), strict=True)]
     assert any(changed) and result.epochs_run == 2
 
 
@@ -174,8 +175,8 @@ def test_unknown_probe_task_and_model_are_refused(tmp_path):
         TrainConfig(task="gqa")
     from tiny_checkpoints import save_tiny
 
-    with pytest.raises(ValueError, match="no resampler adapter"):
-        load_adapter(save_tiny("llava", tmp_path / "llava"))
+    with pytest.raises(ValueError, match="no resampler encoder wrapper"):
+        load_encoder(save_tiny("llava", tmp_path / "llava"))
 
 
 @pytest.fixture(scope="module")
@@ -491,9 +492,9 @@ def test_extract_no_text_caches_the_queries_alone(tmp_path, inputs, kind, capsys
     assert (queries.index["with_text"], text.index["with_text"]) == (False, True)
     items = [json.loads(line) for line in (tmp_path / "queries" / "items.jsonl").read_text().splitlines()]
     pictures = [Image.open(inputs.images / it["image"]).convert("RGB") for it in items]
-    adapter = load_adapter(model)
+    encoder = load_encoder(model)
     with torch.no_grad():
-        alone, with_text = adapter.encode(pictures, None), adapter.encode(pictures, [it["text"] for it in items])
+        alone, with_text = encoder.encode(pictures, None), encoder.encode(pictures, [it["text"] for it in items])
     for layer in range(3):
         got = queries.layer(layer)
         assert got.shape == (36, 4 * 32)
@@ -503,20 +504,22 @@ def test_extract_no_text_caches_the_queries_alone(tmp_path, inputs, kind, capsys
 
 
 @pytest.mark.parametrize("base", ["instructblip", "blip2"])
-def test_register_adapter_makes_a_new_model_type_loadable(base, tmp_path, inputs, capsys):
-    """`register_adapter(model_type)` on an adapter class: adapter_type, load_adapter and `extract` accept a
+def test_register_encoder_makes_a_new_model_type_loadable(base, tmp_path, inputs, capsys):
+    """`register_encoder(model_type)` on an encoder wrapper class: encoder_type, load_encoder and `extract` accept a
     checkpoint of that model type (here: a tiny InstructBLIP or BLIP-2 under another model type name, its config
-    class registered with transformers so that its config can be read), loaded with the adapter's model_class."""
+    class registered with transformers so that its config can be read), loaded with the wrapper's model_class; the
+    old name, features.register_adapter, is the same function."""
     from PIL import Image
     from transformers import AutoConfig, Blip2Config, InstructBlipConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    from agci.resampler_probes import features
+    from agci.resampler_probes import encoders, features
 
-    ADAPTERS, adapter_type, register_adapter = features.ADAPTERS, features.adapter_type, features.register_adapter
+    ENCODERS, encoder_type, register_encoder = encoders.ENCODERS, encoders.encoder_type, encoders.register_encoder
+    assert (features.register_adapter, features.ResamplerAdapter) == (register_encoder, encoders.ResamplerEncoder)
     original = getattr(inputs, base)
-    config_class, adapter_class = {"instructblip": (InstructBlipConfig, features.InstructBlipQFormer),
-                                   "blip2": (Blip2Config, features.Blip2QFormer)}[base]  # fmt: skip
+    config_class, wrapper_class = {"instructblip": (InstructBlipConfig, encoders.InstructBlipQFormer),
+                                   "blip2": (Blip2Config, encoders.Blip2QFormer)}[base]  # fmt: skip
     name = f"agci-test-{base}"
     renamed = tmp_path / "renamed"
     shutil.copytree(original, renamed)
@@ -524,21 +527,21 @@ def test_register_adapter_makes_a_new_model_type_loadable(base, tmp_path, inputs
     (renamed / "config.json").write_text(json.dumps({**config, "model_type": name}))
     AutoConfig.register(name, type("RenamedConfig", (config_class,), {"model_type": name}))
     try:
-        with pytest.raises(ValueError, match=f"model type '{name}' has no resampler adapter"):
-            adapter_type(renamed)
+        with pytest.raises(ValueError, match=f"model type '{name}' has no resampler encoder wrapper"):
+            encoder_type(renamed)
 
-        @register_adapter(name)
-        class Renamed(adapter_class):
+        @register_encoder(name)
+        class Renamed(wrapper_class):
             model_type = name
 
-        assert adapter_type(renamed) == name
-        adapter = load_adapter(renamed)
-        assert type(adapter) is Renamed
+        assert encoder_type(renamed) == name
+        encoder = load_encoder(renamed)
+        assert type(encoder) is Renamed
         rng = np.random.default_rng(3)
         pictures = [Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for _ in range(2)]
         texts = ["the dog is left of the car", "a car"]
         with torch.no_grad():  # the same weights as the checkpoint it was copied from
-            torch.testing.assert_close(adapter.encode(pictures, texts), load_adapter(original).encode(
+            torch.testing.assert_close(encoder.encode(pictures, texts), load_encoder(original).encode(
                 pictures, texts), rtol=0, atol=0)  # fmt: skip
         cache = tmp_path / "cache"
         assert main(["resampler-probe", "extract", "--model", str(renamed), "--task", "vsr", "--data", str(inputs.vsr),
@@ -546,6 +549,6 @@ def test_register_adapter_makes_a_new_model_type_loadable(base, tmp_path, inputs
         assert json.loads((cache / "index.json").read_text())["model_type"] == name
         assert FeatureCache(cache).index["shape"] == [3, 4, 32]
     finally:
-        ADAPTERS.pop(name, None)
+        ENCODERS.pop(name, None)
         CONFIG_MAPPING._extra_content.pop(name, None)  # transformers has no unregister
-    assert name not in ADAPTERS and name not in CONFIG_MAPPING
+    assert name not in ENCODERS and name not in CONFIG_MAPPING

@@ -121,7 +121,7 @@ def _row_base(record: dict) -> dict:
 
 def _prepare_rows(vlm, task: str, batch: list[dict], root: Path) -> tuple[list[dict], list[dict], dict | None]:
     """Rows skipped with their reason, the rows kept, and the kept images and prompts encoded."""
-    from .scoring import SIMILARITY_PROMPT, encode
+    from .model_runs import SIMILARITY_PROMPT, encode
 
     rows, images, kept = [], [], []
     for record in batch:
@@ -148,7 +148,7 @@ def _prepare_rows(vlm, task: str, batch: list[dict], root: Path) -> tuple[list[d
 
 def _score_rows(vlm, task: str, prepared: tuple, cfg: ProbeConfig, slots: list, switch) -> dict:
     """Rows of one prepared batch for each (model, lambda) slot."""
-    from .scoring import generate_from_inputs, similarity_from_inputs, yes_no_from_inputs
+    from .model_runs import generate_from_inputs, similarity_from_inputs, yes_no_from_inputs
 
     rows, kept, inputs = prepared
     if inputs is None:
@@ -173,7 +173,7 @@ def _score_rows(vlm, task: str, prepared: tuple, cfg: ProbeConfig, slots: list, 
 def _occlusion_rows(vlm, record: dict, root: Path, cfg: ProbeConfig, slots: list, switch) -> dict:
     """The occlusion map of one record for each (model, lambda) slot, for the answer the model generates
     there; the masked copies are encoded once for all slots."""
-    from .scoring import encode, generate_from_inputs, occlusion_maps
+    from .model_runs import encode, generate_from_inputs, occlusion_maps
 
     base = _row_base(record)
     try:
@@ -211,7 +211,7 @@ def _score_task(vlm, task: str, records: list[dict], slots: list, switch, out: P
     scored in each slot that still lacks one of their samples."""
     from tqdm.auto import tqdm
 
-    from .scoring import chunks, prefetched
+    from .model_runs import chunks, prefetched
 
     done = {}
     for label, lam in slots:
@@ -315,7 +315,7 @@ def run_probe(cfg: ProbeConfig) -> dict | None:
     The model's config and the data are checked before anything is written; the folder is then locked (by
     the main process) and its record checked, before any weight is loaded."""
     from ..vlm import load_config
-    from .scoring import load_probe_vlm
+    from .model_runs import load_probe_vlm
 
     procs = Processes(cfg.device)
     model_path = cfg.model or str(embedded_model())

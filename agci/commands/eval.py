@@ -43,11 +43,12 @@ def eval_command(args) -> int:
     except ImportError as exc:
         return refuse("eval", f"{exc}; {EXTRA_HINT}")
     try:
-        summary = suite.run(
-            args.model_path, args.lambdas, Path(args.out), [t.strip() for t in args.tasks.split(",") if t.strip()],
-            data=Path(args.data) if args.data else None, model=args.lmms_model, batch_size=args.batch_size,
-            limit=args.limit, model_args=args.model_args, device=args.device, force=args.force,
-        )  # fmt: skip
+        summary = suite.run(suite.EvalConfig(
+            args.model_path, tuple(args.lambdas), Path(args.out),
+            tuple(t.strip() for t in args.tasks.split(",") if t.strip()), data=Path(args.data) if args.data else None,
+            model=args.lmms_model, batch_size=args.batch_size, limit=args.limit, model_args=args.model_args,
+            device=args.device, force=args.force,
+        ))  # fmt: skip
     except ModuleNotFoundError as exc:
         return refuse("eval", f"{exc}; {EXTRA_HINT}")
     except (ValueError, FileNotFoundError) as exc:

@@ -43,15 +43,23 @@ def register(subparsers) -> None:
     ris.set_defaults(func=ris_command)
 
 
+def ris_config(args):
+    """The :class:`~agci.ris.evaluate.RisConfig` of ``agci ris evaluate``'s arguments (checked as it is made)."""
+    from ..ris.evaluate import RisConfig
+
+    return RisConfig(model=args.model, refer_root=Path(args.refer), dataset=args.dataset, split=args.split,
+                     images=Path(args.images), proposals=args.proposals, out=Path(args.out), mode=args.mode,
+                     layer=args.layer, normalise=args.normalise, limit=args.limit, device=args.device,
+                     split_by=args.split_by, translations=Path(args.translations) if args.translations else None,
+                     language=args.language, v=args.v, force=args.force)  # fmt: skip
+
+
 def ris_command(args) -> int:
     from ..ris import evaluate as ris
 
     try:
         if args.action == "evaluate":
-            s = ris.evaluate(args.model, Path(args.refer), args.dataset, args.split, Path(args.images),
-                             args.proposals, Path(args.out), args.mode, args.layer, args.normalise, args.limit,
-                             args.device, args.split_by, Path(args.translations) if args.translations else None,
-                             args.language, args.v, force=args.force)  # fmt: skip
+            s = ris.evaluate(ris_config(args))
             print(f"{args.dataset} {args.split} ({s['n']} expressions, {args.mode}): mIoU {s['mIoU']:.4f}, "
                   f"oIoU {s['oIoU']:.4f}, Prec@0.5 {s['Prec@0.5']:.4f}")  # fmt: skip
         else:

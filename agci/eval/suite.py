@@ -253,46 +253,62 @@ def parse_model_args(text: str) -> dict:
     return args
 
 
-def run(
-    pretrained: str,
-    lambdas: list[float],
-    out: Path,
-    tasks: list[str],
-    data: Path | None = None,
-    model: str | None = None,
-    batch_size: int = 1,
-    limit: int | None = None,
-    model_args: str = "",
-    device: str | None = None,
-    extra: list[str] | None = None,
-    force: bool = False,
-) -> dict:
-    """The suite at lambda 0 and ``lambdas``; returns the comparison (also written under ``out``)."""
+@dataclass(frozen=True)
+class EvalConfig:
+    """The inputs of one ``agci eval`` run and the checks of their values that need no file or model: the
+    lambdas and ``limit`` are refused in words when the config is made."""
+
+    pretrained: str  # checkpoint folder or hub id of a supported VLM
+    lambdas: tuple[float, ...]  # compared with lambda 0 (which is always run)
+    out: Path  # the run's folder; a rerun into it skips finished lambdas
+    tasks: tuple[str, ...]  # agci_paper (the suite), agci_crpe, or task names
+    data: Path | None = None  # local copies of the benchmarks (layout: BENCHMARKS); None: the hub
+    model: str | None = None  # the agci lmms-eval model name; None: from config.json
+    batch_size: int = 1
+    limit: int | None = None  # the first N documents of each task
+    model_args: str = ""  # more lmms-eval model_args (key=value,...)
+    device: str | None = None
+    extra: tuple[str, ...] = ()  # more arguments for lmms-eval
+    force: bool = False  # delete the folder's results of a run with other inputs and start over
+
+    def __post_init__(self):
+        for lam in self.lambdas:
+            validate_lambda(lam)
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1 (the first N documents of each task), got {self.limit}")
+
+    @property
+    def swept(self) -> list[float]:
+        """Lambda 0 and the given lambdas, in order, each once."""
+        return sorted({0.0, *(validate_lambda(lam) for lam in self.lambdas)})
+
+
+def run(config: EvalConfig) -> dict:
+    """The suite at lambda 0 and ``config.lambdas``; returns the comparison (also written under ``config.out``)."""
     from .lmms_model import check_model_args
 
-    lambdas = sorted({0.0, *(validate_lambda(lam) for lam in lambdas)})
-    model = model or model_name_for(pretrained)
+    c = config
+    lambdas = c.swept
+    model = c.model or model_name_for(c.pretrained)
     if model not in MODEL_NAMES:
         raise ValueError(f"--lmms-model {model!r} is not an agci model; choose one of {', '.join(MODEL_NAMES)}")
-    tasks = expand_tasks(tasks)
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be >= 1 (the first N documents of each task), got {limit}")
-    if data is not None:
-        check_local_files(data, tasks)
-    parsed = parse_model_args(model_args)
-    check_model_args(model, pretrained, {**parsed, "batch_size": batch_size})
-    fingerprint = {**model_fingerprint(pretrained), "lmms_model": model, "tasks": tasks,
-                   "data": _data_fingerprint(data, tasks), "limit": limit, "model_args": parsed,
-                   "lmms_eval_arguments": extra or [], "versions": versions("lmms-eval")}  # fmt: skip
-    out = Path(out)
-    with RunFolder(out, "eval", fingerprint, outputs=OUTPUTS, force=force) as folder:
-        summary = _run_lambdas(pretrained, lambdas, out, tasks, data, model, batch_size, limit, model_args, device,
-                               extra)  # fmt: skip
+    tasks = expand_tasks(list(c.tasks))
+    if c.data is not None:
+        check_local_files(c.data, tasks)
+    parsed = parse_model_args(c.model_args)
+    check_model_args(model, c.pretrained, {**parsed, "batch_size": c.batch_size})
+    fingerprint = {**model_fingerprint(c.pretrained), "lmms_model": model, "tasks": tasks,
+                   "data": _data_fingerprint(c.data, tasks), "limit": c.limit, "model_args": parsed,
+                   "lmms_eval_arguments": list(c.extra), "versions": versions("lmms-eval")}  # fmt: skip
+    out = Path(c.out)
+    with RunFolder(out, "eval", fingerprint, outputs=OUTPUTS, force=c.force) as folder:
+        summary = _run_lambdas(c, lambdas, out, tasks, model)
         folder.finished()
     return summary
 
 
-def _run_lambdas(pretrained, lambdas, out, tasks, data, model, batch_size, limit, model_args, device, extra) -> dict:
+def _run_lambdas(config: EvalConfig, lambdas: list[float], out: Path, tasks: list[str], model: str) -> dict:
+    pretrained, data, model_args, limit = config.pretrained, config.data, config.model_args, config.limit
     include, names = str(TASKS_DIR), tasks
     env = dict(os.environ)
     if data is not None:
@@ -310,14 +326,14 @@ def _run_lambdas(pretrained, lambdas, out, tasks, data, model, batch_size, limit
             )
             command = [
                 sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", args,
-                "--tasks", ",".join(names), "--include_path", include, "--batch_size", str(batch_size),
+                "--tasks", ",".join(names), "--include_path", include, "--batch_size", str(config.batch_size),
                 "--output_path", str(run_dir), "--log_samples",
             ]  # fmt: skip
             if limit is not None:
                 command += ["--limit", str(limit)]
-            if device:
-                command += ["--device", device]
-            command += extra or []
+            if config.device:
+                command += ["--device", config.device]
+            command += list(config.extra)
             print(f"agci eval: lambda {format_lambda(lam)}: {' '.join(command)}", flush=True)
             subprocess.run(command, check=True, env=env)
             table = read_results(run_dir)

@@ -21,7 +21,8 @@ from ..images import read_image
 from ..inputs import read_jsonl
 from ..runs import RECORD, RunFolder, drop_partial_line, write_json, write_text
 from .data import RefExample, build_rcm, load_refcocog, write_rcm
-from .features import FeatureCache, adapter_type, extract, load_adapter, torch_dtype
+from .encoders import encoder_type, load_encoder, torch_dtype
+from .features import FeatureCache, extract
 from .probes import TASKS, TrainConfig, train_probe
 
 EXTRACT_OUTPUTS = ("features-*.safetensors", "index.json", "items.jsonl")
@@ -116,7 +117,7 @@ def run_extract(model: str, items: list[dict], images: Path, out: Path, batch_si
     if not items:
         raise ValueError("no items to extract; give data with at least one item")
     torch_dtype(dtype)
-    adapter_type(model)
+    encoder_type(model)
     absent = sorted({it["image"] for it in items if not (Path(images) / it["image"]).is_file()})
     if absent:
         raise FileNotFoundError(f"{len(absent)} image(s) of the items are not in {images}, e.g. {absent[0]} "
@@ -128,9 +129,9 @@ def run_extract(model: str, items: list[dict], images: Path, out: Path, batch_si
     out = Path(out)
     fingerprint = _extract_fingerprint(model, items, images, dtype, with_text, task)
     with RunFolder(out, "extract", fingerprint, outputs=EXTRACT_OUTPUTS, force=force) as folder:
-        adapter = load_adapter(model, device, dtype)
+        encoder = load_encoder(model, device, dtype)
         write_text(out / "items.jsonl", "".join(json.dumps(it) + "\n" for it in items))
-        index = extract(adapter, items, load_image, out, batch_size=batch_size, with_text=with_text)
+        index = extract(encoder, items, load_image, out, batch_size=batch_size, with_text=with_text)
         index.update(model=str(model))
         write_text(out / "index.json", json.dumps(index) + "\n")
         folder.finished()
@@ -185,7 +186,7 @@ def _check_joint(features: FeatureCache, cache: Path, images: Path) -> None:
     model = features.index.get("model")
     if not model:
         raise ValueError(f"{cache}/index.json names no model; rerun `agci resampler-probe extract` into a new folder")
-    adapter_type(model)
+    encoder_type(model)
     items = read_jsonl(Path(cache) / "items.jsonl", "the items.jsonl of the cache", keys=("image", "text"))
     absent = sorted({it["image"] for it in items if not (Path(images) / it["image"]).is_file()})
     if absent:
@@ -196,7 +197,7 @@ def _check_joint(features: FeatureCache, cache: Path, images: Path) -> None:
 def _joint_features(cache: Path, images: Path, layer: int, device: str):
     """Features computed live by a fresh copy of the cache's model, with the resampler trainable."""
     index = json.loads((Path(cache) / "index.json").read_text())
-    adapter = load_adapter(index["model"], device)
+    encoder = load_encoder(index["model"], device)
     items = read_jsonl(Path(cache) / "items.jsonl")
     with_text = index.get("with_text", True)
 
@@ -204,10 +205,10 @@ def _joint_features(cache: Path, images: Path, layer: int, device: str):
         batch = [items[i] for i in idx.tolist()]
         pictures = [read_image(Path(images) / it["image"]) for it in batch]
         with torch.set_grad_enabled(training):
-            feats = adapter.encode(pictures, [it["text"] for it in batch] if with_text else None)
+            feats = encoder.encode(pictures, [it["text"] for it in batch] if with_text else None)
         return feats[:, layer].flatten(1).float()
 
-    unique = list({id(p): p for p in adapter.resampler_parameters()}.values())
+    unique = list({id(p): p for p in encoder.resampler_parameters()}.values())
     return features, unique
 
 

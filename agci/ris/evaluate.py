@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,32 +64,70 @@ def ground_truth(expr: dict) -> np.ndarray:
     return rle.decode(seg).astype(bool)
 
 
-def _fingerprint(model: str, refer_root: Path, dataset: str, split: str, split_by: str | None, proposals: str,
-                 mode: str, layer: int | None, normalise: str, v: float, translations: Path | None,
-                 language: str | None) -> dict:  # fmt: skip
+def check_layer(layer: int | None) -> None:
+    """``--layer`` of ``ris evaluate|show``: 1-based, refused in words before anything is read or written."""
+    if layer is not None and layer < 1:
+        raise ValueError(f"--layer {layer} is not a layer: layers are 1-based (1 is the first); omit --layer for "
+                         "the default (two thirds up)")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RisConfig:
+    """The inputs of one ``agci ris evaluate`` run (one split, in one language) and their checks: the numeric
+    options are refused in words when the config is made, before anything is read or written."""
+
+    model: str  # CLIP, SigLIP or SigLIP2 checkpoint folder or hub id
+    refer_root: Path  # ROOT/<dataset>/refs(<split_by>).p and instances.json
+    dataset: str  # refcoco, refcoco+ or refcocog
+    split: str
+    images: Path  # the COCO train2014 folder
+    proposals: str  # disk:FOLDER, mask2former:CKPT or sam:CKPT
+    out: Path  # results folder; splits and languages may share it
+    mode: str = "full"  # full, global (global score only) or pmap (map regions only)
+    layer: int | None = None  # 1-based layer of the map; None: two thirds up
+    normalise: str = "channel"
+    limit: int | None = None  # the first N expressions of the split
+    device: str = "cpu"
+    split_by: str | None = None  # None: unc, umd for refcocog
+    translations: Path | None = None  # a CSV joined on sent_id, one column per language
+    language: str | None = None  # a column of translations, or "centroid" (all of them)
+    v: float | None = None  # crop vs whole-image weight of the global score; None: the dataset's (see weight)
+    force: bool = False  # delete this result's files and start over
+
+    def __post_init__(self):
+        check_layer(self.layer)
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit {self.limit}: give the number of expressions to score, at least 1 (or omit "
+                             "--limit)")  # fmt: skip
+        if self.v is not None and not 0 <= self.v <= 1:
+            raise ValueError(f"--v {self.v}: v weighs the masked crop against the masked whole image, so it lies in "
+                             "[0, 1] (0.95 for RefCOCO/+, 0.85 for RefCOCOg)")  # fmt: skip
+
+    @property
+    def weight(self) -> float:
+        """``v``, else the reference's: 0.95 for RefCOCO and RefCOCO+, 0.85 for RefCOCOg."""
+        return self.v if self.v is not None else (0.85 if self.dataset == "refcocog" else 0.95)
+
+    @property
+    def stem(self) -> str:
+        """The name of this run's files and of its entry in ``agci-run.json``: ``<dataset>_<split>[_<language>]``."""
+        return f"{self.dataset}_{self.split}" + (f"_{self.language}" if self.language else "")
+
+
+def _fingerprint(config: RisConfig) -> dict:
     """What defines the rows of ``<dataset>_<split>[_<language>]``: a rerun resumes only when all of it is the same.
 
     ``limit`` chooses which expressions are scored, not their values, and the device does not change them, so
     both may differ between runs. The images folder is not part of it (COCO's files do not change); the
     ``disk:`` proposals are identified by their folder, not their files' bytes."""
-    split_by = split_by or SPLIT_BY.get(dataset)
-    return {**model_fingerprint(model), "proposals": proposals_fingerprint(proposals), "dataset": dataset,
-            "split": split, "split_by": split_by, "refer": file_digest(*refer_files(refer_root, dataset, split_by)),
-            "mode": mode, "layer": layer, "normalise": normalise, "v": v,
-            "translations": file_digest(translations) if translations is not None else None, "language": language,
-            "versions": versions()}  # fmt: skip
-
-
-def check_options(layer: int | None, limit: int | None = None, v: float | None = None) -> None:
-    """The numeric options of ``ris evaluate|show``, refused in words before anything is read or written."""
-    if layer is not None and layer < 1:
-        raise ValueError(f"--layer {layer} is not a layer: layers are 1-based (1 is the first); omit --layer for "
-                         "the default (two thirds up)")  # fmt: skip
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit {limit}: give the number of expressions to score, at least 1 (or omit --limit)")
-    if v is not None and not 0 <= v <= 1:
-        raise ValueError(f"--v {v}: v weighs the masked crop against the masked whole image, so it lies in [0, 1] "
-                         "(0.95 for RefCOCO/+, 0.85 for RefCOCOg)")  # fmt: skip
+    c = config
+    split_by = c.split_by or SPLIT_BY.get(c.dataset)
+    return {**model_fingerprint(c.model), "proposals": proposals_fingerprint(c.proposals), "dataset": c.dataset,
+            "split": c.split, "split_by": split_by,
+            "refer": file_digest(*refer_files(c.refer_root, c.dataset, split_by)), "mode": c.mode,
+            "layer": c.layer, "normalise": c.normalise, "v": c.weight,
+            "translations": file_digest(c.translations) if c.translations is not None else None,
+            "language": c.language, "versions": versions()}  # fmt: skip
 
 
 def check_model(model: str, layer: int | None) -> None:
@@ -98,10 +137,7 @@ def check_model(model: str, layer: int | None) -> None:
         raise ValueError(f"--layer {layer} is out of range: {model} has vision layers 1..{layers}")
 
 
-def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Path, proposals: str, out: Path,
-             mode: str = "full", layer: int | None = None, normalise: str = "channel", limit: int | None = None,
-             device: str = "cpu", split_by: str | None = None, translations: Path | None = None,
-             language: str | None = None, v: float | None = None, force: bool = False) -> dict:  # fmt: skip
+def evaluate(config: RisConfig) -> dict:
     """Score every expression of a split; ``out/<dataset>_<split>[_<language>].jsonl`` is written as it
     goes (a rerun with the same inputs skips what is there), then the ``.json`` summary with mIoU, oIoU and
     Prec@0.5:0.9 and a ``.md`` table.
@@ -115,11 +151,12 @@ def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Pat
     recorded in ``out/agci-run.json`` (see :mod:`agci.runs`): a rerun with other inputs (model, proposals,
     mode, layer, ...) is refused, and ``force`` deletes that result's files and starts over. The inputs are
     checked before anything is written or any weight is loaded."""
-    check_options(layer, limit, v)
-    v = v if v is not None else (0.85 if dataset == "refcocog" else 0.95)
+    c = config
+    model, dataset, split, images, mode = c.model, c.dataset, c.split, c.images, c.mode
+    translations, language, v = c.translations, c.language, c.weight
     from tqdm.auto import tqdm
 
-    exprs = refer_expressions(refer_root, dataset, split, split_by)[:limit]
+    exprs = refer_expressions(c.refer_root, dataset, split, c.split_by)[: c.limit]
     languages, texts = [], {}
     if translations is not None:
         from .multilingual import read_translations
@@ -137,14 +174,11 @@ def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Pat
     if absent:
         raise FileNotFoundError(f"{len(absent)} image(s) of the split are not in {images}, e.g. {absent[0]} "
                                 "(--images is the COCO train2014 folder)")  # fmt: skip
-    check_model(model, layer)
-    stem = f"{dataset}_{split}" + (f"_{language}" if language else "")
-    fingerprint = _fingerprint(model, refer_root, dataset, split, split_by, proposals, mode, layer, normalise, v,
-                               translations, language)  # fmt: skip
-    out = Path(out)
-    with RunFolder(out, stem, fingerprint, outputs=(f"{glob.escape(stem)}.*",), force=force) as folder:
-        encoder = Encoder.load(model, device)
-        proposer = load_proposer(proposals, device)
+    check_model(model, c.layer)
+    stem, out = c.stem, Path(c.out)
+    with RunFolder(out, stem, _fingerprint(c), outputs=(f"{glob.escape(stem)}.*",), force=c.force) as folder:
+        encoder = Encoder.load(model, c.device)
+        proposer = load_proposer(c.proposals, c.device)
         rows_path = out / f"{stem}.jsonl"
         drop_partial_line(rows_path)
         done = {}
@@ -169,7 +203,7 @@ def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Pat
                 elif language:
                     text = texts[expr["sent_id"]][language]
                     feature = encoder.text_features([text])
-                choice = choose(encoder, image, text, proposer(image, expr["image"]), mode, layer, normalise, v=v,
+                choice = choose(encoder, image, text, proposer(image, expr["image"]), mode, c.layer, c.normalise, v=v,
                                 feature=feature)  # fmt: skip
                 truth = ground_truth(expr)
                 row = {"id": expr["id"], "I": int((choice.mask & truth).sum()), "U": int((choice.mask | truth).sum()),
@@ -179,7 +213,7 @@ def evaluate(model: str, refer_root: Path, dataset: str, split: str, images: Pat
                 done[row["id"]] = row
         rows = [done[e["id"]] for e in exprs]
         summary = {"dataset": dataset, "split": split, "language": language or "original", "mode": mode,
-                   "layer": layer, "normalise": normalise, "v": v, "model": str(model),
+                   "layer": c.layer, "normalise": c.normalise, "v": v, "model": str(model),
                    **summarise([r["I"] for r in rows], [r["U"] for r in rows])}  # fmt: skip
         write_json(out / f"{stem}.json", summary)
         table = ("| dataset | split | mode | mIoU | oIoU | Prec@0.5 | Prec@0.7 | Prec@0.9 |\n"
@@ -199,7 +233,7 @@ def picture(model: str, image_path: Path, text: str, proposals: str, out: Path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    check_options(layer)
+    check_layer(layer)
     check_model(model, layer)
     if not Path(image_path).is_file():
         raise FileNotFoundError(f"--image {image_path} does not exist; give an image file")

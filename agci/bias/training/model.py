@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ...configs.tiny import CLIP_MEAN, CLIP_STD
+from ...demo_model import CLIP_MEAN, CLIP_STD
 from ..probe_sets import PROMPT
 from ..synthetic import TEXTURES, captions
 

@@ -1,4 +1,5 @@
-"""A small LLaVA configuration that builds offline in a second: the model behind ``agci demo``.
+"""The model ``agci demo`` builds: a small LLaVA configuration that builds offline in a second (it is an
+architecture, not a config key, so it is not in :mod:`agci.configs`).
 
 CLIP vision tower at 224 px with 14 px patches (a 16 x 16 grid, 256 visual tokens per image, as
 LLaVA-1.5 has 576 at 336 px) and a two-layer Llama; random weights.
