@@ -75,7 +75,7 @@ $(VLLM_VENV)/.installed: pyproject.toml Makefile
 	$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_SPEC)
 	$(NO_LOCAL_WHEELS) $(VLLM_VENV)/bin/python -m pip install -q --force-reinstall --no-deps $(VLLM_TORCH_SPEC)
 	$(NO_LOCAL_WHEELS) $(VLLM_VENV)/bin/python -m pip install -q $(VLLM_TORCH_SPEC)
-	$(VLLM_VENV)/bin/python -m pip install -q "lmms-eval==0.7.3" decord "filelock<4" pytest matplotlib
+	$(VLLM_VENV)/bin/python -m pip install -q "lmms-eval==0.7.3" decord "filelock<4" pytest matplotlib num2words
 	$(VLLM_VENV)/bin/python -m pip install -q -e . --no-deps
 	$(VLLM_VENV)/bin/python -c 'import torchvision.ops, vllm, agci.vllm'
 	touch $@

@@ -135,7 +135,7 @@ def _env(trace: Path, **extra) -> dict:
 def _injections(trace: Path) -> list[tuple[int, float]]:
     if not trace.exists():
         return []
-    return [(int(p), float(v)) for p, v in (line.split() for line in trace.read_text().splitlines())]
+    return [(int(p), float(v)) for p, v, _ in (line.split() for line in trace.read_text().splitlines())]
 
 
 TEMPLATE = {"qwen2_5_vl": "qwen2_vl", "llava": "llava"}

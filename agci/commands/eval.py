@@ -22,6 +22,9 @@ def register(subparsers) -> None:
     ev.add_argument("--data", help="folder with local copies of the benchmarks (layout in README); default: the hub")
     ev.add_argument("--out", default="agci-eval", help="output folder; rerunning into it skips finished lambdas")
     add_force(ev)
+    ev.add_argument("--engine", choices=("transformers", "vllm"), default="transformers",
+                    help="what runs the model: agci's lmms-eval models on transformers, or lmms-eval's vllm model "
+                    "with agci's vLLM plugin (--model-args then go to vllm.LLM)")  # fmt: skip
     ev.add_argument("--lmms-model", help="agci_qwen2_5_vl, agci_llava, ... (default: from config.json)")
     ev.add_argument("--batch-size", type=int, default=1)
     ev.add_argument("--limit", type=int, help="first N documents per task (for trying it out)")
@@ -47,7 +50,7 @@ def eval_command(args) -> int:
             args.model_path, tuple(args.lambdas), Path(args.out),
             tuple(t.strip() for t in args.tasks.split(",") if t.strip()), data=Path(args.data) if args.data else None,
             model=args.lmms_model, batch_size=args.batch_size, limit=args.limit, model_args=args.model_args,
-            device=args.device, force=args.force,
+            device=args.device, force=args.force, engine=args.engine,
         ))  # fmt: skip
     except ModuleNotFoundError as exc:
         return refuse("eval", f"{exc}; {EXTRA_HINT}")

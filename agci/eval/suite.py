@@ -20,7 +20,7 @@ from pathlib import Path
 from ..configs import LAMBDA_KEY, format_lambda, validate_lambda
 from ..fingerprints import model_fingerprint, versions
 from ..runs import RunFolder, save_figure, write_json, write_text
-from . import TASKS_DIR
+from . import TASKS_DIR, engines
 from .plugin import MODEL_NAMES
 
 LOCAL_SUFFIX = "_local"
@@ -270,8 +270,14 @@ class EvalConfig:
     device: str | None = None
     extra: tuple[str, ...] = ()  # more arguments for lmms-eval
     force: bool = False  # delete the folder's results of a run with other inputs and start over
+    engine: str = "transformers"  # or "vllm": lmms-eval's vllm model with agci's vLLM plugin
 
     def __post_init__(self):
+        if self.engine not in engines.ENGINES:
+            raise ValueError(f"--engine must be one of {', '.join(engines.ENGINES)}, got {self.engine!r}")
+        if self.engine == "vllm" and self.model is not None:
+            raise ValueError("--lmms-model names an agci model on transformers; with --engine vllm lmms-eval's vllm "
+                             "model runs: leave --lmms-model out")  # fmt: skip
         for lam in self.lambdas:
             validate_lambda(lam)
         if self.limit is not None and self.limit < 1:
@@ -289,17 +295,26 @@ def run(config: EvalConfig) -> dict:
 
     c = config
     lambdas = c.swept
-    model = c.model or model_name_for(c.pretrained)
-    if model not in MODEL_NAMES:
+    vllm = c.engine == "vllm"
+    model = engines.VLLM_MODEL if vllm else c.model or model_name_for(c.pretrained)
+    if model not in MODEL_NAMES and not vllm:
         raise ValueError(f"--lmms-model {model!r} is not an agci model; choose one of {', '.join(MODEL_NAMES)}")
     tasks = expand_tasks(list(c.tasks))
     if c.data is not None:
         check_local_files(c.data, tasks)
     parsed = parse_model_args(c.model_args)
-    check_model_args(model, c.pretrained, {**parsed, "batch_size": c.batch_size})
+    if vllm:
+        engines.check_vllm(c.pretrained, max(lambdas), parsed)
+    else:
+        check_model_args(model, c.pretrained, {**parsed, "batch_size": c.batch_size})
     fingerprint = {**model_fingerprint(c.pretrained), "lmms_model": model, "tasks": tasks,
                    "data": _data_fingerprint(c.data, tasks), "limit": c.limit, "model_args": parsed,
                    "lmms_eval_arguments": list(c.extra), "versions": versions("lmms-eval")}  # fmt: skip
+    if vllm:  # only then: folders of earlier transformers runs keep their record
+        from ..vllm.checks import vllm_version
+
+        fingerprint["engine"] = c.engine
+        fingerprint["versions"]["vllm"] = vllm_version()
     out = Path(c.out)
     with RunFolder(out, "eval", fingerprint, outputs=OUTPUTS, force=c.force) as folder:
         summary = _run_lambdas(c, lambdas, out, tasks, model)
@@ -321,9 +336,7 @@ def _run_lambdas(config: EvalConfig, lambdas: list[float], out: Path, tasks: lis
         run_dir = out / lambda_label(lam)
         table = read_results(run_dir)
         if table is None:
-            args = f"pretrained={pretrained},{LAMBDA_KEY}={format_lambda(lam)}" + (
-                f",{model_args}" if model_args else ""
-            )
+            args = engines.model_args(config.engine, pretrained, lam, model_args)
             command = [
                 sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", args,
                 "--tasks", ",".join(names), "--include_path", include, "--batch_size", str(config.batch_size),
