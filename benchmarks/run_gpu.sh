@@ -10,7 +10,9 @@
 #                     GPU): ~1k and ~4k visual tokens, lambda 0.5 vs 0 interleaved, 20 reps, a 128-token generate
 #   5. ckpt_7b, probe_7b  a 7B-shaped random checkpoint saved to local disk with the real processor classes, then
 #                     bench_probe.py --model on it (agci's batched scoring/occlusion vs batch-1 generate+parse)
-#   6. profile        per-kernel variants for tuning (only if PROFILE=1 and time is left)
+#   6. vllm_7b        bench_vllm.py on that checkpoint: vLLM throughput and time to first token, plugin off vs
+#                     lambda 0 vs 0.5, interleaved (only where $PY imports vllm; otherwise skipped, said so)
+#   7. profile        per-kernel variants for tuning (only if PROFILE=1 and time is left)
 # Results (JSON, Markdown, PNG, logs, with device, driver, torch, Triton, transformers versions) go to
 # benchmarks/results/gpu-<device>-<date>/ (RESULTS overrides); summary.md there is printed at the end. Under the
 # lent-GPU tool ($OUT set) summary.md and one gpu-results.tgz of the folder are copied to $OUT (8 files at most
@@ -42,6 +44,12 @@ mkdir -p "$res"
 deadline=$((SECONDS + ${GPU_DEADLINE_S:-480}))
 failures=()
 : >"$res/steps.txt"
+
+has_vllm() {  # the vLLM step needs vLLM beside agci (make test-vllm's .venv-vllm, or PYTHON=... with it)
+  if $PY -c "import vllm" >/dev/null 2>&1; then return 0; fi
+  echo "== vllm_7b: skipped, $PY cannot import vllm (pip install vllm==0.32.0 beside agci)" | tee -a "$res/steps.txt"
+  return 1
+}
 
 step() {  # step NAME LIMIT_S command...: runs under the smaller of LIMIT_S and the time left, logs to NAME.log
   local name=$1 limit=$2
@@ -94,6 +102,8 @@ if [ $DRY = 1 ]; then
   step ckpt_7b 60 $PY benchmarks/qwen7b.py --tiny --device cpu --out "$ckpt-tiny"
   step probe_7b 180 $PY benchmarks/bench_probe.py --model "$ckpt-tiny" --samples 4 --batch-size 4 \
     --occlusion-samples 0 --max-new-tokens 4 --out "$res" --tag qwen7b_random
+  has_vllm && step vllm_7b 240 $PY benchmarks/bench_vllm.py --requests 4 --rounds 2 --max-tokens 4 --out "$res" \
+    --tag tiny
   step profile 30 $PY -m py_compile benchmarks/profile_op.py
 else
   step tests_kernels 150 $PY "${tests[@]}" tests/test_op_reference.py tests/test_op_triton.py \
@@ -106,6 +116,9 @@ else
   step ckpt_7b 90 $PY benchmarks/qwen7b.py --out "$ckpt"
   step probe_7b 150 $PY benchmarks/bench_probe.py --model "$ckpt" --dtype bfloat16 --samples 8 --batch-size 8 \
     --occlusion-samples 1 --mask 280 --max-new-tokens 32 --out "$res" --tag qwen7b_random
+  has_vllm && step vllm_7b 240 $PY benchmarks/bench_vllm.py --model "$ckpt" --dtype bfloat16 \
+    --prompt $'<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>\n<|im_start|>assistant\n' \
+    --gpu-memory-utilization 0.28 --requests 64 --rounds 5 --max-tokens 64 --image-size 448 --out "$res" --tag 7b
   rm -rf "$ckpt"
   [ "${PROFILE:-0}" = 1 ] && step profile 60 $PY benchmarks/profile_op.py
 fi
@@ -117,7 +130,7 @@ fi
   cat "$res/env.txt"
   cat "$res/steps.txt"
   echo '```'
-  for f in op e2e_7b probe_qwen7b_random; do
+  for f in op e2e_7b probe_qwen7b_random vllm_7b vllm_tiny; do
     [ -f "$res/$f.md" ] && { echo; sed 's/^# /## /' "$res/$f.md"; }
   done
   echo

@@ -11,11 +11,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from tiny_checkpoints import save_tiny
 from vlm_cases import CONFIGS
+
+# a small KV cache (vLLM's CPU build reserves 92% of the memory by default, and the tests start several engines);
+# LLM.apply_model sends the tests' functions to the workers by pickling them
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 
 PLAIN = "USER: {images}{text} ASSISTANT:"  # tests/tiny_checkpoints.py's _template
 QWEN = "<|im_start|>user\n{images}{text}<|im_end|>\n<|im_start|>assistant\n"  # its QWEN_TEMPLATE
