@@ -140,24 +140,52 @@ def greedy_first(llm, requests: list[dict]) -> list[dict[int, float]]:
 
 
 @contextlib.contextmanager
+def vllm_own_classes():
+    """vLLM's own model classes registered for the architectures agci serves, while the block runs (in this
+    process): an engine started in it on a path not used before is stock vLLM (vLLM remembers each path's class)."""
+    from vllm import ModelRegistry
+
+    from agci.registry import FAMILIES, OnVllm
+    from agci.vllm import models
+
+    for f in FAMILIES.values():
+        if isinstance(f.vllm, OnVllm):
+            own = models._vllm_class(f.vllm.architecture)
+            ModelRegistry.register_model(f.vllm.architecture, f"{own.__module__}:{own.__name__}")
+    try:
+        yield
+    finally:
+        models.register_all()
+
+
+@contextlib.contextmanager
 def engine(path: Path, plugins: bool = True, env: dict | None = None, **kwargs):
-    """A vLLM engine on ``path``; ``plugins=False`` starts it with no plugin (stock vLLM, agci installed or not).
-    With the plugin and one rank, the engine runs in this process: ``LLM.generate`` then hands all its requests to
-    the scheduler before the first step, so that their images meet in one encoder call (in a separate engine process
-    the first request may start alone). The engine is shut down on exit, so that the next one gets the memory."""
+    """A vLLM engine on ``path``; ``plugins=False``: stock vLLM (vLLM's own model class; agci's checks of the
+    config still run). With one rank the engine runs in this process, which saves starting one: ``LLM.generate``
+    then also hands all its requests to the scheduler before the first step, so that their images meet in one
+    encoder call (in a separate engine process the first request may start alone). With several ranks the workers
+    are processes that load the plugin themselves. The engine is shut down on exit, so that the next one gets the
+    memory."""
     import gc
     import os
 
     from vllm import LLM, envs
 
     envs.disable_envs_cache()  # an engine run in this process caches the variables; the next one must read them
-    in_process = plugins and kwargs.get("tensor_parallel_size", 1) == 1
-    env = {**(env or {}), **({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if in_process else {}),
-           **({} if plugins else {"VLLM_PLUGINS": ""})}  # fmt: skip
+    in_process = kwargs.get("tensor_parallel_size", 1) == 1
+    if not (plugins or in_process):
+        raise ValueError("stock engines run in this process (one rank)")
+    env = {**(env or {}), **({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if in_process else {})}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # read by the engine's processes as they start
+    if not plugins:  # a path of its own (see vllm_own_classes)
+        stock = Path(path).with_name(Path(path).name + "-stock")
+        if not stock.exists():
+            stock.symlink_to(Path(path).resolve(), target_is_directory=True)
+        path = stock
     try:
-        llm = LLM(str(path), **{**ENGINE, **kwargs})
+        with contextlib.nullcontext() if plugins else vllm_own_classes():
+            llm = LLM(str(path), **{**ENGINE, **kwargs})
     finally:
         for k, v in saved.items():
             if v is None:
