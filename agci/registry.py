@@ -155,7 +155,8 @@ _FAMILIES = (
            reference_note="one mean over all tiles of the batch: reproduced; the reference also uses lambda 0.5 "
            "whenever lambda > 0, which agci does not: set lambda 0.5 to reproduce its numbers"),
     Family("qwen2_vl", "Qwen2-VL", "Qwen2VLModel", "Qwen2VLForConditionalGeneration", since="4.57", videos=True,
-           image_inputs=GRID, llamafactory_templates=("qwen2_vl",), tested=NEW),
+           image_inputs=GRID, llamafactory_templates=("qwen2_vl",), tested=NEW,
+           vllm=OnVllm("Qwen2VLForConditionalGeneration", videos_method="_process_video_input")),
     Family("qwen3_vl_moe", "Qwen3-VL-MoE", "Qwen3VLMoeModel", "Qwen3VLMoeForConditionalGeneration", since="4.57",
            image_inputs=GRID, videos=True, llamafactory_templates=("qwen3_vl_nothink", "qwen3_vl"), tested=NEW),
     Family("qwen3_5", "Qwen3.5", "Qwen3_5Model", "Qwen3_5ForConditionalGeneration", since="5.2", videos=True,

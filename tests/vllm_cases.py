@@ -20,6 +20,11 @@ TEXT = {"hidden_size": 128, "intermediate_size": 128, "num_attention_heads": 2, 
         "head_dim": 64, "max_position_embeddings": 1024}  # fmt: skip
 
 
+QWEN = "<|im_start|>user\n{images}{words}<|im_end|>\n<|im_start|>assistant\n"
+PLAIN = "USER: {images}{words} ASSISTANT:"
+MROPE = {"mrope_section": [8, 12, 12]}  # head_dim 64: 32 rotary pairs
+
+
 @dataclass(frozen=True)
 class VllmCase:
     model_type: str
@@ -27,28 +32,32 @@ class VllmCase:
     vision: dict  # config changes of the vision tower
     top: dict | None = None  # config changes at the top level
     renames: tuple[tuple[str, str], ...] = ()  # safetensors key prefixes: as transformers saves -> as the hub has
+    text: dict | None = None  # config changes of the language model beyond TEXT
+    template: str = QWEN  # the prompt, around {images} and {words}
 
     def config(self) -> dict:
         d = copy.deepcopy(CONFIGS[self.model_type])
         d["text_config"].update(TEXT)
+        d["text_config"].update(self.text or {})
         d["vision_config"].update(self.vision)
         d.update(self.top or {})
         return d
 
     def prompt(self, n_images: int, words: str = "what is in the image ?") -> str:
-        return "USER: " + self.image * n_images + words + " ASSISTANT:" if self.model_type == "llava" else (
-            "<|im_start|>user\n" + self.image * n_images + words + "<|im_end|>\n<|im_start|>assistant\n"
-        )
+        return self.template.format(images=self.image * n_images, words=words)
 
 
 CASES = {
     c.model_type: c
     for c in (
         VllmCase("llava", "<image>\n", {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1},
-                 renames=(("vision_tower.", "vision_tower.vision_model."),)),
+                 renames=(("vision_tower.", "vision_tower.vision_model."),), template=PLAIN),
         VllmCase("qwen2_5_vl", "<|vision_start|><|image_pad|><|vision_end|>",
                  {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "out_hidden_size": 128},
                  top={}),
+        VllmCase("qwen2_vl", "<|vision_start|><|image_pad|><|vision_end|>",
+                 {"embed_dim": 64, "hidden_size": 128, "num_heads": 1},
+                 text={"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, **MROPE}}),
     )
 }  # fmt: skip
 
