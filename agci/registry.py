@@ -47,6 +47,9 @@ class OnVllm:
     architecture: str
     images_method: str = "_process_image_input"
     videos_method: str | None = None  # the same for video items, where agci applies AGCI to videos too
+    # where each token's row holds more than its embedding (Qwen3-VL: its deepstack features after it), the
+    # attribute of vLLM's model holding the embedding's width: AGCI goes to those leading columns only
+    width_attr: str | None = None
 
 
 # vLLM releases whose model classes agci has been tested against; another one is refused (when lambda is set)
@@ -145,7 +148,9 @@ _FAMILIES = (
            vllm=OnVllm("Qwen2_5_VLForConditionalGeneration", videos_method="_process_video_input")),
     Family("qwen3_vl", "Qwen3-VL", "Qwen3VLModel", "Qwen3VLForConditionalGeneration", since="4.57", videos=True,
            image_inputs=GRID, llamafactory_templates=("qwen3_vl_nothink", "qwen3_vl"), reference_mean="batch",
-           reference_note=BATCH_NOTE, tested=OLD),
+           reference_note=BATCH_NOTE, tested=OLD,
+           vllm=OnVllm("Qwen3VLForConditionalGeneration", videos_method="_process_video_input",
+                       width_attr="visual_dim")),
     Family("gemma3n", "Gemma 3n", "Gemma3nModel", "Gemma3nForConditionalGeneration", since="4.57",
            llamafactory_templates=("gemma3n",), tested=OLD,
            reference_note="[B, N, D], mean over dim 1, one per image: reproduced (the same as scope image)"),

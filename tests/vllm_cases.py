@@ -58,6 +58,9 @@ CASES = {
         VllmCase("qwen2_vl", "<|vision_start|><|image_pad|><|vision_end|>",
                  {"embed_dim": 64, "hidden_size": 128, "num_heads": 1},
                  text={"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, **MROPE}}),
+        VllmCase("qwen3_vl", "<|vision_start|><|image_pad|><|vision_end|>",
+                 {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "out_hidden_size": 128},
+                 text={"rope_scaling": {"rope_type": "default", "mrope_interleaved": True, **MROPE}}),
     )
 }  # fmt: skip
 

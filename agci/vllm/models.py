@@ -41,7 +41,20 @@ def _count(out) -> int:
     return out.shape[0] if hasattr(out, "shape") else len(out)
 
 
-def _wrapped(base: type, method_name: str, modality: str):
+def _inject(out, lam: float, width: int | None):
+    """AGCI on each item of ``out``; with ``width``, on its rows' leading ``width`` columns only."""
+    if width is None:
+        return inject(out, lam)
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return torch.cat([inject(out[..., :width], lam), out[..., width:]], dim=-1)
+    heads = inject([item[..., :width] for item in out], lam)
+    items = [torch.cat([head, item[..., width:]], dim=-1) for head, item in zip(heads, out, strict=True)]
+    return tuple(items) if isinstance(out, tuple) else items
+
+
+def _wrapped(base: type, method_name: str, modality: str, width_attr: str | None):
     original = getattr(base, method_name)
 
     def method(self, *args, **kwargs):
@@ -49,7 +62,7 @@ def _wrapped(base: type, method_name: str, modality: str):
         if self.agci_lambda == 0 or (modality == "video" and not self.agci_videos) or _count(out) == 0:
             return out
         ITEMS[modality] += _count(out)
-        return inject(out, self.agci_lambda)
+        return _inject(out, self.agci_lambda, getattr(self, width_attr) if width_attr else None)
 
     method.__name__ = method_name
     method.__doc__ = f"vLLM's {method_name}, then AGCI on each {modality} item (one context per item)."
@@ -71,9 +84,9 @@ def agci_class(family: Family) -> type:
         self.agci_videos = bool(found) and read_videos(model_config.hf_config)
 
     body = {"__init__": __init__, "__module__": __name__, "__qualname__": name,
-            family.vllm.images_method: _wrapped(base, family.vllm.images_method, "image")}  # fmt: skip
+            family.vllm.images_method: _wrapped(base, family.vllm.images_method, "image", family.vllm.width_attr)}  # fmt: skip
     if family.vllm.videos_method:
-        body[family.vllm.videos_method] = _wrapped(base, family.vllm.videos_method, "video")
+        body[family.vllm.videos_method] = _wrapped(base, family.vllm.videos_method, "video", family.vllm.width_attr)
     cls = _CLASSES[name] = type(name, (base,), body)
     return cls
 
