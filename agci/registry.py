@@ -175,7 +175,7 @@ _FAMILIES = (
     Family("kimi_k25", "Kimi K2.5", "Kimi_K25Model", "Kimi_K25ForConditionalGeneration", since="5.13", videos=True,
            image_inputs=GRID),
     Family("gemma3", "Gemma 3", "Gemma3Model", "Gemma3ForConditionalGeneration", since="4.57",
-           llamafactory_templates=("gemma3",), tested=OLD),
+           llamafactory_templates=("gemma3",), tested=OLD, vllm=OnVllm("Gemma3ForConditionalGeneration")),
     Family("gemma4", "Gemma 4", "Gemma4Model", "Gemma4ForConditionalGeneration", since="5.5", videos=True,
            sizes_argument="image_position_ids", sizes_pooling_attr="vision_config.pooling_kernel_size",
            image_inputs=POSITIONS, llamafactory_templates=("gemma4", "gemma4n"), tested=NEW),

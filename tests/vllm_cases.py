@@ -22,6 +22,9 @@ TEXT = {"hidden_size": 128, "intermediate_size": 128, "num_attention_heads": 2, 
 
 QWEN = "<|im_start|>user\n{images}{words}<|im_end|>\n<|im_start|>assistant\n"
 PLAIN = "USER: {images}{words} ASSISTANT:"
+SIGLIP = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1, "vision_use_head": False}
+TOWER = (("vision_tower.", "vision_tower.vision_model."),)  # transformers 5.x saves CLIP/SigLIP towers unwrapped
+NEWLINES = ("\n", "\n\n", "\n\n\n", "\n\n\n\n")
 MROPE = {"mrope_section": [8, 12, 12]}  # head_dim 64: 32 rotary pairs
 
 
@@ -34,6 +37,14 @@ class VllmCase:
     renames: tuple[tuple[str, str], ...] = ()  # safetensors key prefixes: as transformers saves -> as the hub has
     text: dict | None = None  # config changes of the language model beyond TEXT
     template: str = QWEN  # the prompt, around {images} and {words}
+    # vocabulary entries vLLM's processor looks up (Gemma 3: "\n" up to "\n\n\n\n"), given unused ids (the
+    # tiny tokenizers split on whitespace, so they never produce them)
+    vocab: tuple[str, ...] = ()
+    # weights transformers initialises to zeros (Gemma 3's projection: every image token would be 0), made random
+    randomized: tuple[str, ...] = ()
+    # transformers attends bidirectionally within an image (its processor's token_type_ids) where vLLM's CPU
+    # attention cannot (no mm-prefix support): compare with transformers given no token_type_ids, i.e. causal
+    causal_reference: bool = False
 
     def config(self) -> dict:
         d = copy.deepcopy(CONFIGS[self.model_type])
@@ -51,7 +62,7 @@ CASES = {
     c.model_type: c
     for c in (
         VllmCase("llava", "<image>\n", {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1},
-                 renames=(("vision_tower.", "vision_tower.vision_model."),), template=PLAIN),
+                 renames=TOWER, template=PLAIN),
         VllmCase("qwen2_5_vl", "<|vision_start|><|image_pad|><|vision_end|>",
                  {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "out_hidden_size": 128},
                  top={}),
@@ -61,19 +72,25 @@ CASES = {
         VllmCase("qwen3_vl", "<|vision_start|><|image_pad|><|vision_end|>",
                  {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "out_hidden_size": 128},
                  text={"rope_scaling": {"rope_type": "default", "mrope_interleaved": True, **MROPE}}),
+        VllmCase("gemma3", "<start_of_image>", SIGLIP, template=PLAIN, vocab=NEWLINES, renames=TOWER,
+                 randomized=("multi_modal_projector.mm_input_projection_weight",), causal_reference=True),
     )
 }  # fmt: skip
 
 
-def _rename_keys(path: Path, renames) -> None:
-    if not renames:
+def _rewrite(path: Path, renames, randomized, seed: int) -> None:
+    if not renames and not randomized:
         return
+    import torch
     from safetensors.torch import load_file, save_file
 
+    generator = torch.Generator().manual_seed(seed)
     for file in path.glob("*.safetensors"):
         tensors = load_file(file)
         renamed = {}
         for key, value in tensors.items():
+            if key in randomized:
+                value = torch.randn(value.shape, generator=generator).to(value.dtype)
             for old, new in renames:
                 if key.startswith(old):
                     key = new + key[len(old) :]
@@ -85,6 +102,19 @@ def _rename_keys(path: Path, renames) -> None:
         raise NotImplementedError("tiny checkpoints are one file")
 
 
+def _add_vocab(path: Path, entries) -> None:
+    if not entries:
+        return
+    file = Path(path) / "tokenizer.json"
+    tokenizer = json.loads(file.read_text())
+    vocab = tokenizer["model"]["vocab"]
+    unused = sorted((i, w) for w, i in vocab.items() if w.startswith("<unused"))
+    for entry, (i, word) in zip(entries, unused[::-1], strict=False):
+        del vocab[word]
+        vocab[entry] = i
+    file.write_text(json.dumps(tokenizer, ensure_ascii=False))
+
+
 def save_for_vllm(model_type: str, out: Path, lam: float | None = None, seed: int = 0) -> Path:
     """A tiny ``model_type`` checkpoint with its processor that vLLM's CPU build loads, lambda in config.json."""
     case = CASES[model_type]
@@ -92,7 +122,8 @@ def save_for_vllm(model_type: str, out: Path, lam: float | None = None, seed: in
     if model_type == "qwen2_5_vl":
         config["text_config"]["rope_scaling"] = {"type": "mrope", "mrope_section": [8, 12, 12]}
     save_tiny(model_type, out, lam=lam, seed=seed, config=config)
-    _rename_keys(Path(out), case.renames)
+    _rewrite(Path(out), case.renames, case.randomized, seed)
+    _add_vocab(Path(out), case.vocab)
     return Path(out)
 
 
