@@ -37,14 +37,16 @@ class VllmCase:
     renames: tuple[tuple[str, str], ...] = ()  # safetensors key prefixes: as transformers saves -> as the hub has
     text: dict | None = None  # config changes of the language model beyond TEXT
     template: str = QWEN  # the prompt, around {images} and {words}
-    # vocabulary entries vLLM's processor looks up (Gemma 3: "\n" up to "\n\n\n\n"), given unused ids (the
-    # tiny tokenizers split on whitespace, so they never produce them)
+    # tokens vLLM's processor looks up or inserts (Gemma 3: "\n" up to "\n\n\n\n"; PaliGemma: "\n" at the
+    # end), added in place of unused ids (the tiny tokenizers split on whitespace, so would drop them)
     vocab: tuple[str, ...] = ()
     # weights transformers initialises to zeros (Gemma 3's projection: every image token would be 0), made random
     randomized: tuple[str, ...] = ()
-    # transformers attends bidirectionally within an image (its processor's token_type_ids) where vLLM's CPU
-    # attention cannot (no mm-prefix support): compare with transformers given no token_type_ids, i.e. causal
-    causal_reference: bool = False
+    # transformers attends bidirectionally within an image or a prefix (as its processor's token_type_ids say)
+    # where vLLM's CPU attention cannot (no mm-prefix support): the token type that makes transformers' attention
+    # causal everywhere (Gemma 3: 0, text; PaliGemma: 1, suffix), to give the reference as token_type_ids
+    causal_token_type: int | None = None
+    max_images: int = 2  # per prompt, as vLLM's model allows
 
     def config(self) -> dict:
         d = copy.deepcopy(CONFIGS[self.model_type])
@@ -73,7 +75,9 @@ CASES = {
                  {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "out_hidden_size": 128},
                  text={"rope_scaling": {"rope_type": "default", "mrope_interleaved": True, **MROPE}}),
         VllmCase("gemma3", "<start_of_image>", SIGLIP, template=PLAIN, vocab=NEWLINES, renames=TOWER,
-                 randomized=("multi_modal_projector.mm_input_projection_weight",), causal_reference=True),
+                 randomized=("multi_modal_projector.mm_input_projection_weight",), causal_token_type=0),
+        VllmCase("paligemma", "", {**SIGLIP, "projection_dim": 128}, top={"projection_dim": 128}, template=PLAIN,
+                 renames=TOWER, vocab=NEWLINES, causal_token_type=1, max_images=1),
     )
 }  # fmt: skip
 
@@ -112,6 +116,8 @@ def _add_vocab(path: Path, entries) -> None:
     for entry, (i, word) in zip(entries, unused[::-1], strict=False):
         del vocab[word]
         vocab[entry] = i
+        tokenizer["added_tokens"].append({"id": i, "content": entry, "single_word": False, "lstrip": False,
+                                          "rstrip": False, "normalized": False, "special": False})  # fmt: skip
     file.write_text(json.dumps(tokenizer, ensure_ascii=False))
 
 
