@@ -78,6 +78,8 @@ CASES = {
                  randomized=("multi_modal_projector.mm_input_projection_weight",), causal_token_type=0),
         VllmCase("paligemma", "", {**SIGLIP, "projection_dim": 128}, top={"projection_dim": 128}, template=PLAIN,
                  renames=TOWER, vocab=NEWLINES, causal_token_type=1, max_images=1),
+        VllmCase("mistral3", "[IMG]", {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1,
+                                       "head_dim": 64}, template=PLAIN),
     )
 }  # fmt: skip
 
