@@ -141,7 +141,8 @@ _FAMILIES = (
                                    "llava_next_yi"),
            image_inputs=SIZES, reference_mean="batch", tested=OLD,
            reference_note=BATCH_NOTE + ", except that the reference's mean also takes the image_newline tokens, "
-           "which transformers adds after get_image_features (the one known deviation)"),
+           "which transformers adds after get_image_features (the one known deviation)",
+           vllm=OnVllm("LlavaNextForConditionalGeneration")),
     Family("qwen2_5_vl", "Qwen2.5-VL", "Qwen2_5_VLModel", "Qwen2_5_VLForConditionalGeneration", since="4.57",
            videos=True, llamafactory_templates=("qwen2_vl",), reference_mean="batch", reference_note=BATCH_NOTE,
            image_inputs=GRID, tested=OLD,

@@ -22,7 +22,8 @@ TEXT = {"hidden_size": 128, "intermediate_size": 128, "num_attention_heads": 2, 
 
 QWEN = "<|im_start|>user\n{images}{words}<|im_end|>\n<|im_start|>assistant\n"
 PLAIN = "USER: {images}{words} ASSISTANT:"
-SIGLIP = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1, "vision_use_head": False}
+CLIP = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1}
+SIGLIP = {**CLIP, "vision_use_head": False}
 TOWER = (("vision_tower.", "vision_tower.vision_model."),)  # transformers 5.x saves CLIP/SigLIP towers unwrapped
 NEWLINES = ("\n", "\n\n", "\n\n\n", "\n\n\n\n")
 MROPE = {"mrope_section": [8, 12, 12]}  # head_dim 64: 32 rotary pairs
@@ -63,7 +64,7 @@ class VllmCase:
 CASES = {
     c.model_type: c
     for c in (
-        VllmCase("llava", "<image>\n", {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1},
+        VllmCase("llava", "<image>\n", CLIP,
                  renames=TOWER, template=PLAIN),
         VllmCase("qwen2_5_vl", "<|vision_start|><|image_pad|><|vision_end|>",
                  {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "out_hidden_size": 128},
@@ -80,6 +81,7 @@ CASES = {
                  renames=TOWER, vocab=NEWLINES, causal_token_type=1, max_images=1),
         VllmCase("mistral3", "[IMG]", {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1,
                                        "head_dim": 64}, template=PLAIN),
+        VllmCase("llava_next", "<image>\n", CLIP, renames=TOWER, template=PLAIN),
     )
 }  # fmt: skip
 
