@@ -82,6 +82,7 @@ CASES = {
         VllmCase("mistral3", "[IMG]", {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1,
                                        "head_dim": 64}, template=PLAIN),
         VllmCase("llava_next", "<image>\n", CLIP, renames=TOWER, template=PLAIN),
+        VllmCase("llava_onevision", "<image>\n", SIGLIP, renames=TOWER, template=PLAIN),
     )
 }  # fmt: skip
 
