@@ -83,6 +83,7 @@ CASES = {
                                        "head_dim": 64}, template=PLAIN),
         VllmCase("llava_next", "<image>\n", CLIP, renames=TOWER, template=PLAIN),
         VllmCase("llava_onevision", "<image>\n", SIGLIP, renames=TOWER, template=PLAIN),
+        VllmCase("idefics3", "<image>", CLIP, template=PLAIN),
     )
 }  # fmt: skip
 
