@@ -193,7 +193,7 @@ _FAMILIES = (
            image_inputs=MASKED, grouping="global_view", tested=OLD,
            vllm=OnVllm("Idefics3ForConditionalGeneration")),
     Family("smolvlm", "SmolVLM", "SmolVLMModel", "SmolVLMForConditionalGeneration", since="4.57", image_inputs=MASKED,
-           grouping="global_view", tested=OLD),
+           grouping="global_view", tested=OLD, vllm=OnVllm("SmolVLMForConditionalGeneration")),
     Family("aya_vision", "Aya Vision", "AyaVisionModel", "AyaVisionForConditionalGeneration", since="4.57",
            grouping="global_view", tested=OLD,
            vllm="vLLM removed AyaVisionForConditionalGeneration in 0.24"),

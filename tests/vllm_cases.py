@@ -84,6 +84,7 @@ CASES = {
         VllmCase("llava_next", "<image>\n", CLIP, renames=TOWER, template=PLAIN),
         VllmCase("llava_onevision", "<image>\n", SIGLIP, renames=TOWER, template=PLAIN),
         VllmCase("idefics3", "<image>", CLIP, template=PLAIN),
+        VllmCase("smolvlm", "<image>", CLIP, template=PLAIN),
     )
 }  # fmt: skip
 
