@@ -157,7 +157,7 @@ _FAMILIES = (
            reference_note="[B, N, D], mean over dim 1, one per image: reproduced (the same as scope image)"),
     Family("internvl", "InternVL", "InternVLModel", "InternVLForConditionalGeneration", since="4.57",
            grouping="tile_runs", llamafactory_templates=("intern_vl",), reference_mean="batch",
-           tested=OLD,
+           tested=OLD, vllm=OnVllm("InternVLForConditionalGeneration", images_method="_process_vision_input"),
            reference_note="one mean over all tiles of the batch: reproduced; the reference also uses lambda 0.5 "
            "whenever lambda > 0, which agci does not: set lambda 0.5 to reproduce its numbers"),
     Family("qwen2_vl", "Qwen2-VL", "Qwen2VLModel", "Qwen2VLForConditionalGeneration", since="4.57", videos=True,

@@ -85,6 +85,7 @@ CASES = {
         VllmCase("llava_onevision", "<image>\n", SIGLIP, renames=TOWER, template=PLAIN),
         VllmCase("idefics3", "<image>", CLIP, template=PLAIN),
         VllmCase("smolvlm", "<image>", CLIP, template=PLAIN),
+        VllmCase("internvl", "<IMG_CONTEXT>\n", CLIP, template=PLAIN),
     )
 }  # fmt: skip
 

@@ -54,18 +54,30 @@ def _inject(out, lam: float, width: int | None):
     return tuple(items) if isinstance(out, tuple) else items
 
 
-def _wrapped(base: type, method_name: str, modality: str, width_attr: str | None):
+def _modality(default: str, args, kwargs) -> str:
+    """"video" where the method's input says it holds videos (vLLM's parsed inputs carry a ``type``; InternVL's
+    one method takes images and videos alike), else ``default``."""
+    items = args[0] if args else next(iter(kwargs.values()), None)
+    try:
+        kind = items["type"]
+    except (TypeError, KeyError, IndexError):
+        return default
+    return "video" if isinstance(kind, str) and "video" in kind else default
+
+
+def _wrapped(base: type, method_name: str, default_modality: str, width_attr: str | None):
     original = getattr(base, method_name)
 
     def method(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
+        modality = _modality(default_modality, args, kwargs)
         if self.agci_lambda == 0 or (modality == "video" and not self.agci_videos) or _count(out) == 0:
             return out
         ITEMS[modality] += _count(out)
         return _inject(out, self.agci_lambda, getattr(self, width_attr) if width_attr else None)
 
     method.__name__ = method_name
-    method.__doc__ = f"vLLM's {method_name}, then AGCI on each {modality} item (one context per item)."
+    method.__doc__ = f"vLLM's {method_name}, then AGCI on each {default_modality} item (one context per item)."
     return method
 
 
