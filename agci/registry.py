@@ -170,7 +170,8 @@ _FAMILIES = (
     Family("qwen3_5_moe", "Qwen3.5-MoE", "Qwen3_5MoeModel", "Qwen3_5MoeForConditionalGeneration", since="5.2",
            image_inputs=GRID, videos=True, llamafactory_templates=("qwen3_5", "qwen3_5_nothink"), tested=NEW),
     Family("glm4v", "GLM-4.1V", "Glm4vModel", "Glm4vForConditionalGeneration", since="4.57", videos=True,
-           image_inputs=GRID, llamafactory_templates=("glm4v",), tested=NEW),
+           image_inputs=GRID, llamafactory_templates=("glm4v",), tested=NEW,
+           vllm=OnVllm("Glm4vForConditionalGeneration", videos_method="_process_video_input")),
     Family("glm46v", "GLM-4.6V", "Glm46VModel", "Glm46VForConditionalGeneration", since="5.0", videos=True,
            image_inputs=GRID, llamafactory_templates=("glm4_5v",), tested=NEW),  # LLaMA-Factory: glm4_5v
     Family("kimi_k25", "Kimi K2.5", "Kimi_K25Model", "Kimi_K25ForConditionalGeneration", since="5.13", videos=True,

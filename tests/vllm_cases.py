@@ -86,6 +86,10 @@ CASES = {
         VllmCase("idefics3", "<image>", CLIP, template=PLAIN),
         VllmCase("smolvlm", "<image>", CLIP, template=PLAIN),
         VllmCase("internvl", "<IMG_CONTEXT>\n", CLIP, template=PLAIN),
+        VllmCase("glm4v", "<|begin_of_image|><|image|><|end_of_image|>",
+                 {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "out_hidden_size": 128},
+                 text={"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                                           "mrope_section": [4, 6, 6]}}, template=PLAIN),
     )
 }  # fmt: skip
 
