@@ -173,7 +173,8 @@ _FAMILIES = (
            image_inputs=GRID, llamafactory_templates=("glm4v",), tested=NEW,
            vllm=OnVllm("Glm4vForConditionalGeneration", videos_method="_process_video_input")),
     Family("glm46v", "GLM-4.6V", "Glm46VModel", "Glm46VForConditionalGeneration", since="5.0", videos=True,
-           image_inputs=GRID, llamafactory_templates=("glm4_5v",), tested=NEW),  # LLaMA-Factory: glm4_5v
+           image_inputs=GRID, llamafactory_templates=("glm4_5v",), tested=NEW,  # LLaMA-Factory: glm4_5v
+           vllm="vLLM 0.32 has no Glm46VForConditionalGeneration, the class transformers saves GLM-4.6V as"),
     Family("kimi_k25", "Kimi K2.5", "Kimi_K25Model", "Kimi_K25ForConditionalGeneration", since="5.13", videos=True,
            image_inputs=GRID),
     Family("gemma3", "Gemma 3", "Gemma3Model", "Gemma3ForConditionalGeneration", since="4.57",
