@@ -153,7 +153,7 @@ _FAMILIES = (
            vllm=OnVllm("Qwen3VLForConditionalGeneration", videos_method="_process_video_input",
                        width_attr="visual_dim")),
     Family("gemma3n", "Gemma 3n", "Gemma3nModel", "Gemma3nForConditionalGeneration", since="4.57",
-           llamafactory_templates=("gemma3n",), tested=OLD,
+           llamafactory_templates=("gemma3n",), tested=OLD, vllm=OnVllm("Gemma3nForConditionalGeneration"),
            reference_note="[B, N, D], mean over dim 1, one per image: reproduced (the same as scope image)"),
     Family("internvl", "InternVL", "InternVLModel", "InternVLForConditionalGeneration", since="4.57",
            grouping="tile_runs", llamafactory_templates=("intern_vl",), reference_mean="batch",

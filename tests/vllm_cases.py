@@ -90,6 +90,10 @@ CASES = {
                  {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "out_hidden_size": 128},
                  text={"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
                                            "mrope_section": [4, 6, 6]}}, template=PLAIN),
+        # transformers embeds ids in the vision vocabulary range with embed_vision, vLLM with the text table: the
+        # range starts after <end_of_image> (128) here, so that both embed it the same way
+        VllmCase("gemma3n", "<image_soft_token>", {"vocab_offset": 129, "vocab_size": 15}, template=PLAIN,
+                 vocab=NEWLINES),
     )
 }  # fmt: skip
 
