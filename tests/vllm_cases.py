@@ -27,6 +27,11 @@ SIGLIP = {**CLIP, "vision_use_head": False}
 TOWER = (("vision_tower.", "vision_tower.vision_model."),)  # transformers 5.x saves CLIP/SigLIP towers unwrapped
 NEWLINES = ("\n", "\n\n", "\n\n\n", "\n\n\n\n")
 MROPE = {"mrope_section": [8, 12, 12]}  # head_dim 64: 32 rotary pairs
+QWEN3_VISION = {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "out_hidden_size": 128}
+# half-rotary heads of 64 (16 pairs), linear-attention heads of 64
+QWEN3_5_TEXT = {"rope_parameters": {"rope_type": "default", "mrope_section": [4, 6, 6], "mrope_interleaved": True,
+                                    "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+                "linear_key_head_dim": 64, "linear_value_head_dim": 64}
 
 
 @dataclass(frozen=True)
@@ -72,8 +77,7 @@ CASES = {
         VllmCase("qwen2_vl", "<|vision_start|><|image_pad|><|vision_end|>",
                  {"embed_dim": 64, "hidden_size": 128, "num_heads": 1},
                  text={"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, **MROPE}}),
-        VllmCase("qwen3_vl", "<|vision_start|><|image_pad|><|vision_end|>",
-                 {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "out_hidden_size": 128},
+        VllmCase("qwen3_vl", "<|vision_start|><|image_pad|><|vision_end|>", QWEN3_VISION,
                  text={"rope_scaling": {"rope_type": "default", "mrope_interleaved": True, **MROPE}}),
         VllmCase("gemma3", "<start_of_image>", SIGLIP, template=PLAIN, vocab=NEWLINES, renames=TOWER,
                  randomized=("multi_modal_projector.mm_input_projection_weight",), causal_token_type=0),
@@ -92,6 +96,7 @@ CASES = {
                                            "mrope_section": [4, 6, 6]}}, template=PLAIN),
         # transformers embeds ids in the vision vocabulary range with embed_vision, vLLM with the text table: the
         # range starts after <end_of_image> (128) here, so that both embed it the same way
+        VllmCase("qwen3_5", "<|vision_start|><|image_pad|><|vision_end|>", QWEN3_VISION, text=QWEN3_5_TEXT),
         VllmCase("gemma3n", "<image_soft_token>", {"vocab_offset": 129, "vocab_size": 15}, template=PLAIN,
                  vocab=NEWLINES),
     )
