@@ -206,7 +206,7 @@ _FAMILIES = (
     Family("llava_next_video", "LLaVA-NeXT-Video", "LlavaNextVideoModel", "LlavaNextVideoForConditionalGeneration",
            since="4.57", image_inputs=SIZES, videos=True,
            llamafactory_templates=("llava_next_video", "llava_next_video_mistral", "llava_next_video_yi"),
-           tested=OLD),
+           tested=OLD, vllm="vLLM 0.32's LlavaNextVideoForConditionalGeneration takes videos only (one), no images"),
     # no inner model: the outer class holds the vision model, the projector and the language model
     Family("llama4", "Llama 4", "Llama4ForConditionalGeneration", "Llama4ForConditionalGeneration", since="4.57",
            hook="multi_modal_projector", hook_class="Llama4MultiModalProjector", grouping="global_view",
