@@ -27,6 +27,7 @@ SIGLIP = {**CLIP, "vision_use_head": False}
 TOWER = (("vision_tower.", "vision_tower.vision_model."),)  # transformers 5.x saves CLIP/SigLIP towers unwrapped
 NEWLINES = ("\n", "\n\n", "\n\n\n", "\n\n\n\n")
 MROPE = {"mrope_section": [8, 12, 12]}  # head_dim 64: 32 rotary pairs
+FUSED_EXPERTS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 QWEN3_VISION = {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "out_hidden_size": 128}
 # half-rotary heads of 64 (16 pairs), linear-attention heads of 64
 QWEN3_5_TEXT = {"rope_parameters": {"rope_type": "default", "mrope_section": [4, 6, 6], "mrope_interleaved": True,
@@ -53,6 +54,9 @@ class VllmCase:
     # causal everywhere (Gemma 3: 0, text; PaliGemma: 1, suffix), to give the reference as token_type_ids
     causal_token_type: int | None = None
     max_images: int = 2  # per prompt, as vLLM's model allows
+    # key suffixes of tensors whose last two dims the hub layout has the other way round (Qwen3-VL-MoE's fused
+    # experts: transformers 5.x saves [E, out, in], hub checkpoints and vLLM's loader [E, in, out])
+    transposed: tuple[str, ...] = ()
 
     def config(self) -> dict:
         d = copy.deepcopy(CONFIGS[self.model_type])
@@ -96,6 +100,10 @@ CASES = {
                                            "mrope_section": [4, 6, 6]}}, template=PLAIN),
         # transformers embeds ids in the vision vocabulary range with embed_vision, vLLM with the text table: the
         # range starts after <end_of_image> (128) here, so that both embed it the same way
+        VllmCase("qwen3_vl_moe", "<|vision_start|><|image_pad|><|vision_end|>", QWEN3_VISION,
+                 text={"rope_parameters": {"rope_type": "default", "mrope_interleaved": True, "rope_theta": 10000.0,
+                                           **MROPE}, "moe_intermediate_size": 64, "norm_topk_prob": True},
+                 transposed=FUSED_EXPERTS),
         VllmCase("qwen3_5", "<|vision_start|><|image_pad|><|vision_end|>", QWEN3_VISION, text=QWEN3_5_TEXT),
         VllmCase("gemma3n", "<image_soft_token>", {"vocab_offset": 129, "vocab_size": 15}, template=PLAIN,
                  vocab=NEWLINES),
@@ -103,8 +111,8 @@ CASES = {
 }  # fmt: skip
 
 
-def _rewrite(path: Path, renames, randomized, seed: int) -> None:
-    if not renames and not randomized:
+def _rewrite(path: Path, renames, randomized, transposed, seed: int) -> None:
+    if not renames and not randomized and not transposed:
         return
     import torch
     from safetensors.torch import load_file, save_file
@@ -116,6 +124,8 @@ def _rewrite(path: Path, renames, randomized, seed: int) -> None:
         for key, value in tensors.items():
             if key in randomized:
                 value = torch.randn(value.shape, generator=generator).to(value.dtype)
+            if key.endswith(transposed):
+                value = value.transpose(-1, -2).contiguous()
             for old, new in renames:
                 if key.startswith(old):
                     key = new + key[len(old) :]
@@ -149,7 +159,7 @@ def save_for_vllm(model_type: str, out: Path, lam: float | None = None, seed: in
     if model_type == "qwen2_5_vl":
         config["text_config"]["rope_scaling"] = {"type": "mrope", "mrope_section": [8, 12, 12]}
     save_tiny(model_type, out, lam=lam, seed=seed, config=config)
-    _rewrite(Path(out), case.renames, case.randomized, seed)
+    _rewrite(Path(out), case.renames, case.randomized, case.transposed, seed)
     _add_vocab(Path(out), case.vocab)
     return Path(out)
 
