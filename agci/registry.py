@@ -47,11 +47,16 @@ class OnVllm:
     architecture: str
     images_method: str = "_process_image_input"
     videos_method: str | None = None  # the same for video items, where agci applies AGCI to videos too
+    # where each token's row holds more than its embedding (Qwen3-VL: its deepstack features after it), the
+    # attribute of vLLM's model holding the embedding's width: AGCI goes to those leading columns only
+    width_attr: str | None = None
 
 
 # vLLM releases whose model classes agci has been tested against; another one is refused (when lambda is set)
 VLLM_TESTED = ("0.32.0",)
 NOT_ON_VLLM_YET = "not yet tested on vLLM: agci refuses the key there"
+# vLLM's CPU build runs Qwen3.5's linear attention in bf16 only, too coarse to check AGCI against transformers
+GDN_BF16 = "not verified: vLLM's CPU build runs its linear attention (GDN) in bf16 only"
 
 
 @dataclass(frozen=True)
@@ -138,58 +143,71 @@ _FAMILIES = (
                                    "llava_next_yi"),
            image_inputs=SIZES, reference_mean="batch", tested=OLD,
            reference_note=BATCH_NOTE + ", except that the reference's mean also takes the image_newline tokens, "
-           "which transformers adds after get_image_features (the one known deviation)"),
+           "which transformers adds after get_image_features (the one known deviation)",
+           vllm=OnVllm("LlavaNextForConditionalGeneration")),
     Family("qwen2_5_vl", "Qwen2.5-VL", "Qwen2_5_VLModel", "Qwen2_5_VLForConditionalGeneration", since="4.57",
            videos=True, llamafactory_templates=("qwen2_vl",), reference_mean="batch", reference_note=BATCH_NOTE,
            image_inputs=GRID, tested=OLD,
            vllm=OnVllm("Qwen2_5_VLForConditionalGeneration", videos_method="_process_video_input")),
     Family("qwen3_vl", "Qwen3-VL", "Qwen3VLModel", "Qwen3VLForConditionalGeneration", since="4.57", videos=True,
            image_inputs=GRID, llamafactory_templates=("qwen3_vl_nothink", "qwen3_vl"), reference_mean="batch",
-           reference_note=BATCH_NOTE, tested=OLD),
+           reference_note=BATCH_NOTE, tested=OLD,
+           vllm=OnVllm("Qwen3VLForConditionalGeneration", videos_method="_process_video_input",
+                       width_attr="visual_dim")),
     Family("gemma3n", "Gemma 3n", "Gemma3nModel", "Gemma3nForConditionalGeneration", since="4.57",
-           llamafactory_templates=("gemma3n",), tested=OLD,
+           llamafactory_templates=("gemma3n",), tested=OLD, vllm=OnVllm("Gemma3nForConditionalGeneration"),
            reference_note="[B, N, D], mean over dim 1, one per image: reproduced (the same as scope image)"),
     Family("internvl", "InternVL", "InternVLModel", "InternVLForConditionalGeneration", since="4.57",
            grouping="tile_runs", llamafactory_templates=("intern_vl",), reference_mean="batch",
-           tested=OLD,
+           tested=OLD, vllm=OnVllm("InternVLForConditionalGeneration", images_method="_process_vision_input"),
            reference_note="one mean over all tiles of the batch: reproduced; the reference also uses lambda 0.5 "
            "whenever lambda > 0, which agci does not: set lambda 0.5 to reproduce its numbers"),
     Family("qwen2_vl", "Qwen2-VL", "Qwen2VLModel", "Qwen2VLForConditionalGeneration", since="4.57", videos=True,
-           image_inputs=GRID, llamafactory_templates=("qwen2_vl",), tested=NEW),
+           image_inputs=GRID, llamafactory_templates=("qwen2_vl",), tested=NEW,
+           vllm=OnVllm("Qwen2VLForConditionalGeneration", videos_method="_process_video_input")),
     Family("qwen3_vl_moe", "Qwen3-VL-MoE", "Qwen3VLMoeModel", "Qwen3VLMoeForConditionalGeneration", since="4.57",
-           image_inputs=GRID, videos=True, llamafactory_templates=("qwen3_vl_nothink", "qwen3_vl"), tested=NEW),
+           image_inputs=GRID, videos=True, llamafactory_templates=("qwen3_vl_nothink", "qwen3_vl"), tested=NEW,
+           vllm="not verified: on a tiny checkpoint vLLM 0.32's MoE text model differs from transformers' (text only)"),
     Family("qwen3_5", "Qwen3.5", "Qwen3_5Model", "Qwen3_5ForConditionalGeneration", since="5.2", videos=True,
-           image_inputs=GRID, llamafactory_templates=("qwen3_5", "qwen3_5_nothink"), tested=NEW),
+           image_inputs=GRID, llamafactory_templates=("qwen3_5", "qwen3_5_nothink"), tested=NEW,
+           vllm=GDN_BF16),
     Family("qwen3_5_moe", "Qwen3.5-MoE", "Qwen3_5MoeModel", "Qwen3_5MoeForConditionalGeneration", since="5.2",
-           image_inputs=GRID, videos=True, llamafactory_templates=("qwen3_5", "qwen3_5_nothink"), tested=NEW),
+           image_inputs=GRID, videos=True, llamafactory_templates=("qwen3_5", "qwen3_5_nothink"), tested=NEW,
+           vllm=GDN_BF16),
     Family("glm4v", "GLM-4.1V", "Glm4vModel", "Glm4vForConditionalGeneration", since="4.57", videos=True,
-           image_inputs=GRID, llamafactory_templates=("glm4v",), tested=NEW),
+           image_inputs=GRID, llamafactory_templates=("glm4v",), tested=NEW,
+           vllm=OnVllm("Glm4vForConditionalGeneration", videos_method="_process_video_input")),
     Family("glm46v", "GLM-4.6V", "Glm46VModel", "Glm46VForConditionalGeneration", since="5.0", videos=True,
-           image_inputs=GRID, llamafactory_templates=("glm4_5v",), tested=NEW),  # LLaMA-Factory: glm4_5v
+           image_inputs=GRID, llamafactory_templates=("glm4_5v",), tested=NEW,  # LLaMA-Factory: glm4_5v
+           vllm="vLLM 0.32 has no Glm46VForConditionalGeneration, the class transformers saves GLM-4.6V as"),
     Family("kimi_k25", "Kimi K2.5", "Kimi_K25Model", "Kimi_K25ForConditionalGeneration", since="5.13", videos=True,
            image_inputs=GRID),
     Family("gemma3", "Gemma 3", "Gemma3Model", "Gemma3ForConditionalGeneration", since="4.57",
-           llamafactory_templates=("gemma3",), tested=OLD),
+           llamafactory_templates=("gemma3",), tested=OLD, vllm=OnVllm("Gemma3ForConditionalGeneration")),
     Family("gemma4", "Gemma 4", "Gemma4Model", "Gemma4ForConditionalGeneration", since="5.5", videos=True,
            sizes_argument="image_position_ids", sizes_pooling_attr="vision_config.pooling_kernel_size",
            image_inputs=POSITIONS, llamafactory_templates=("gemma4", "gemma4n"), tested=NEW),
     Family("paligemma", "PaliGemma", "PaliGemmaModel", "PaliGemmaForConditionalGeneration", since="4.57",
-           llamafactory_templates=("paligemma", "paligemma_chat"), tested=OLD),
+           llamafactory_templates=("paligemma", "paligemma_chat"), tested=OLD,
+           vllm=OnVllm("PaliGemmaForConditionalGeneration")),
     Family("mistral3", "Mistral Small 3.1+", "Mistral3Model", "Mistral3ForConditionalGeneration", since="4.57",
-           image_inputs=SIZES, llamafactory_templates=("mistral_small", "ministral3"), tested=OLD),
+           image_inputs=SIZES, llamafactory_templates=("mistral_small", "ministral3"), tested=OLD,
+           vllm=OnVllm("Mistral3ForConditionalGeneration")),
     Family("llava_onevision", "LLaVA-OneVision", "LlavaOnevisionModel", "LlavaOnevisionForConditionalGeneration",
-           since="4.57", image_inputs=SIZES, videos=True, tested=OLD),
+           since="4.57", image_inputs=SIZES, videos=True, tested=OLD,
+           vllm=OnVllm("LlavaOnevisionForConditionalGeneration")),
     Family("idefics3", "Idefics3", "Idefics3Model", "Idefics3ForConditionalGeneration", since="4.57",
-           image_inputs=MASKED, grouping="global_view", tested=OLD),
+           image_inputs=MASKED, grouping="global_view", tested=OLD,
+           vllm=OnVllm("Idefics3ForConditionalGeneration")),
     Family("smolvlm", "SmolVLM", "SmolVLMModel", "SmolVLMForConditionalGeneration", since="4.57", image_inputs=MASKED,
-           grouping="global_view", tested=OLD),
+           grouping="global_view", tested=OLD, vllm=OnVllm("SmolVLMForConditionalGeneration")),
     Family("aya_vision", "Aya Vision", "AyaVisionModel", "AyaVisionForConditionalGeneration", since="4.57",
            grouping="global_view", tested=OLD,
            vllm="vLLM removed AyaVisionForConditionalGeneration in 0.24"),
     Family("llava_next_video", "LLaVA-NeXT-Video", "LlavaNextVideoModel", "LlavaNextVideoForConditionalGeneration",
            since="4.57", image_inputs=SIZES, videos=True,
            llamafactory_templates=("llava_next_video", "llava_next_video_mistral", "llava_next_video_yi"),
-           tested=OLD),
+           tested=OLD, vllm="vLLM 0.32's LlavaNextVideoForConditionalGeneration takes videos only (one), no images"),
     # no inner model: the outer class holds the vision model, the projector and the language model
     Family("llama4", "Llama 4", "Llama4ForConditionalGeneration", "Llama4ForConditionalGeneration", since="4.57",
            hook="multi_modal_projector", hook_class="Llama4MultiModalProjector", grouping="global_view",

@@ -24,7 +24,7 @@ TP_FAMILIES = ("llava", "qwen2_5_vl")  # tensor_parallel_size=2 on CPU, one core
 
 
 def test_every_family_served_on_vllm_has_a_case_and_every_other_says_why():
-    assert sorted(vc.CASES) == sorted(SERVED)
+    assert set(SERVED) <= set(vc.CASES)  # cases of families not served stay, for the next vLLM release
     for t, f in FAMILIES.items():
         if not isinstance(f.vllm, OnVllm):
             assert f.vllm.strip(), t
@@ -36,12 +36,16 @@ def _run(model_type: str, root) -> dict:
     path = vc.save_for_vllm(model_type, root / model_type, lam=LAM)
     a, b, c, d, *singles = vc.images(8, seed=1)
     prompts = {"one": [a], "two": [b, c], **{f"single{i}": [x] for i, x in enumerate(singles)}}
-    out = {"hf": dict(zip(("one", "two"), vc.hf_first_logprobs(path, case, [[a], [b, c]], LAM), strict=True))}
+    if case.max_images < 2:  # vLLM's class takes one image a prompt (PaliGemma)
+        del prompts["two"]
+    main = [k for k in ("one", "two") if k in prompts]
+    out = {"main": main, "hf": dict(zip(main, vc.hf_first_logprobs(path, case, [prompts[k] for k in main], LAM),
+                                        strict=True))}  # fmt: skip
 
     def named(tag, key):  # items named per run, so that no embedding cached by another run is reused
         return vc.request(case, prompts[key], [f"{tag}-{key}-{i}" for i in range(len(prompts[key]))])
 
-    def alone(llm, tag, keys=("one", "two")):  # each prompt its own generate call
+    def alone(llm, tag, keys=tuple(main)):  # each prompt its own generate call
         return {k: vc.greedy_first(llm, [named(tag, k)])[0] for k in keys}
 
     def together(llm, tag, keys):  # one generate call; and the items per call of AGCI meanwhile
@@ -51,22 +55,23 @@ def _run(model_type: str, root) -> dict:
 
     from agci.vllm.models import stats
 
-    with vc.engine(path, enable_prefix_caching=True) as llm:
+    limit = {"limit_mm_per_prompt": {"image": case.max_images}}
+    with vc.engine(path, enable_prefix_caching=True, **limit) as llm:
         out["class"] = llm.apply_model(vc.class_name)[0]
         out["alone"] = alone(llm, "alone", tuple(prompts))
-        out["batch"], _ = together(llm, "batch", ("one", "two"))
+        out["batch"], _ = together(llm, "batch", main)
         out["mixed"], out["mixed_calls"] = together(llm, "mixed", [k for k in prompts if k.startswith("single")])
         before = llm.apply_model(stats)[0]["items"].get("image", 0)
         out["cached"] = [vc.greedy_first(llm, [vc.request(case, [d])])[0] for _ in range(2)]
         out["cached_items"] = llm.apply_model(stats)[0]["items"].get("image", 0) - before
         llm.apply_model(vc.set_lambda_zero)
         out["zero"] = alone(llm, "zero")
-    with vc.engine(path, plugins=False) as llm:
+    with vc.engine(path, plugins=False, **limit) as llm:
         out["stock_class"] = llm.apply_model(vc.class_name)[0]
         out["stock"] = alone(llm, "stock")
     if model_type in TP_FAMILIES:
         with vc.engine(path, tensor_parallel_size=2, distributed_executor_backend="mp",
-                       env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}) as llm:  # fmt: skip
+                       env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}, **limit) as llm:  # fmt: skip
             out["tp2"] = alone(llm, "tp2")
     return out
 
@@ -93,13 +98,15 @@ def test_agci_class_serves_the_family_and_the_stock_engine_does_not(served):
 @pytest.mark.parametrize("how", ["alone", "batch"])
 @pytest.mark.parametrize("prompt", ["one", "two"])
 def test_equal_to_transformers_with_agci(served, prompt, how):
-    _, out = served
+    model_type, out = served
+    if prompt not in out["main"]:
+        pytest.skip(f"vLLM's {model_type} takes one image a prompt")
     assert _max_gap(out[how][prompt], out["hf"][prompt]) < EQUAL
 
 
 def test_lambda_zero_is_stock_vllm_exactly_and_lambda_changes_it(served):
     _, out = served
-    for prompt in ("one", "two"):
+    for prompt in out["main"]:
         assert out["zero"][prompt] == out["stock"][prompt]
         assert _max_gap(out["alone"][prompt], out["hf"][prompt]) < EQUAL
         gap = max(abs(v - out["stock"][prompt].get(t, float("-inf"))) for t, v in out["alone"][prompt].items())
@@ -125,5 +132,5 @@ def test_tensor_parallel_two_equals_one(served):
     model_type, out = served
     if model_type not in TP_FAMILIES:
         pytest.skip(f"tensor parallelism runs for {', '.join(TP_FAMILIES)} (each TP 2 engine takes a minute on CPU)")
-    for prompt in ("one", "two"):
+    for prompt in out["main"]:
         assert _max_gap(out["tp2"][prompt], out["alone"][prompt]) < SAME

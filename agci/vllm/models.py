@@ -43,19 +43,44 @@ def _count(out) -> int:
     return out.shape[0] if hasattr(out, "shape") else len(out)
 
 
-def _wrapped(base: type, method_name: str, modality: str):
+def _inject(out, lam: float, width: int | None):
+    """AGCI on each item of ``out``; with ``width``, on its rows' leading ``width`` columns only."""
+    if width is None:
+        return inject(out, lam)
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return torch.cat([inject(out[..., :width], lam), out[..., width:]], dim=-1)
+    heads = inject([item[..., :width] for item in out], lam)
+    items = [torch.cat([head, item[..., width:]], dim=-1) for head, item in zip(heads, out, strict=True)]
+    return tuple(items) if isinstance(out, tuple) else items
+
+
+def _modality(default: str, args, kwargs) -> str:
+    """The modality "video" where the method's input says it holds videos (vLLM's parsed inputs carry a
+    ``type``; InternVL's one method takes images and videos alike), else ``default``."""
+    items = args[0] if args else next(iter(kwargs.values()), None)
+    try:
+        kind = items["type"]
+    except (TypeError, KeyError, IndexError):
+        return default
+    return "video" if isinstance(kind, str) and "video" in kind else default
+
+
+def _wrapped(base: type, method_name: str, default_modality: str, width_attr: str | None):
     original = getattr(base, method_name)
 
     def method(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
+        modality = _modality(default_modality, args, kwargs)
         if self.agci_lambda == 0 or (modality == "video" and not self.agci_videos) or _count(out) == 0:
             return out
         ITEMS[modality] += _count(out)
         CALLS.append((modality, _count(out)))
-        return inject(out, self.agci_lambda)
+        return _inject(out, self.agci_lambda, getattr(self, width_attr) if width_attr else None)
 
     method.__name__ = method_name
-    method.__doc__ = f"vLLM's {method_name}, then AGCI on each {modality} item (one context per item)."
+    method.__doc__ = f"vLLM's {method_name}, then AGCI on each {default_modality} item (one context per item)."
     return method
 
 
@@ -73,10 +98,11 @@ def agci_class(family: Family) -> type:
         self.agci_lambda = found[1] if found else 0.0
         self.agci_videos = bool(found) and read_videos(model_config.hf_config)
 
+    on = family.vllm
     body = {"__init__": __init__, "__module__": __name__, "__qualname__": name,
-            family.vllm.images_method: _wrapped(base, family.vllm.images_method, "image")}  # fmt: skip
-    if family.vllm.videos_method:
-        body[family.vllm.videos_method] = _wrapped(base, family.vllm.videos_method, "video")
+            on.images_method: _wrapped(base, on.images_method, "image", on.width_attr)}  # fmt: skip
+    if on.videos_method:
+        body[on.videos_method] = _wrapped(base, on.videos_method, "video", on.width_attr)
     cls = _CLASSES[name] = type(name, (base,), body)
     return cls
 
