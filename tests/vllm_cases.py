@@ -111,6 +111,10 @@ CASES = {
                                            **MROPE}, "moe_intermediate_size": 64, "norm_topk_prob": True},
                  transposed=FUSED_EXPERTS),
         VllmCase("qwen3_5", "<|vision_start|><|image_pad|><|vision_end|>", QWEN3_VISION, text=QWEN3_5_TEXT),
+        VllmCase("gemma4", "<|image|>", {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1,
+                                         "num_key_value_heads": 1, "head_dim": 64, "default_output_length": 70},
+                 text={"global_head_dim": 64}, template=PLAIN, vocab=NEWLINES, causal_token_type=0,
+                 randomized=("model.vision_tower.patch_embedder.position_embedding_table",)),
         VllmCase("gemma3n", "<image_soft_token>", {"vocab_offset": 129, "vocab_size": 15}, template=PLAIN,
                  vocab=NEWLINES),
     )
