@@ -142,8 +142,8 @@ _FAMILIES = (
            llamafactory_templates=("llava_next", "llava_next_mistral", "llava_next_llama3", "llava_next_qwen",
                                    "llava_next_yi"),
            image_inputs=SIZES, reference_mean="batch", tested=OLD,
-           reference_note=BATCH_NOTE + ", except that the reference's mean also takes the image_newline tokens, "
-           "which transformers adds after get_image_features (the one known deviation)",
+           reference_note=BATCH_NOTE + ", image_newline rows included, as in the reference (transformers' "
+           "get_image_features returns them, from 4.57 on)",
            vllm=OnVllm("LlavaNextForConditionalGeneration")),
     Family("qwen2_5_vl", "Qwen2.5-VL", "Qwen2_5_VLModel", "Qwen2_5_VLForConditionalGeneration", since="4.57",
            videos=True, llamafactory_templates=("qwen2_vl",), reference_mean="batch", reference_note=BATCH_NOTE,
