@@ -1,12 +1,13 @@
 """AGCI's cost when a VLM is served by vLLM: throughput (requests/s, output tokens/s) and time to first token
 with the plugin off (stock vLLM), at lambda 0 and at lambda 0.5, on the same checkpoint, in one run.
 
-The three engines are up at once and take turns, round by round in a shuffled order, each round a fresh set of
-requests (new images, so that no embedding is reused from the encoder or prefix cache). Each configuration's
-median is reported as a ratio to the plugin-off median, with the spread (min-max ratio over rounds). On a CPU only
-the ratios mean anything; absolute numbers are written with the device and versions on a GPU.
+The three engines are up at once, in this process (an idle one takes no CPU), and take turns, round by round in a
+shuffled order, each round a fresh set of requests (new images, so that no embedding is reused from the encoder or
+prefix cache). Each configuration's median is reported as a ratio to the plugin-off median, with the spread (min-max
+ratio over rounds). On a CPU only the ratios mean anything; absolute numbers are written with the device and
+versions on a GPU.
 
-    python benchmarks/bench_vllm.py [--model PATH] [--requests 16] [--rounds 5] [--max-tokens 16]
+    python benchmarks/bench_vllm.py [--model PATH --prompt TEXT] [--requests 64] [--rounds 10] [--max-tokens 64]
 
 Default model: a tiny LLaVA written as the vLLM tests write it (tests/vllm_cases.py). Run in an environment with
 vLLM and agci installed (``make test-vllm`` builds ``.venv-vllm``). Writes JSON, Markdown and a PNG to
@@ -32,21 +33,31 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 CONFIGS = ("plugin off", "lambda 0", "lambda 0.5")
 
 
-def _engine(model: str, config: str, args):
-    from vllm import LLM
+def _engine(model: str, config: str, args, tmp: Path):
+    """One engine, in this process (so that the idle ones take no CPU while another runs): plugin off is vLLM's
+    own class (``agci.vllm.models.stock_classes``) on a path of its own; the others get lambda as --hf-overrides."""
+    import contextlib
+
+    from vllm import LLM, envs
 
     from agci.configs import LAMBDA_KEY
+    from agci.vllm.models import stock_classes
 
-    os.environ["VLLM_PLUGINS"] = "" if config == "plugin off" else "agci"  # read by the engine's processes
-    overrides = {} if config == "plugin off" else {LAMBDA_KEY: float(config.split()[1])}
+    envs.disable_envs_cache()  # an engine in this process caches vLLM's variables
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    off = config == "plugin off"
+    if off:  # vLLM remembers the class of each path it loaded
+        (tmp / "stock").symlink_to(Path(model).resolve(), target_is_directory=True)
+        model = str(tmp / "stock")
     kwargs = {"dtype": args.dtype, "max_model_len": args.max_model_len, "enable_prefix_caching": False,
               "limit_mm_per_prompt": {"image": 1}, "disable_log_stats": False, "seed": 0,
-              "hf_overrides": overrides}  # fmt: skip
+              "hf_overrides": {} if off else {LAMBDA_KEY: float(config.split()[1])}}  # fmt: skip
     if args.gpu_memory_utilization:
         kwargs["gpu_memory_utilization"] = args.gpu_memory_utilization
     if args.enforce_eager:
         kwargs["enforce_eager"] = True
-    return LLM(model, **kwargs)
+    with stock_classes() if off else contextlib.nullcontext():
+        return LLM(model, **kwargs)
 
 
 def _requests(prompt: str, n: int, size: int, seed: int) -> list[dict]:
@@ -110,9 +121,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", help="a local checkpoint (default: a tiny LLaVA built for the run)")
     p.add_argument("--prompt", help="the prompt with the image placeholder (default: the tiny LLaVA's)")
-    p.add_argument("--requests", type=int, default=16, help="requests per round (sent together)")
-    p.add_argument("--rounds", type=int, default=5, help="rounds per configuration, interleaved")
-    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--requests", type=int, default=64, help="requests per round (sent together)")
+    p.add_argument("--rounds", type=int, default=10, help="rounds per configuration, interleaved")
+    p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--image-size", type=int, default=336)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--max-model-len", type=int, default=2048)
@@ -136,7 +147,7 @@ def main(argv=None) -> int:
             args.enforce_eager, args.max_model_len = True, 1024
         if prompt is None:
             p.error("--prompt is needed with --model (the text with the model's image placeholder)")
-        engines = {c: _engine(model, c, args) for c in tqdm(CONFIGS, desc="engines")}
+        engines = {c: _engine(model, c, args, Path(tmp)) for c in tqdm(CONFIGS, desc="engines")}
         warm = _requests(prompt, 2, args.image_size, seed=10_000)
         for llm in engines.values():
             _round(llm, warm, 2)

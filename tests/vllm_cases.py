@@ -221,25 +221,6 @@ def greedy_first(llm, requests: list[dict]) -> list[dict[int, float]]:
 
 
 @contextlib.contextmanager
-def vllm_own_classes():
-    """vLLM's own model classes registered for the architectures agci serves, while the block runs (in this
-    process): an engine started in it on a path not used before is stock vLLM (vLLM remembers each path's class)."""
-    from vllm import ModelRegistry
-
-    from agci.registry import FAMILIES, OnVllm
-    from agci.vllm import models
-
-    for f in FAMILIES.values():
-        if isinstance(f.vllm, OnVllm):
-            own = models._vllm_class(f.vllm.architecture)
-            ModelRegistry.register_model(f.vllm.architecture, f"{own.__module__}:{own.__name__}")
-    try:
-        yield
-    finally:
-        models.register_all()
-
-
-@contextlib.contextmanager
 def engine(path: Path, plugins: bool = True, env: dict | None = None, **kwargs):
     """A vLLM engine on ``path``; ``plugins=False``: stock vLLM (vLLM's own model class; agci's checks of the
     config still run). With one rank the engine runs in this process, which saves starting one: ``LLM.generate``
@@ -259,13 +240,15 @@ def engine(path: Path, plugins: bool = True, env: dict | None = None, **kwargs):
     env = {**(env or {}), **({"VLLM_ENABLE_V1_MULTIPROCESSING": "0"} if in_process else {})}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # read by the engine's processes as they start
-    if not plugins:  # a path of its own (see vllm_own_classes)
+    from agci.vllm.models import stock_classes
+
+    if not plugins:  # a path of its own (see stock_classes)
         stock = Path(path).with_name(Path(path).name + "-stock")
         if not stock.exists():
             stock.symlink_to(Path(path).resolve(), target_is_directory=True)
         path = stock
     try:
-        with contextlib.nullcontext() if plugins else vllm_own_classes():
+        with contextlib.nullcontext() if plugins else stock_classes():
             llm = LLM(str(path), **{**ENGINE, **kwargs})
     finally:
         for k, v in saved.items():

@@ -9,6 +9,7 @@ use (``AgciLlavaForConditionalGeneration`` and so on, by name, for vLLM's lazy m
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib
 
 from ..configs import read_videos
@@ -127,3 +128,20 @@ def stats(model=None) -> dict:
     """What AGCI was applied to in this process so far: ``{"items": {"image": n, ...}, "calls": [[modality, n],
     ...]}`` (``LLM.apply_model(stats)`` asks each worker; ``model`` is what it passes)."""
     return {"items": dict(ITEMS), "calls": [list(c) for c in CALLS]}
+
+
+@contextlib.contextmanager
+def stock_classes():
+    """vLLM's own classes registered again for the architectures agci serves, while the block runs (in this
+    process): an engine built in it runs stock vLLM, to compare with agci in one process. vLLM remembers the class
+    of each model path it has loaded, so give such an engine a path no engine of this process has used."""
+    from vllm import ModelRegistry
+
+    for family in FAMILIES.values():
+        if isinstance(family.vllm, OnVllm):
+            own = _vllm_class(family.vllm.architecture)
+            ModelRegistry.register_model(family.vllm.architecture, f"{own.__module__}:{own.__name__}")
+    try:
+        yield
+    finally:
+        register_all()
