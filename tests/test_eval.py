@@ -499,6 +499,22 @@ def test_agci_eval_refuses_bad_input(tmp_path):
     assert main(["eval", str(TINY_LLAVA), "--lambda", "0.5", "--tasks", "nope", "--out", str(tmp_path / "o")]) == 2
 
 
+def test_agci_eval_engine_vllm_is_refused_in_one_line_where_it_cannot_run(tmp_path, capsys):
+    """--engine vllm without vLLM installed, or with --lmms-model (an agci transformers model): exit 2, one line,
+    nothing written. tests/test_vllm_entrypoints.py runs the engine itself, in .venv-vllm."""
+    from agci.cli import main
+
+    out = tmp_path / "o"
+    assert main(["eval", str(TINY_LLAVA), "--engine", "vllm", "--lmms-model", "agci_llava", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "leave --lmms-model out" in err and err.count("\n") == 1
+    if importlib.util.find_spec("vllm") is None:
+        assert main(["eval", str(TINY_LLAVA), "--engine", "vllm", "--tasks", "agci_pope", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "--engine vllm needs vLLM beside agci: pip install vllm" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_agci_eval_checks_the_model_and_its_arguments_before_lmms_eval_starts(tmp_path):
     """lmms-eval exits 0 after refusing a model, so agci eval checks first: one line, exit 2, nothing written."""
     from agci.runs import RunFolder
