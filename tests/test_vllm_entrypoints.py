@@ -126,6 +126,9 @@ def test_llm_refuses_a_bad_lambda_before_any_engine_starts(llava, tmp_path):
         LLM(str(bad), **vc.ENGINE)
     with pytest.raises(checks.AgciVllmError, match="must be finite"):
         LLM(str(llava), hf_overrides={LAMBDA_KEY: math.inf}, **vc.ENGINE)
+    # vLLM's Transformers backend is another class than the one agci wraps: refused, never served without AGCI
+    with pytest.raises(checks.AgciVllmError, match="which agci does not wrap"):
+        LLM(str(llava), hf_overrides={LAMBDA_KEY: LAM}, model_impl="transformers", **vc.ENGINE)
     assert time.monotonic() - started < 120  # refused while building the config, not after loading the model
 
 

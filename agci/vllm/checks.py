@@ -81,8 +81,16 @@ def settings(hf_config, architectures, version: str) -> tuple[Family, float] | N
 
 
 def check_model_config(model_config) -> None:
-    """Refuse (AgciVllmError) a vLLM ModelConfig whose HF config asks for what agci cannot do on vLLM."""
-    settings(model_config.hf_config, model_config.architectures, vllm_version())
+    """Refuse (AgciVllmError) a vLLM ModelConfig whose HF config asks for what agci cannot do on vLLM, or that
+    vLLM resolved to a class other than the one agci serves the family with (``--model-impl transformers``)."""
+    found = settings(model_config.hf_config, model_config.architectures, vllm_version())
+    resolved = getattr(model_config, "architecture", None)
+    if found is not None and resolved != found[0].vllm.architecture:
+        raise AgciVllmError(
+            f"agci: {LAMBDA_KEY}={found[1]:g} is set, but vLLM resolved the model to {resolved} (model_impl="
+            f"{getattr(model_config, 'model_impl', None)!r}), which agci does not wrap; use vLLM's own implementation "
+            f"of {found[0].vllm.architecture} (--model-impl auto) or set the key to 0"
+        )
 
 
 def install() -> None:
