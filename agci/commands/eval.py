@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..arguments import add_device, add_force, lambdas, refuse
+from ..eval.engines import ENGINES
 
 
 def register(subparsers) -> None:
@@ -22,7 +23,7 @@ def register(subparsers) -> None:
     ev.add_argument("--data", help="folder with local copies of the benchmarks (layout in README); default: the hub")
     ev.add_argument("--out", default="agci-eval", help="output folder; rerunning into it skips finished lambdas")
     add_force(ev)
-    ev.add_argument("--engine", choices=("transformers", "vllm"), default="transformers",
+    ev.add_argument("--engine", choices=ENGINES, default=ENGINES[0],
                     help="what runs the model: agci's lmms-eval models on transformers, or lmms-eval's vllm model "
                     "with agci's vLLM plugin (--model-args then go to vllm.LLM)")  # fmt: skip
     ev.add_argument("--lmms-model", help="agci_qwen2_5_vl, agci_llava, ... (default: from config.json)")
