@@ -578,15 +578,10 @@ def test_llama4_images_group_as_its_processor_writes_them():
     is its global view alone) group into images by global_view, and match the hand-written cases."""
     import transformers as tf
     from PIL import Image
-    from tiny_checkpoints import _tokenizer
+    from tiny_checkpoints import llama4_processor_only
     from vlm_cases import _llama4_ids
 
-    specials = {"<|patch|>": 120, "<|image_start|>": 121, "<|image_end|>": 122, "<|image|>": 123,
-                "<|tile_x_separator|>": 124, "<|tile_y_separator|>": 125}  # fmt: skip
-    tokenizer = _tokenizer(specials, 128, {"image_token": "<|image|>"})
-    image_processor = getattr(tf, "Llama4ImageProcessor", None) or tf.Llama4ImageProcessorFast
-    processor = tf.Llama4Processor(image_processor=image_processor(size={"height": 32, "width": 32}, max_patches=4),
-                                   tokenizer=tokenizer, patch_size=8)  # fmt: skip
+    processor = llama4_processor_only(tf)  # the processor of the vLLM tests' checkpoint
     images = [Image.new("RGB", (64, 32)), Image.new("RGB", (20, 20)), Image.new("RGB", (32, 70))]
     out = processor(images=images, text=["a <|image|> b <|image|> c", "<|image|> what"], return_tensors="pt",
                     padding=True)  # fmt: skip

@@ -110,15 +110,17 @@ def processed_families_here() -> list[str]:
     return here if version_label() == "newest" else [t for t in here if CASES[t].seed]
 
 
-def save_tiny(model_type: str, out: Path, lam: float | None = None, seed: int = 0, config: dict | None = None) -> Path:
+def save_tiny(
+    model_type: str, out: Path, lam: float | None = None, seed: int = 0, config: dict | None = None, saver=None
+) -> Path:
     """A tiny random ``model_type`` checkpoint (tiny_configs.json, or ``config``) with its processor (its row's
-    ``processor``), saved to ``out``."""
+    ``processor``, or ``saver``, a builder of the same kind), saved to ``out``."""
     import torch
     import transformers as tf
     from family_cases import CASES
 
     d = CONFIGS[model_type] if config is None else config
-    saver = CASES[model_type].processor
+    saver = saver or CASES[model_type].processor
     if saver is None:
         raise ValueError(model_type)
     torch.manual_seed(seed)
@@ -347,6 +349,26 @@ def llava_next_video_processor(d, tf):
         patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
         chat_template=_template("<image>\n"),
     ), tf.LlavaNextVideoForConditionalGeneration  # fmt: skip
+
+
+def llama4_processor_only(tf, patch_size: int = 8):
+    """Llama4Processor with a tiny tokenizer: 32 px tiles (up to 4 crops, then the global view), ``patch_size`` px
+    patches, pixel shuffle 2 x 2 (4 tokens a tile at 8 px)."""
+    specials = {"<|patch|>": 120, "<|image_start|>": 121, "<|image_end|>": 122, "<|image|>": 123,
+                "<|tile_x_separator|>": 124, "<|tile_y_separator|>": 125}  # fmt: skip
+    tokenizer = _tokenizer(specials, 128, {"image_token": "<|image|>"})
+    image_processor = getattr(tf, "Llama4ImageProcessor", None) or tf.Llama4ImageProcessorFast
+    return tf.Llama4Processor(
+        image_processor=image_processor(size={"height": 32, "width": 32}, max_patches=4), tokenizer=tokenizer,
+        patch_size=patch_size, chat_template=_template("<|image|>"),
+    )  # fmt: skip
+
+
+@_from_config
+def llama4_processor(d, tf):
+    """Llama 4's checkpoint for vLLM only (tests/vllm_cases.py): its family row has no processor (see its
+    ``no_processor``), so the probes and lmms-eval tests do not use it."""
+    return llama4_processor_only(tf, d["vision_config"]["patch_size"]), tf.Llama4ForConditionalGeneration
 
 
 def read_config(path: Path) -> dict:
