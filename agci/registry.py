@@ -212,7 +212,7 @@ _FAMILIES = (
     # no inner model: the outer class holds the vision model, the projector and the language model
     Family("llama4", "Llama 4", "Llama4ForConditionalGeneration", "Llama4ForConditionalGeneration", since="4.57",
            hook="multi_modal_projector", hook_class="Llama4MultiModalProjector", grouping="global_view",
-           llamafactory_templates=("llama4",), tested=OLD,
+           llamafactory_templates=("llama4",), tested=OLD, vllm=OnVllm("Llama4ForConditionalGeneration"),
            broken=Broken(("5.24.0",), "Llama4ForConditionalGeneration.forward raises AttributeError: "
                          "'MoeCausalLMOutputWithPast' object has no attribute 'image_outputs' on every call",
                          "pip install -U 'transformers>=5.25' (or 'transformers==5.6.0', LLaMA-Factory 0.9.5's)")),

@@ -12,10 +12,11 @@ import contextlib
 import copy
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tiny_checkpoints import save_tiny
+from tiny_checkpoints import llama4_processor, save_tiny
 from vlm_cases import CONFIGS
 
 # a small KV cache (vLLM's CPU build reserves 92% of the memory by default, and the tests start several engines);
@@ -64,6 +65,8 @@ class VllmCase:
     # key suffixes of tensors whose last two dims the hub layout has the other way round (Qwen3-VL-MoE's fused
     # experts: transformers 5.x saves [E, out, in], hub checkpoints and vLLM's loader [E, in, out])
     transposed: tuple[str, ...] = ()
+    # the checkpoint's processor builder (tiny_checkpoints.py), where the family's row in family_cases.py has none
+    processor: Callable | None = None
 
     def config(self) -> dict:
         d = copy.deepcopy(CONFIGS[self.model_type])
@@ -115,6 +118,11 @@ CASES = {
                                          "num_key_value_heads": 1, "head_dim": 64, "default_output_length": 70},
                  text={"global_head_dim": 64}, template=PLAIN, vocab=NEWLINES, causal_token_type=0,
                  randomized=("model.vision_tower.patch_embedder.position_embedding_table",)),
+        # layer 0: RoPE, chunked attention (vLLM's chunks are whole KV blocks of 128), dense MLP; layer 1: NoPE, full
+        # attention, MoE (2 experts, top 1, shared expert). vLLM turns NoPE's attention temperature tuning off below
+        # 32k context (transformers always applies it): it only acts from position 8191 (floor_scale) on anyway
+        VllmCase("llama4", "<|image|>", {}, text={"attention_chunk_size": 128, "no_rope_layers": [1, 0]},
+                 template=PLAIN, processor=llama4_processor),
         VllmCase("gemma3n", "<image_soft_token>", {"vocab_offset": 129, "vocab_size": 15}, template=PLAIN,
                  vocab=NEWLINES),
     )
@@ -165,7 +173,7 @@ def _add_vocab(path: Path, entries) -> None:
 def save_for_vllm(model_type: str, out: Path, lam: float | None = None, seed: int = 0) -> Path:
     """A tiny ``model_type`` checkpoint with its processor that vLLM's CPU build loads, lambda in config.json."""
     case = CASES[model_type]
-    save_tiny(model_type, out, lam=lam, seed=seed, config=case.config())
+    save_tiny(model_type, out, lam=lam, seed=seed, config=case.config(), saver=case.processor)
     _rewrite(Path(out), case.renames, case.randomized, case.transposed, seed)
     _add_vocab(Path(out), case.vocab)
     return Path(out)
@@ -289,6 +297,7 @@ def hf_first_logprobs(path: Path, case: VllmCase, batches: list[list], lam: floa
     with torch.no_grad():
         for imgs in batches:
             inputs = processor(text=[case.prompt(len(imgs))], images=list(imgs), return_tensors="pt")
+            inputs = inputs.to(torch.float32)  # floating inputs only (Llama 4's processor gives bf16 pixels)
             if case.causal_token_type is not None:  # as vLLM's CPU attention: causal over image spans too
                 for key in ("token_type_ids", "mm_token_type_ids"):
                     if key in inputs:
