@@ -108,7 +108,7 @@ CASES = {
         # range starts after <end_of_image> (128) here, so that both embed it the same way
         VllmCase("qwen3_vl_moe", "<|vision_start|><|image_pad|><|vision_end|>", QWEN3_VISION,
                  text={"rope_parameters": {"rope_type": "default", "mrope_interleaved": True, "rope_theta": 10000.0,
-                                           **MROPE}, "moe_intermediate_size": 64, "norm_topk_prob": True},
+                                           **MROPE}, "moe_intermediate_size": 32, "norm_topk_prob": True},
                  transposed=FUSED_EXPERTS),
         VllmCase("qwen3_5", "<|vision_start|><|image_pad|><|vision_end|>", QWEN3_VISION, text=QWEN3_5_TEXT),
         VllmCase("gemma4", "<|image|>", {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1,
