@@ -64,6 +64,9 @@ class VllmCase:
     # key suffixes of tensors whose last two dims the hub layout has the other way round (Qwen3-VL-MoE's fused
     # experts: transformers 5.x saves [E, out, in], hub checkpoints and vLLM's loader [E, in, out])
     transposed: tuple[str, ...] = ()
+    # vLLM's class sets the logits of the generation config's suppress_tokens to -inf in compute_logits (Gemma 4;
+    # transformers' generate does the same, its forward does not): the reference does it too
+    suppresses: bool = False
 
     def config(self) -> dict:
         d = copy.deepcopy(CONFIGS[self.model_type])
@@ -113,7 +116,7 @@ CASES = {
         VllmCase("qwen3_5", "<|vision_start|><|image_pad|><|vision_end|>", QWEN3_VISION, text=QWEN3_5_TEXT),
         VllmCase("gemma4", "<|image|>", {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1,
                                          "num_key_value_heads": 1, "head_dim": 64, "default_output_length": 70},
-                 text={"global_head_dim": 64}, template=PLAIN, vocab=NEWLINES, causal_token_type=0,
+                 text={"global_head_dim": 64}, template=PLAIN, vocab=NEWLINES, causal_token_type=0, suppresses=True,
                  randomized=("model.vision_tower.patch_embedder.position_embedding_table",)),
         VllmCase("gemma3n", "<image_soft_token>", {"vocab_offset": 129, "vocab_size": 15}, template=PLAIN,
                  vocab=NEWLINES),
@@ -293,5 +296,8 @@ def hf_first_logprobs(path: Path, case: VllmCase, batches: list[list], lam: floa
                 for key in ("token_type_ids", "mm_token_type_ids"):
                     if key in inputs:
                         inputs[key] = torch.full_like(inputs["input_ids"], case.causal_token_type)
-            out.append(torch.log_softmax(model(**inputs).logits[0, -1].double(), -1))
+            logits = model(**inputs).logits[0, -1].double()
+            if case.suppresses and model.generation_config.suppress_tokens:
+                logits[model.generation_config.suppress_tokens] = float("-inf")
+            out.append(torch.log_softmax(logits, -1))
     return out
