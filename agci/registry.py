@@ -188,7 +188,7 @@ _FAMILIES = (
     Family("gemma4", "Gemma 4", "Gemma4Model", "Gemma4ForConditionalGeneration", since="5.5", videos=True,
            sizes_argument="image_position_ids", sizes_pooling_attr="vision_config.pooling_kernel_size",
            image_inputs=POSITIONS, llamafactory_templates=("gemma4", "gemma4n"), tested=NEW,
-           vllm="not verified: on a tiny checkpoint vLLM 0.32's Gemma 4 text model differs from transformers'"),
+           vllm=OnVllm("Gemma4ForConditionalGeneration", videos_method="_process_video_input")),
     Family("paligemma", "PaliGemma", "PaliGemmaModel", "PaliGemmaForConditionalGeneration", since="4.57",
            llamafactory_templates=("paligemma", "paligemma_chat"), tested=OLD,
            vllm=OnVllm("PaliGemmaForConditionalGeneration")),

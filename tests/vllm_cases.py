@@ -107,8 +107,6 @@ CASES = {
                  {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "out_hidden_size": 128},
                  text={"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
                                            "mrope_section": [4, 6, 6]}}, template=PLAIN),
-        # transformers embeds ids in the vision vocabulary range with embed_vision, vLLM with the text table: the
-        # range starts after <end_of_image> (128) here, so that both embed it the same way
         VllmCase("qwen3_vl_moe", "<|vision_start|><|image_pad|><|vision_end|>", QWEN3_VISION,
                  text={"rope_parameters": {"rope_type": "default", "mrope_interleaved": True, "rope_theta": 10000.0,
                                            **MROPE}, "moe_intermediate_size": 32, "norm_topk_prob": True},
@@ -116,8 +114,12 @@ CASES = {
         VllmCase("qwen3_5", "<|vision_start|><|image_pad|><|vision_end|>", QWEN3_VISION, text=QWEN3_5_TEXT),
         VllmCase("gemma4", "<|image|>", {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1,
                                          "num_key_value_heads": 1, "head_dim": 64, "default_output_length": 70},
-                 text={"global_head_dim": 64}, template=PLAIN, vocab=NEWLINES, causal_token_type=0, suppresses=True,
+                 # bidirectional within images as the large checkpoints (the small ones: None, causal everywhere)
+                 text={"global_head_dim": 64, "use_bidirectional_attention": "vision"}, template=PLAIN,
+                 vocab=NEWLINES, causal_token_type=0, suppresses=True,
                  randomized=("model.vision_tower.patch_embedder.position_embedding_table",)),
+        # transformers embeds ids in the vision vocabulary range with embed_vision, vLLM with the text table: the
+        # range starts after <end_of_image> (128) here, so that both embed it the same way
         VllmCase("gemma3n", "<image_soft_token>", {"vocab_offset": 129, "vocab_size": 15}, template=PLAIN,
                  vocab=NEWLINES),
     )
