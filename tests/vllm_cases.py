@@ -67,6 +67,9 @@ class VllmCase:
     transposed: tuple[str, ...] = ()
     # the checkpoint's processor builder (tiny_checkpoints.py), where the family's row in family_cases.py has none
     processor: Callable | None = None
+    # vLLM's class sets the logits of the generation config's suppress_tokens to -inf in compute_logits (Gemma 4;
+    # transformers' generate does the same, its forward does not): the reference does it too
+    suppresses: bool = False
 
     def config(self) -> dict:
         d = copy.deepcopy(CONFIGS[self.model_type])
@@ -107,22 +110,24 @@ CASES = {
                  {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "out_hidden_size": 128},
                  text={"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
                                            "mrope_section": [4, 6, 6]}}, template=PLAIN),
-        # transformers embeds ids in the vision vocabulary range with embed_vision, vLLM with the text table: the
-        # range starts after <end_of_image> (128) here, so that both embed it the same way
         VllmCase("qwen3_vl_moe", "<|vision_start|><|image_pad|><|vision_end|>", QWEN3_VISION,
                  text={"rope_parameters": {"rope_type": "default", "mrope_interleaved": True, "rope_theta": 10000.0,
-                                           **MROPE}, "moe_intermediate_size": 64, "norm_topk_prob": True},
+                                           **MROPE}, "moe_intermediate_size": 32, "norm_topk_prob": True},
                  transposed=FUSED_EXPERTS),
         VllmCase("qwen3_5", "<|vision_start|><|image_pad|><|vision_end|>", QWEN3_VISION, text=QWEN3_5_TEXT),
         VllmCase("gemma4", "<|image|>", {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1,
                                          "num_key_value_heads": 1, "head_dim": 64, "default_output_length": 70},
-                 text={"global_head_dim": 64}, template=PLAIN, vocab=NEWLINES, causal_token_type=0,
+                 # bidirectional within images as the large checkpoints (the small ones: None, causal everywhere)
+                 text={"global_head_dim": 64, "use_bidirectional_attention": "vision"}, template=PLAIN,
+                 vocab=NEWLINES, causal_token_type=0, suppresses=True,
                  randomized=("model.vision_tower.patch_embedder.position_embedding_table",)),
         # layer 0: RoPE, chunked attention (vLLM's chunks are whole KV blocks of 128), dense MLP; layer 1: NoPE, full
         # attention, MoE (2 experts, top 1, shared expert). vLLM turns NoPE's attention temperature tuning off below
         # 32k context (transformers always applies it): it only acts from position 8191 (floor_scale) on anyway
         VllmCase("llama4", "<|image|>", {}, text={"attention_chunk_size": 128, "no_rope_layers": [1, 0]},
                  template=PLAIN, processor=llama4_processor),
+        # transformers embeds ids in the vision vocabulary range with embed_vision, vLLM with the text table: the
+        # range starts after <end_of_image> (128) here, so that both embed it the same way
         VllmCase("gemma3n", "<image_soft_token>", {"vocab_offset": 129, "vocab_size": 15}, template=PLAIN,
                  vocab=NEWLINES),
     )
@@ -302,5 +307,8 @@ def hf_first_logprobs(path: Path, case: VllmCase, batches: list[list], lam: floa
                 for key in ("token_type_ids", "mm_token_type_ids"):
                     if key in inputs:
                         inputs[key] = torch.full_like(inputs["input_ids"], case.causal_token_type)
-            out.append(torch.log_softmax(model(**inputs).logits[0, -1].double(), -1))
+            logits = model(**inputs).logits[0, -1].double()
+            if case.suppresses and model.generation_config.suppress_tokens:
+                logits[model.generation_config.suppress_tokens] = float("-inf")
+            out.append(torch.log_softmax(logits, -1))
     return out
