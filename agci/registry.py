@@ -50,6 +50,9 @@ class OnVllm:
     # where each token's row holds more than its embedding (Qwen3-VL: its deepstack features after it), the
     # attribute of vLLM's model holding the embedding's width: AGCI goes to those leading columns only
     width_attr: str | None = None
+    # where the method returns images and video chunks alike (Kimi K2.5's "vision chunks"), the input field with
+    # each item's (frames, height, width) grid: an item of more than one frame is a video chunk, left alone
+    frames_field: str | None = None
 
 
 # vLLM releases whose model classes agci has been tested against; another one is refused (when lambda is set)
@@ -182,7 +185,8 @@ _FAMILIES = (
            image_inputs=GRID, llamafactory_templates=("glm4_5v",), tested=NEW,  # LLaMA-Factory: glm4_5v
            vllm="vLLM 0.32 has no Glm46VForConditionalGeneration, the class transformers saves GLM-4.6V as"),
     Family("kimi_k25", "Kimi K2.5", "Kimi_K25Model", "Kimi_K25ForConditionalGeneration", since="5.13", videos=True,
-           image_inputs=GRID),
+           image_inputs=GRID, vllm=OnVllm("KimiK25ForConditionalGeneration", images_method="_process_media_input",
+                                          frames_field="grid_thws")),
     Family("gemma3", "Gemma 3", "Gemma3Model", "Gemma3ForConditionalGeneration", since="4.57",
            llamafactory_templates=("gemma3",), tested=OLD, vllm=OnVllm("Gemma3ForConditionalGeneration")),
     Family("gemma4", "Gemma 4", "Gemma4Model", "Gemma4ForConditionalGeneration", since="5.5", videos=True,

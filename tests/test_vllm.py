@@ -55,8 +55,13 @@ def _run(model_type: str, root) -> dict:
 
     from agci.vllm.models import stats
 
-    limit = {"limit_mm_per_prompt": {"image": case.max_images}}
-    with vc.engine(path, enable_prefix_caching=True, **limit) as llm:
+    # families whose one method takes images and video chunks: a request of each, in one generate call
+    chunks = []
+    if FAMILIES[model_type].vllm.frames_field:
+        chunks = [vc.request(case, [a]), vc.video_chunk_request(case, [b, b])]
+
+    per_family = {"limit_mm_per_prompt": {case.modality: case.max_images}, **(case.engine or {}), "env": case.env}
+    with vc.engine(path, enable_prefix_caching=True, **per_family) as llm:
         out["class"] = llm.apply_model(vc.class_name)[0]
         out["alone"] = alone(llm, "alone", tuple(prompts))
         out["batch"], _ = together(llm, "batch", main)
@@ -64,14 +69,20 @@ def _run(model_type: str, root) -> dict:
         before = llm.apply_model(stats)[0]["items"].get("image", 0)
         out["cached"] = [vc.greedy_first(llm, [vc.request(case, [d])])[0] for _ in range(2)]
         out["cached_items"] = llm.apply_model(stats)[0]["items"].get("image", 0) - before
+        if chunks:  # an image and a video chunk in one call: AGCI on the image only
+            before = llm.apply_model(stats)[0]["items"].get("image", 0)
+            out["chunk"] = dict(zip(("image", "video"), vc.greedy_first(llm, chunks), strict=True))
+            out["chunk_items"] = llm.apply_model(stats)[0]["items"].get("image", 0) - before
         llm.apply_model(vc.set_lambda_zero)
         out["zero"] = alone(llm, "zero")
-    with vc.engine(path, plugins=False, **limit) as llm:
+    with vc.engine(path, plugins=False, **per_family) as llm:
         out["stock_class"] = llm.apply_model(vc.class_name)[0]
         out["stock"] = alone(llm, "stock")
+        if chunks:
+            out["stock_chunk"] = dict(zip(("image", "video"), vc.greedy_first(llm, chunks), strict=True))
     if model_type in TP_FAMILIES:
-        with vc.engine(path, tensor_parallel_size=2, distributed_executor_backend="mp",
-                       env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}, **limit) as llm:  # fmt: skip
+        ranks = {**per_family, "env": {**(case.env or {}), "VLLM_CPU_OMP_THREADS_BIND": "0|1"}}
+        with vc.engine(path, tensor_parallel_size=2, distributed_executor_backend="mp", **ranks) as llm:
             out["tp2"] = alone(llm, "tp2")
     return out
 
@@ -127,6 +138,15 @@ def test_prefix_cache_the_same_image_twice_is_injected_once(served):
     first, second = out["cached"]
     assert _max_gap(second, first) < SAME
     assert out["cached_items"] == 1
+
+
+def test_video_chunks_are_left_alone_where_images_and_videos_share_a_method(served):
+    model_type, out = served
+    if not FAMILIES[model_type].vllm.frames_field:
+        pytest.skip(f"vLLM's {model_type} embeds images and videos in separate methods")
+    assert out["chunk_items"] == 1  # the image of the two items
+    assert out["chunk"]["video"] == out["stock_chunk"]["video"]
+    assert _max_gap(out["chunk"]["image"], out["alone"]["one"]) < SAME
 
 
 def test_tensor_parallel_two_equals_one(served):

@@ -129,6 +129,10 @@ def test_llm_refuses_a_bad_lambda_before_any_engine_starts(llava, tmp_path):
     # vLLM's Transformers backend is another class than the one agci wraps: refused, never served without AGCI
     with pytest.raises(checks.AgciVllmError, match="which agci does not wrap"):
         LLM(str(llava), hf_overrides={LAMBDA_KEY: LAM}, model_impl="transformers", **vc.ENGINE)
+    # encoder CUDA graphs run the vision tower without the method agci wraps (GPU only, but refused anywhere)
+    with pytest.raises(checks.AgciVllmError, match="cudagraph_mm_encoder"):
+        LLM(str(llava), hf_overrides={LAMBDA_KEY: LAM}, compilation_config={"cudagraph_mm_encoder": True},
+            **vc.ENGINE)  # fmt: skip
     assert time.monotonic() - started < 120  # refused while building the config, not after loading the model
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import hub_layouts
 from tiny_checkpoints import llama4_processor, save_tiny
 from vlm_cases import CONFIGS
 
@@ -70,6 +71,19 @@ class VllmCase:
     # vLLM's class sets the logits of the generation config's suppress_tokens to -inf in compute_logits (Gemma 4;
     # transformers' generate does the same, its forward does not): the reference does it too
     suppresses: bool = False
+    # writes the weights (and what else differs) as hub checkpoints have them, where transformers' own save does
+    # not: (checkpoint folder, seed) -> None (Kimi K2.5)
+    hub: Callable | None = None
+    # vLLM's modality of the image items ("vision_chunk": Kimi K2.5's images and video chunks, as dicts)
+    modality: str = "image"
+    engine: dict | None = None  # engine settings the family needs on vLLM's CPU build
+    env: dict | None = None  # environment variables the same
+
+    def items(self, imgs: list) -> list:
+        """``imgs`` as vLLM's multi_modal_data takes them for this family."""
+        if self.modality == "vision_chunk":
+            return [{"type": "image", "image": img, "uuid": None} for img in imgs]
+        return list(imgs)
 
     def config(self) -> dict:
         d = copy.deepcopy(CONFIGS[self.model_type])
@@ -126,6 +140,21 @@ CASES = {
         # 32k context (transformers always applies it): it only acts from position 8191 (floor_scale) on anyway
         VllmCase("llama4", "<|image|>", {}, text={"attention_chunk_size": 128, "no_rope_layers": [1, 0]},
                  template=PLAIN, processor=llama4_processor),
+        # MLA with the latent of 512 + 64 that vLLM's CPU MLA kernel takes; one dense layer, one MoE layer
+        # (DeepSeek-V3's sigmoid routing with its bias, noaux_tc, as transformers always routes). vLLM's CPU rotary op
+        # rotates a strided key wrongly (k_pe is a slice of the latent row), so its PyTorch rotary runs instead; and
+        # MLA turns prefix caching off on the CPU platform, so the same weights run as plain attention
+        # (VLLM_MLA_DISABLE). Both change only the attention, after AGCI (with MLA and the PyTorch rotary: equal to
+        # transformers to 3e-7)
+        VllmCase("kimi_k25", "<|media_begin|><|media_pad|><|media_end|>",
+                 {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2},
+                 top={"projection_hidden_size": 64},
+                 text={"num_key_value_heads": 2, "kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 64,
+                       "v_head_dim": 64, "q_lora_rank": None, "moe_intermediate_size": 64, "topk_method": "noaux_tc",
+                       "scoring_func": "sigmoid"},
+                 hub=hub_layouts.kimi_k25, modality="vision_chunk",
+                 engine={"compilation_config": {"custom_ops": ["-rotary_embedding"]}},
+                 env={"VLLM_MLA_DISABLE": "1"}),
         # transformers embeds ids in the vision vocabulary range with embed_vision, vLLM with the text table: the
         # range starts after <end_of_image> (128) here, so that both embed it the same way
         VllmCase("gemma3n", "<image_soft_token>", {"vocab_offset": 129, "vocab_size": 15}, template=PLAIN,
@@ -179,6 +208,8 @@ def save_for_vllm(model_type: str, out: Path, lam: float | None = None, seed: in
     """A tiny ``model_type`` checkpoint with its processor that vLLM's CPU build loads, lambda in config.json."""
     case = CASES[model_type]
     save_tiny(model_type, out, lam=lam, seed=seed, config=case.config(), saver=case.processor)
+    if case.hub is not None:
+        case.hub(Path(out), seed)
     _rewrite(Path(out), case.renames, case.randomized, case.transposed, seed)
     _add_vocab(Path(out), case.vocab)
     return Path(out)
@@ -215,10 +246,16 @@ def images(n: int, seed: int = 0) -> list:
 def request(case: VllmCase, imgs: list, uuids: list[str] | None = None) -> dict:
     """One vLLM prompt with ``imgs``; ``uuids`` name the items (vLLM reuses cached embeddings by name, by content
     hash without one)."""
-    out = {"prompt": case.prompt(len(imgs)), "multi_modal_data": {"image": list(imgs)}}
+    out = {"prompt": case.prompt(len(imgs)), "multi_modal_data": {case.modality: case.items(imgs)}}
     if uuids is not None:
-        out["multi_modal_uuids"] = {"image": list(uuids)}
+        out["multi_modal_uuids"] = {case.modality: list(uuids)}
     return out
+
+
+def video_chunk_request(case: VllmCase, frames: list) -> dict:
+    """One vLLM prompt with one video chunk of ``frames`` (Kimi K2.5's vision chunks: an item of several frames)."""
+    chunk = {"type": "video_chunk", "video_chunk": list(frames), "uuid": None, "prompt": case.image, "video_idx": 0}
+    return {"prompt": case.prompt(1), "multi_modal_data": {case.modality: [chunk]}}
 
 
 def first_logprobs(outputs) -> list[dict[int, float]]:
@@ -247,6 +284,7 @@ def engine(path: Path, plugins: bool = True, env: dict | None = None, **kwargs):
     from vllm import LLM, envs
 
     envs.disable_envs_cache()  # an engine run in this process caches the variables; the next one must read them
+    _llvmlite_safe_for_vllm_cpu()
     in_process = kwargs.get("tensor_parallel_size", 1) == 1
     if not (plugins or in_process):
         raise ValueError("stock engines run in this process (one rank)")
@@ -275,6 +313,18 @@ def engine(path: Path, plugins: bool = True, env: dict | None = None, **kwargs):
         llm.llm_engine.engine_core.shutdown()
         del llm
         gc.collect()
+
+
+def _llvmlite_safe_for_vllm_cpu() -> None:
+    """vLLM 0.32's CPU worker, as it starts, reads ``vars(x).get("kernel")`` of every module attribute, and llvmlite's
+    library wrapper (imported with numba, which Kimi K2.5's image preprocessing uses) answers ``__dict__`` with a
+    function wrapper: the worker then fails. An engine in its own process starts before numba is imported; one in
+    this process gets a plain ``__dict__`` answer."""
+    try:
+        from llvmlite.binding import ffi
+    except ImportError:
+        return
+    ffi.lib._fntab.setdefault("__dict__", {})
 
 
 def set_lambda_zero(model) -> None:

@@ -80,10 +80,17 @@ def settings(hf_config, architectures, version: str) -> tuple[Family, float] | N
     return family, lam
 
 
-def check_model_config(model_config) -> None:
-    """Refuse (AgciVllmError) a vLLM ModelConfig whose HF config asks for what agci cannot do on vLLM, or that
-    vLLM resolved to a class other than the one agci serves the family with (``--model-impl transformers``)."""
+def check_model_config(model_config, encoder_cudagraphs: bool = False) -> None:
+    """Refuse (AgciVllmError) a vLLM ModelConfig whose HF config asks for what agci cannot do on vLLM, that vLLM
+    resolved to a class other than the one agci serves the family with (``--model-impl transformers``), or whose
+    engine runs the vision encoder through CUDA graphs (``encoder_cudagraphs``), which skip the method agci wraps."""
     found = settings(model_config.hf_config, model_config.architectures, vllm_version())
+    if found is not None and encoder_cudagraphs:
+        raise AgciVllmError(
+            f"agci: {LAMBDA_KEY}={found[1]:g} is set, but the compilation config has cudagraph_mm_encoder on, "
+            f"whose encoder CUDA graphs bypass {found[0].vllm.images_method}, where agci applies AGCI; leave "
+            "cudagraph_mm_encoder off or set the key to 0"
+        )
     resolved = getattr(model_config, "architecture", None)
     if found is not None and resolved != found[0].vllm.architecture:
         raise AgciVllmError(
@@ -105,8 +112,20 @@ def install() -> None:
     @functools.wraps(original)
     def create_model_config(self, *args, **kwargs):
         model_config = original(self, *args, **kwargs)
-        check_model_config(model_config)
+        check_model_config(model_config, encoder_cudagraphs=_encoder_cudagraphs(self.compilation_config))
         return model_config
 
     create_model_config._agci_checked = True
     EngineArgs.create_model_config = create_model_config
+
+
+def _encoder_cudagraphs(compilation_config) -> bool:
+    """Whether vLLM's engine arguments turn on CUDA graphs for the multimodal encoder (a CompilationConfig, or the
+    dict or JSON string it is given as)."""
+    if isinstance(compilation_config, str):
+        import json
+
+        compilation_config = json.loads(compilation_config) if compilation_config.strip().startswith("{") else {}
+    if isinstance(compilation_config, dict):
+        return bool(compilation_config.get("cudagraph_mm_encoder"))
+    return bool(getattr(compilation_config, "cudagraph_mm_encoder", False))

@@ -68,7 +68,20 @@ def _modality(default: str, args, kwargs) -> str:
     return "video" if isinstance(kind, str) and "video" in kind else default
 
 
-def _wrapped(base: type, method_name: str, default_modality: str, width_attr: str | None):
+def _frames(field: str, args, kwargs) -> list[int]:
+    """The number of frames of each item of the method's input (its ``field``: one (frames, h, w) row per item)."""
+    items = args[0] if args else next(iter(kwargs.values()))
+    return [int(t) for t in items[field][:, 0].tolist()]
+
+
+def _images_only(out, lam: float, frames: list[int]):
+    """AGCI on the one-frame items of ``out`` (images); items of several frames (video chunks) as they were."""
+    images = [i for i, t in enumerate(frames) if t == 1]
+    injected = dict(zip(images, inject([out[i] for i in images], lam), strict=True)) if images else {}
+    return [injected.get(i, item) for i, item in enumerate(out)]
+
+
+def _wrapped(base: type, method_name: str, default_modality: str, on: OnVllm):
     original = getattr(base, method_name)
 
     def method(self, *args, **kwargs):
@@ -76,9 +89,16 @@ def _wrapped(base: type, method_name: str, default_modality: str, width_attr: st
         modality = _modality(default_modality, args, kwargs)
         if self.agci_lambda == 0 or (modality == "video" and not self.agci_videos) or _count(out) == 0:
             return out
+        if on.frames_field:  # images and video chunks in one call: the images only (videos are refused)
+            frames = _frames(on.frames_field, args, kwargs)
+            n = frames.count(1)
+            if n:
+                ITEMS[modality] += n
+                CALLS.append((modality, n))
+            return _images_only(out, self.agci_lambda, frames)
         ITEMS[modality] += _count(out)
         CALLS.append((modality, _count(out)))
-        return _inject(out, self.agci_lambda, getattr(self, width_attr) if width_attr else None)
+        return _inject(out, self.agci_lambda, getattr(self, on.width_attr) if on.width_attr else None)
 
     method.__name__ = method_name
     method.__doc__ = f"vLLM's {method_name}, then AGCI on each {default_modality} item (one context per item)."
@@ -101,9 +121,9 @@ def agci_class(family: Family) -> type:
 
     on = family.vllm
     body = {"__init__": __init__, "__module__": __name__, "__qualname__": name,
-            on.images_method: _wrapped(base, on.images_method, "image", on.width_attr)}  # fmt: skip
+            on.images_method: _wrapped(base, on.images_method, "image", on)}  # fmt: skip
     if on.videos_method:
-        body[on.videos_method] = _wrapped(base, on.videos_method, "video", on.width_attr)
+        body[on.videos_method] = _wrapped(base, on.videos_method, "video", on)
     cls = _CLASSES[name] = type(name, (base,), body)
     return cls
 
