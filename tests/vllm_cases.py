@@ -129,6 +129,10 @@ CASES = {
                                            **MROPE}, "moe_intermediate_size": 32, "norm_topk_prob": True},
                  transposed=FUSED_EXPERTS),
         VllmCase("qwen3_5", "<|vision_start|><|image_pad|><|vision_end|>", QWEN3_VISION, text=QWEN3_5_TEXT),
+        # not served (registry.GDN_BF16: vLLM's CPU GDN is bf16 only); vLLM loads it in bf16, 2e-3 to 4e-3 from
+        # transformers in fp32, as qwen3_5
+        VllmCase("qwen3_5_moe", "<|vision_start|><|image_pad|><|vision_end|>", QWEN3_VISION,
+                 text={**QWEN3_5_TEXT, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32}),
         VllmCase("gemma4", "<|image|>", {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1,
                                          "num_key_value_heads": 1, "head_dim": 64, "default_output_length": 70},
                  # bidirectional within images as the large checkpoints (the small ones: None, causal everywhere)
