@@ -28,6 +28,8 @@ def test_every_family_served_on_vllm_has_a_case_and_every_other_says_why():
     for t, f in FAMILIES.items():
         if not isinstance(f.vllm, OnVllm):
             assert f.vllm.strip(), t
+        elif f.vllm.videos_method:  # AGCI on its videos is tested (a video prompt in its case)
+            assert vc.CASES[t].video, t
 
 
 def _run(model_type: str, root) -> dict:
@@ -39,8 +41,9 @@ def _run(model_type: str, root) -> dict:
     if case.max_images < 2:  # vLLM's class takes one image a prompt (PaliGemma)
         del prompts["two"]
     main = [k for k in ("one", "two") if k in prompts]
-    out = {"main": main, "hf": dict(zip(main, vc.hf_first_logprobs(path, case, [prompts[k] for k in main], LAM),
-                                        strict=True))}  # fmt: skip
+    video = [vc.video_frames(seed=2)] if case.video else []
+    hf = vc.hf_first_logprobs(path, case, [prompts[k] for k in main], LAM, videos=video)  # the video's last
+    out = {"main": main, "hf": dict(zip(main, hf[: len(main)], strict=True)), "hf_video": hf[-1] if video else None}
 
     def named(tag, key):  # items named per run, so that no embedding cached by another run is reused
         return vc.request(case, prompts[key], [f"{tag}-{key}-{i}" for i in range(len(prompts[key]))])
@@ -73,11 +76,17 @@ def _run(model_type: str, root) -> dict:
             before = llm.apply_model(stats)[0]["items"].get("image", 0)
             out["chunk"] = dict(zip(("image", "video"), vc.greedy_first(llm, chunks), strict=True))
             out["chunk_items"] = llm.apply_model(stats)[0]["items"].get("image", 0) - before
+        if video:  # with the videos key; then as without it
+            out["video"] = vc.greedy_first(llm, [vc.video_request(case, video[0], "video")])[0]
+            llm.apply_model(vc.set_videos_off)
+            out["video_off"] = vc.greedy_first(llm, [vc.video_request(case, video[0], "video-off")])[0]
         llm.apply_model(vc.set_lambda_zero)
         out["zero"] = alone(llm, "zero")
     with vc.engine(path, plugins=False, **per_family) as llm:
         out["stock_class"] = llm.apply_model(vc.class_name)[0]
         out["stock"] = alone(llm, "stock")
+        if video:
+            out["stock_video"] = vc.greedy_first(llm, [vc.video_request(case, video[0], "video-stock")])[0]
         if chunks:
             out["stock_chunk"] = dict(zip(("image", "video"), vc.greedy_first(llm, chunks), strict=True))
     if model_type in TP_FAMILIES:
@@ -140,10 +149,19 @@ def test_prefix_cache_the_same_image_twice_is_injected_once(served):
     assert out["cached_items"] == 1
 
 
+def test_videos_equal_transformers_with_agci_with_the_key_and_are_left_alone_without_it(served):
+    model_type, out = served
+    if out["hf_video"] is None:
+        pytest.skip(f"agci leaves {model_type}'s videos alone on vLLM (the videos key is refused there)")
+    assert _max_gap(out["video"], out["hf_video"]) < EQUAL
+    assert _max_gap(out["video"], out["stock_video"]) > EQUAL
+    assert out["video_off"] == out["stock_video"]
+
+
 def test_video_chunks_are_left_alone_where_images_and_videos_share_a_method(served):
     model_type, out = served
     if not FAMILIES[model_type].vllm.frames_field:
-        pytest.skip(f"vLLM's {model_type} embeds images and videos in separate methods")
+        pytest.skip(f"vLLM's {model_type} has no method taking images and video chunks together")
     assert out["chunk_items"] == 1  # the image of the two items
     assert out["chunk"]["video"] == out["stock_chunk"]["video"]
     assert _max_gap(out["chunk"]["image"], out["alone"]["one"]) < SAME

@@ -31,6 +31,7 @@ TEXT = {"hidden_size": 128, "intermediate_size": 128, "num_attention_heads": 2, 
 
 QWEN = "<|im_start|>user\n{images}{words}<|im_end|>\n<|im_start|>assistant\n"
 PLAIN = "USER: {images}{words} ASSISTANT:"
+QWEN_VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 CLIP = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 1}
 SIGLIP = {**CLIP, "vision_use_head": False}
 TOWER = (("vision_tower.", "vision_tower.vision_model."),)  # transformers 5.x saves CLIP/SigLIP towers unwrapped
@@ -76,6 +77,10 @@ class VllmCase:
     hub: Callable | None = None
     # vLLM's modality of the image items ("vision_chunk": Kimi K2.5's images and video chunks, as dicts)
     modality: str = "image"
+    # the prompt text of one video, where agci applies AGCI to the family's videos on vLLM (its videos method):
+    # its checkpoint then has the videos key, and its image processor the video processor's mean and std (vLLM 0.32
+    # normalises video frames with the image processor's, in the model; real checkpoints have the same for both)
+    video: str | None = None
     engine: dict | None = None  # engine settings the family needs on vLLM's CPU build
     env: dict | None = None  # environment variables the same
 
@@ -95,6 +100,9 @@ class VllmCase:
     def prompt(self, n_images: int, words: str = "what is in the image ?") -> str:
         return self.template.format(images=self.image * n_images, words=words)
 
+    def video_prompt(self) -> str:
+        return self.template.format(images=self.video, words="what is in the video ?")
+
 
 CASES = {
     c.model_type: c
@@ -103,12 +111,12 @@ CASES = {
         VllmCase("llava", "<image>\n", {**CLIP, "num_attention_heads": 2}, renames=TOWER, template=PLAIN),
         VllmCase("qwen2_5_vl", "<|vision_start|><|image_pad|><|vision_end|>",
                  {"hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "out_hidden_size": 128},
-                 text={"rope_scaling": {"type": "mrope", **MROPE}}),
+                 text={"rope_scaling": {"type": "mrope", **MROPE}}, video=QWEN_VIDEO),
         VllmCase("qwen2_vl", "<|vision_start|><|image_pad|><|vision_end|>",
                  {"embed_dim": 64, "hidden_size": 128, "num_heads": 1},
-                 text={"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, **MROPE}}),
+                 text={"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, **MROPE}}, video=QWEN_VIDEO),
         VllmCase("qwen3_vl", "<|vision_start|><|image_pad|><|vision_end|>", QWEN3_VISION,
-                 text={"rope_scaling": {"rope_type": "default", "mrope_interleaved": True, **MROPE}}),
+                 text={"rope_scaling": {"rope_type": "default", "mrope_interleaved": True, **MROPE}}, video=QWEN_VIDEO),
         VllmCase("gemma3", "<start_of_image>", SIGLIP, template=PLAIN, vocab=NEWLINES, renames=TOWER,
                  randomized=("multi_modal_projector.mm_input_projection_weight",), causal_token_type=0),
         VllmCase("paligemma", "", {**SIGLIP, "projection_dim": 128}, top={"projection_dim": 128}, template=PLAIN,
@@ -123,11 +131,12 @@ CASES = {
         VllmCase("glm4v", "<|begin_of_image|><|image|><|end_of_image|>",
                  {"hidden_size": 64, "intermediate_size": 128, "num_heads": 1, "out_hidden_size": 128},
                  text={"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
-                                           "mrope_section": [4, 6, 6]}}, template=PLAIN),
+                                           "mrope_section": [4, 6, 6]}}, template=PLAIN,
+                 video="<|begin_of_video|><|video|><|end_of_video|>"),
         VllmCase("qwen3_vl_moe", "<|vision_start|><|image_pad|><|vision_end|>", QWEN3_VISION,
                  text={"rope_parameters": {"rope_type": "default", "mrope_interleaved": True, "rope_theta": 10000.0,
                                            **MROPE}, "moe_intermediate_size": 32, "norm_topk_prob": True},
-                 transposed=FUSED_EXPERTS),
+                 transposed=FUSED_EXPERTS, video=QWEN_VIDEO),
         VllmCase("qwen3_5", "<|vision_start|><|image_pad|><|vision_end|>", QWEN3_VISION, text=QWEN3_5_TEXT),
         # not served (registry.GDN_BF16: vLLM's CPU GDN is bf16 only); vLLM loads it in bf16, 2e-3 to 4e-3 from
         # transformers in fp32, as qwen3_5
@@ -216,7 +225,20 @@ def save_for_vllm(model_type: str, out: Path, lam: float | None = None, seed: in
         case.hub(Path(out), seed)
     _rewrite(Path(out), case.renames, case.randomized, case.transposed, seed)
     _add_vocab(Path(out), case.vocab)
+    if case.video is not None:
+        _with_videos(Path(out))
     return Path(out)
+
+
+def _with_videos(path: Path) -> None:
+    from agci.configs import VIDEOS_KEY
+
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, VIDEOS_KEY: True}, indent=2))
+    processor = json.loads((path / "processor_config.json").read_text())
+    for key in ("image_mean", "image_std"):
+        processor["image_processor"][key] = processor["video_processor"][key]
+    (path / "processor_config.json").write_text(json.dumps(processor, indent=2))
 
 
 def copy_with_lambda(src: Path, dst: Path, lam: float) -> Path:
@@ -254,6 +276,27 @@ def request(case: VllmCase, imgs: list, uuids: list[str] | None = None) -> dict:
     if uuids is not None:
         out["multi_modal_uuids"] = {case.modality: list(uuids)}
     return out
+
+
+# the frames' rate: what transformers assumes for frames given without metadata, so that vLLM (which needs the
+# metadata) computes the same temporal positions and timestamps
+VIDEO_FPS = 24.0
+
+
+def video_frames(seed: int = 0):
+    """A video of 4 random frames (56 x 84), as a [T, H, W, 3] uint8 array."""
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, 255, (4, 56, 84, 3), dtype=np.uint8)
+
+
+def video_request(case: VllmCase, frames, uuid: str) -> dict:
+    """One vLLM prompt with one video of ``frames``, its metadata as vLLM's video loader gives it."""
+    n = len(frames)
+    metadata = {"fps": VIDEO_FPS, "total_num_frames": n, "duration": n / VIDEO_FPS, "frames_indices": list(range(n)),
+                "video_backend": "opencv", "do_sample_frames": False}  # fmt: skip
+    return {"prompt": case.video_prompt(), "multi_modal_data": {"video": [(frames, metadata)]},
+            "multi_modal_uuids": {"video": [uuid]}}  # fmt: skip
 
 
 def video_chunk_request(case: VllmCase, frames: list) -> dict:
@@ -331,6 +374,11 @@ def _llvmlite_safe_for_vllm_cpu() -> None:
     ffi.lib._fntab.setdefault("__dict__", {})
 
 
+def set_videos_off(model) -> None:
+    """Run on vLLM's workers: agci's class leaves videos alone from now on, as without the videos key."""
+    model.agci_videos = False
+
+
 def set_lambda_zero(model) -> None:
     """Run on vLLM's workers (``llm.apply_model``): agci's class applies lambda 0 from now on."""
     model.agci_lambda = 0.0
@@ -340,9 +388,9 @@ def class_name(model) -> str:
     return type(model).__name__
 
 
-def hf_first_logprobs(path: Path, case: VllmCase, batches: list[list], lam: float | None) -> list:
+def hf_first_logprobs(path: Path, case: VllmCase, batches: list[list], lam: float | None, videos=()) -> list:
     """transformers (+ agci at ``lam``; None: stock) on the same checkpoint: the full first-token log-softmax of
-    each prompt, one prompt at a time."""
+    each prompt, one prompt at a time (the prompts with images of ``batches``, then one with each video)."""
     import torch
     import transformers as tf
 
@@ -353,9 +401,11 @@ def hf_first_logprobs(path: Path, case: VllmCase, batches: list[list], lam: floa
         agci.apply_agci(model, lam)
     processor = tf.AutoProcessor.from_pretrained(path)
     out = []
+    prompts = [{"text": [case.prompt(len(imgs))], "images": list(imgs)} for imgs in batches]
+    prompts += [{"text": [case.video_prompt()], "videos": [list(v)], "do_sample_frames": False} for v in videos]
     with torch.no_grad():
-        for imgs in batches:
-            inputs = processor(text=[case.prompt(len(imgs))], images=list(imgs), return_tensors="pt")
+        for prompt in prompts:
+            inputs = processor(**prompt, return_tensors="pt")
             inputs = inputs.to(torch.float32)  # floating inputs only (Llama 4's processor gives bf16 pixels)
             if case.causal_token_type is not None:  # as vLLM's CPU attention: causal over image spans too
                 for key in ("token_type_ids", "mm_token_type_ids"):
