@@ -164,7 +164,7 @@ CASES: dict[str, FamilyCase] = {
         build=vc.llama4_case,
         no_processor="Llama4Processor builds offline with a tiny tokenizer (tests/test_patches.py checks its token "
         "layout; the vLLM tests' checkpoint has it, VllmCase.processor), but the probes' similarity reads "
-        "get_image_features, which returns features from before Llama 4's projector up to transformers 5.24, and the "
-        "newest here (5.24.0) cannot run the model: not done yet",
+        "get_image_features, which returns features from before Llama 4's projector up to transformers 5.24 (5.24.0 "
+        "cannot run the model; 5.25 gives the projector's output as pooler_output): not done yet",
     ),
 }
