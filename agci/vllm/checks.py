@@ -112,20 +112,10 @@ def install() -> None:
     @functools.wraps(original)
     def create_model_config(self, *args, **kwargs):
         model_config = original(self, *args, **kwargs)
-        check_model_config(model_config, encoder_cudagraphs=_encoder_cudagraphs(self.compilation_config))
+        # EngineArgs has made a CompilationConfig of a dict by now (its __post_init__)
+        encoder_cudagraphs = bool(getattr(self.compilation_config, "cudagraph_mm_encoder", False))
+        check_model_config(model_config, encoder_cudagraphs=encoder_cudagraphs)
         return model_config
 
     create_model_config._agci_checked = True
     EngineArgs.create_model_config = create_model_config
-
-
-def _encoder_cudagraphs(compilation_config) -> bool:
-    """Whether vLLM's engine arguments turn on CUDA graphs for the multimodal encoder (a CompilationConfig, or the
-    dict or JSON string it is given as)."""
-    if isinstance(compilation_config, str):
-        import json
-
-        compilation_config = json.loads(compilation_config) if compilation_config.strip().startswith("{") else {}
-    if isinstance(compilation_config, dict):
-        return bool(compilation_config.get("cudagraph_mm_encoder"))
-    return bool(getattr(compilation_config, "cudagraph_mm_encoder", False))

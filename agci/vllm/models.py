@@ -57,12 +57,16 @@ def _inject(out, lam: float, width: int | None):
     return tuple(items) if isinstance(out, tuple) else items
 
 
+def _method_input(args, kwargs):
+    """The parsed multimodal input the wrapped method was called with (its one argument)."""
+    return args[0] if args else next(iter(kwargs.values()), None)
+
+
 def _modality(default: str, args, kwargs) -> str:
     """The modality "video" where the method's input says it holds videos (vLLM's parsed inputs carry a
     ``type``; InternVL's one method takes images and videos alike), else ``default``."""
-    items = args[0] if args else next(iter(kwargs.values()), None)
     try:
-        kind = items["type"]
+        kind = _method_input(args, kwargs)["type"]
     except (TypeError, KeyError, IndexError):
         return default
     return "video" if isinstance(kind, str) and "video" in kind else default
@@ -70,8 +74,7 @@ def _modality(default: str, args, kwargs) -> str:
 
 def _frames(field: str, args, kwargs) -> list[int]:
     """The number of frames of each item of the method's input (its ``field``: one (frames, h, w) row per item)."""
-    items = args[0] if args else next(iter(kwargs.values()))
-    return [int(t) for t in items[field][:, 0].tolist()]
+    return [int(t) for t in _method_input(args, kwargs)[field][:, 0].tolist()]
 
 
 def _images_only(out, lam: float, frames: list[int]):
@@ -79,6 +82,13 @@ def _images_only(out, lam: float, frames: list[int]):
     images = [i for i, t in enumerate(frames) if t == 1]
     injected = dict(zip(images, inject([out[i] for i in images], lam), strict=True)) if images else {}
     return [injected.get(i, item) for i, item in enumerate(out)]
+
+
+def _record(modality: str, n: int) -> None:
+    """Count a call of the op on ``n`` items (see ITEMS and CALLS)."""
+    if n:
+        ITEMS[modality] += n
+        CALLS.append((modality, n))
 
 
 def _wrapped(base: type, method_name: str, default_modality: str, on: OnVllm):
@@ -91,13 +101,9 @@ def _wrapped(base: type, method_name: str, default_modality: str, on: OnVllm):
             return out
         if on.frames_field:  # images and video chunks in one call: the images only (videos are refused)
             frames = _frames(on.frames_field, args, kwargs)
-            n = frames.count(1)
-            if n:
-                ITEMS[modality] += n
-                CALLS.append((modality, n))
+            _record(modality, frames.count(1))
             return _images_only(out, self.agci_lambda, frames)
-        ITEMS[modality] += _count(out)
-        CALLS.append((modality, _count(out)))
+        _record(modality, _count(out))
         return _inject(out, self.agci_lambda, getattr(self, on.width_attr) if on.width_attr else None)
 
     method.__name__ = method_name
