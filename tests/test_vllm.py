@@ -58,6 +58,9 @@ def _run(model_type: str, root) -> dict:
 
     from agci.vllm.models import stats
 
+    def images_injected(llm):  # image items AGCI was applied to so far, in the engine's worker
+        return llm.apply_model(stats)[0]["items"].get("image", 0)
+
     # families whose one method takes images and video chunks: a request of each, in one generate call
     chunks = []
     if FAMILIES[model_type].vllm.frames_field:
@@ -69,13 +72,13 @@ def _run(model_type: str, root) -> dict:
         out["alone"] = alone(llm, "alone", tuple(prompts))
         out["batch"], _ = together(llm, "batch", main)
         out["mixed"], out["mixed_calls"] = together(llm, "mixed", [k for k in prompts if k.startswith("single")])
-        before = llm.apply_model(stats)[0]["items"].get("image", 0)
+        before = images_injected(llm)
         out["cached"] = [vc.greedy_first(llm, [vc.request(case, [d])])[0] for _ in range(2)]
-        out["cached_items"] = llm.apply_model(stats)[0]["items"].get("image", 0) - before
+        out["cached_items"] = images_injected(llm) - before
         if chunks:  # an image and a video chunk in one call: AGCI on the image only
-            before = llm.apply_model(stats)[0]["items"].get("image", 0)
+            before = images_injected(llm)
             out["chunk"] = dict(zip(("image", "video"), vc.greedy_first(llm, chunks), strict=True))
-            out["chunk_items"] = llm.apply_model(stats)[0]["items"].get("image", 0) - before
+            out["chunk_items"] = images_injected(llm) - before
         if video:  # with the videos key; then as without it
             out["video"] = vc.greedy_first(llm, [vc.video_request(case, video[0], "video")])[0]
             llm.apply_model(vc.set_videos_off)
